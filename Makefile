@@ -1,0 +1,24 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv, install (CPU pins), segment and answer a question offline
+#   make test   - create .venv, install with test extras, run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+DEMO_IMAGE ?= $(firstword $(wildcard $(DATA)/kvasir_seg/images/cju0qkwl35piu0993l0dewei2.jpg) tests/fixtures/synthetic_polyp.png)
+
+$(BIN)/medsam3-agent: pyproject.toml constraints/cpu.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/medsam3-agent
+
+demo: install
+	$(BIN)/medsam3-agent run "$(DEMO_IMAGE)" "find the polyps" --out runs/demo
+	@echo "wrote runs/demo (overlay.png, masks, result.json)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+.PHONY: install demo test

@@ -1,0 +1,143 @@
+"""The one interface every segmentation backend implements, and the `Segmenter` facade.
+
+A backend is told the image once (``set_image``), computes its embedding once, and then
+answers any number of prompts on it (``segment``). Backends keep a small LRU of recent
+image embeddings keyed by content hash, so passing the same image again is free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from segmenter.image_io import ImageInput, load_image
+from segmenter.types import Box, Point, Prompt, SegmentationResult
+
+E = TypeVar("E")
+
+
+def image_key(image: np.ndarray) -> str:
+    digest = hashlib.sha1(image.tobytes())
+    digest.update(str(image.shape).encode())
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache(Generic[E]):
+    """A tiny LRU: image key -> whatever the backend computed for that image."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, E] = OrderedDict()
+
+    def get(self, key: str) -> E | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        return None
+
+    def put(self, key: str, value: E) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
+class SegmenterBackend(ABC):
+    """Set an image once, then answer prompts on it."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def set_image(self, image: np.ndarray) -> str:
+        """Take an RGB uint8 array, compute (or reuse) its embedding; return the image key."""
+
+    @abstractmethod
+    def segment(self, prompt: Prompt) -> SegmentationResult:
+        """Answer one prompt on the current image."""
+
+    @abstractmethod
+    def concepts(self) -> list[str]:
+        """Concept names the backend was trained on (others may still work, less well)."""
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.name, "concepts": self.concepts()}
+
+    @property
+    def encode_count(self) -> int:
+        """How many times the image encoder ran (tests check embedding reuse with it)."""
+        return getattr(self, "_encode_count", 0)
+
+
+def build_backend(name: str = "lite", **options: Any) -> SegmenterBackend:
+    """Backends by name: ``lite`` (offline default), ``sam3`` and ``remote`` when installed."""
+    if name == "lite":
+        from segmenter.lite.backend import LiteBackend
+
+        return LiteBackend(**options)
+    if name == "sam3":
+        from segmenter.sam3_backend import Sam3Backend  # type: ignore[import-not-found]
+
+        return Sam3Backend(**options)
+    if name == "remote":
+        from segmenter.remote import RemoteBackend  # type: ignore[import-not-found]
+
+        return RemoteBackend(**options)
+    raise ValueError(f"unknown segmenter backend {name!r}; choose lite, sam3 or remote")
+
+
+class Segmenter:
+    """The public entry point: ``Segmenter().segment(image, "polyp")``.
+
+    >>> seg = Segmenter()                      # MedSAM3-Lite, offline, CPU
+    >>> seg.set_image("colon.jpg")
+    >>> result = seg.segment(concept="polyp")  # reuses the embedding for every later prompt
+    """
+
+    def __init__(self, backend: str | SegmenterBackend = "lite", **options: Any) -> None:
+        self.backend = backend if isinstance(backend, SegmenterBackend) else build_backend(backend, **options)
+        self._image: np.ndarray | None = None
+
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            raise RuntimeError("no image set: call set_image(image) first")
+        return self._image
+
+    def set_image(self, image: ImageInput) -> str:
+        self._image = load_image(image)
+        return self.backend.set_image(self._image)
+
+    def segment(
+        self,
+        image: ImageInput | None = None,
+        concept: str | None = None,
+        *,
+        boxes: list[Box] | list[list[float]] | None = None,
+        points: list[Point] | list[tuple[float, float]] | None = None,
+        prompt: Prompt | None = None,
+    ) -> SegmentationResult:
+        """Segment a concept phrase, boxes and/or points; ``image`` sets a new image first."""
+        if image is not None:
+            self.set_image(image)
+        if prompt is None:
+            prompt = Prompt(
+                concept=concept,
+                boxes=[b if isinstance(b, Box) else Box.from_list(b) for b in boxes or []],
+                points=[p if isinstance(p, Point) else Point(x=p[0], y=p[1]) for p in points or []],
+            )
+        h, w = self.image.shape[:2]
+        prompt = prompt.model_copy(update={"boxes": [b.clipped(w, h) for b in prompt.boxes]})
+        for p in prompt.points:
+            if not (0 <= p.x < w and 0 <= p.y < h):
+                raise ValueError(f"point ({p.x}, {p.y}) lies outside the {w}x{h} image")
+        return self.backend.segment(prompt)
+
+    def concepts(self) -> list[str]:
+        return self.backend.concepts()
+
+    def info(self) -> dict[str, Any]:
+        return self.backend.info()

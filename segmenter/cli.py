@@ -1,0 +1,85 @@
+"""`medsam3-agent segment IMAGE "polyp" --out DIR`: masks, overlay and JSON for one prompt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
+    parser.add_argument("concept", nargs="?", default=None, help='concept phrase, e.g. "polyp"')
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="box prompt (repeatable)")
+    parser.add_argument("--point", action="append", default=[], metavar="X,Y[,0]", help="point (,0 = background)")
+    parser.add_argument("--backend", default="lite", help="lite (default), sam3 or remote")
+    parser.add_argument("--weights", default=None, help="MedSAM3-Lite weights (default: the shipped ones)")
+    parser.add_argument("--presence-threshold", type=float, default=0.5)
+
+
+def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--{what} {text!r}: expected comma-separated numbers") from None
+    if len(values) not in n:
+        raise ValueError(f"--{what} {text!r}: expected {' or '.join(map(str, n))} numbers")
+    return values
+
+
+def save_mask(path: Path, mask: np.ndarray) -> None:
+    """A 0/255 single-channel PNG at the image's size."""
+    from PIL import Image
+
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+
+def main(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from segmenter import Point, Segmenter
+    from tools.overlay import render_overlay
+
+    boxes = [_numbers(b, (4,), "box") for b in args.box]
+    points = []
+    for p in args.point:
+        v = _numbers(p, (2, 3), "point")
+        points.append(Point(x=v[0], y=v[1], positive=len(v) == 2 or v[2] != 0))
+    if args.concept is None and not boxes and not points:
+        raise ValueError("give a concept phrase, --box or --point")
+    options = {}
+    if args.backend == "lite":
+        options = {"weights": args.weights, "presence_threshold": args.presence_threshold}
+    start = time.perf_counter()
+    seg = Segmenter(args.backend, **options)
+    load_ms = (time.perf_counter() - start) * 1000
+    seg.set_image(args.image)
+    result = seg.segment(concept=args.concept, boxes=boxes, points=points)
+    args.out.mkdir(parents=True, exist_ok=True)
+    instances = []
+    for i, inst in enumerate(result.instances, start=1):
+        name = f"mask_{i}.png"
+        save_mask(args.out / name, inst.mask)
+        instances.append({"path": name, "score": round(inst.score, 4), "box": inst.box.as_list(), "area": inst.area})
+    save_mask(args.out / "mask_union.png", result.union_mask)
+    Image.fromarray(render_overlay(seg.image, [i.mask for i in result.instances])).save(args.out / "overlay.png")
+    summary = {
+        "image": str(args.image),
+        "concept": args.concept,
+        "boxes": boxes,
+        "points": [p.model_dump() for p in points],
+        "backend": result.backend,
+        "presence": round(result.presence, 4),
+        "found": result.found,
+        "union_mask": "mask_union.png",
+        "instances": instances,
+        "timings_ms": {"load_model": round(load_ms, 1), **{k: round(v, 1) for k, v in result.timings_ms.items()}},
+    }
+    (args.out / "result.json").write_text(json.dumps(summary, indent=2))
+    found = f"{len(instances)} instance(s)" if instances else "nothing found"
+    print(f"{result.prompt.describe()}: {found}, presence {result.presence:.2f} -> {args.out}")
+    return 0

@@ -1,0 +1,227 @@
+"""MedSAM3-Lite backend: the offline default. CPU, weights shipped with the install."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
+from segmenter.catalog import load_catalog
+from segmenter.lite.model import (
+    MODEL_SIZE,
+    Letterbox,
+    MedSAM3Lite,
+    letterbox,
+    load_litemedsam_weights,
+    tile_windows,
+    unletterbox_logits,
+)
+from segmenter.postprocess import split_instances
+from segmenter.text import shared_embedder
+from segmenter.types import Instance, Prompt, SegmentationResult
+
+WEIGHTS_FILE = "medsam3_lite.safetensors"
+
+
+def default_weights_path() -> Path:
+    return Path(str(resources.files("segmenter.lite").joinpath("weights", WEIGHTS_FILE)))
+
+
+def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
+    """LiteMedSAM from its package + our concept weights (safetensors). Clear error if missing."""
+    from safetensors.torch import load_file
+
+    path = Path(weights) if weights is not None else default_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MedSAM3-Lite concept weights not found at {path}. Reinstall medsam3-agent, or train them with "
+            "`medsam3-agent train-lite --data ../shared/data` and pass --weights."
+        )
+    net = MedSAM3Lite()
+    load_litemedsam_weights(net)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a valid safetensors weight file ({exc})") from exc
+    expected = net.trainable_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or bad_shape:
+        raise ValueError(
+            f"{path}: weights do not fit MedSAM3-Lite (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {bad_shape[:3]})"
+        )
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return net.eval()
+
+
+@dataclass
+class _Encoded:
+    """Embeddings of one image: the whole image, and native-resolution tiles made on demand."""
+
+    image: np.ndarray
+    full: tuple[torch.Tensor, Letterbox] | None = None
+    tiles: dict[int, list[tuple[tuple[int, int, int, int], torch.Tensor, Letterbox]]] = field(default_factory=dict)
+
+
+class LiteBackend(SegmenterBackend):
+    name = "medsam3-lite"
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        presence_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        min_area: int = 16,
+        bf16: bool | None = None,
+        cache_images: int = 4,
+    ) -> None:
+        self.device = torch.device(device)
+        self.net = load_model(weights).to(self.device)
+        self.presence_threshold = presence_threshold
+        self.mask_threshold = mask_threshold
+        self.min_area = min_area
+        # bf16 autocast halves CPU encoder time on CPUs with bf16 units; training used it too.
+        self.bf16 = self.device.type == "cpu" if bf16 is None else bf16
+        self.catalog = load_catalog()
+        shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
+        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(cache_images)
+        self._current: _Encoded | None = None
+        self._encode_count = 0
+        self._last_encode_ms = 0.0
+
+    # --- images ------------------------------------------------------------------
+    def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
+        tensor, box = letterbox(image, MODEL_SIZE)
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            emb = self.net.image_encoder(tensor[None].to(self.device)).float()
+        self._encode_count += 1
+        self._last_encode_ms += (time.perf_counter() - start) * 1000
+        return emb, box
+
+    def set_image(self, image: np.ndarray) -> str:
+        key = image_key(image)
+        encoded = self._cache.get(key)
+        if encoded is None:
+            encoded = _Encoded(image=image)
+            self._cache.put(key, encoded)
+        self._current = encoded
+        return key
+
+    def _full(self, enc: _Encoded) -> tuple[torch.Tensor, Letterbox]:
+        if enc.full is None:
+            enc.full = self._encode(enc.image)
+        return enc.full
+
+    def _tiles(self, enc: _Encoded, tile: int):
+        if tile not in enc.tiles:
+            h, w = enc.image.shape[:2]
+            enc.tiles[tile] = [
+                (win, *self._encode(enc.image[win[0] : win[2], win[1] : win[3]])) for win in tile_windows(h, w, tile)
+            ]
+        return enc.tiles[tile]
+
+    # --- prompts -----------------------------------------------------------------
+    def concepts(self) -> list[str]:
+        return self.catalog.names
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "device": str(self.device), "model": "MedSAM3-Lite (LiteMedSAM + concept head)"}
+
+    def segment(self, prompt: Prompt) -> SegmentationResult:
+        if self._current is None:
+            raise RuntimeError("no image set: call set_image(image) first")
+        enc = self._current
+        self._last_encode_ms = 0.0
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if prompt.concept is not None:
+                prob, presence = self._concept_prob(enc, prompt)
+                instances = self._instances(prob, presence) if presence >= self.presence_threshold else []
+            else:
+                instances, presence = self._geometry_instances(enc, prompt), 1.0
+        total = (time.perf_counter() - start) * 1000
+        h, w = enc.image.shape[:2]
+        return SegmentationResult(
+            prompt=prompt,
+            instances=instances,
+            presence=presence,
+            image_size=(h, w),
+            backend=self.name,
+            timings_ms={"encode": self._last_encode_ms, "decode": total - self._last_encode_ms},
+        )
+
+    def _instances(self, prob: np.ndarray, presence: float) -> list[Instance]:
+        return split_instances(prob, presence=presence, mask_threshold=self.mask_threshold, min_area=self.min_area)
+
+    def _text(self, phrase: str) -> torch.Tensor:
+        return torch.from_numpy(shared_embedder().embed([phrase])).to(self.device)
+
+    def _concept_prob(self, enc: _Encoded, prompt: Prompt) -> tuple[np.ndarray, float]:
+        """Probability map at image size and presence probability for a concept (+ optional box)."""
+        text = self._text(prompt.concept)
+        concept = self.catalog.get(prompt.concept)
+        h, w = enc.image.shape[:2]
+        tile = concept.tile if concept is not None else None
+        if tile and max(h, w) > tile and not prompt.boxes:
+            prob = np.zeros((h, w), dtype=np.float32)
+            presence = 0.0
+            for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
+                logits, _, pres = self.net.decode_concept(emb, text)
+                tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
+                prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
+                presence = max(presence, float(torch.sigmoid(pres.float())[0]))
+            return prob, presence
+        emb, box = self._full(enc)
+        boxes = self._model_boxes(prompt, box)
+        if boxes is None:
+            logits, _, pres = self.net.decode_concept(emb, text)
+            prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
+            return prob, float(torch.sigmoid(pres.float())[0])
+        # concept + box(es): one decode per box, union of the results
+        logits, _, pres = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
+        prob = torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy()
+        return prob, float(torch.sigmoid(pres.float()).max())
+
+    @staticmethod
+    def _model_boxes(prompt: Prompt, box: Letterbox) -> torch.Tensor | None:
+        if not prompt.boxes:
+            return None
+        return torch.tensor([b.as_list() for b in prompt.boxes], dtype=torch.float32)[:, None, :] * box.scale
+
+    def _geometry_instances(self, enc: _Encoded, prompt: Prompt) -> list[Instance]:
+        emb, box = self._full(enc)
+        results: list[Instance] = []
+        boxes = self._model_boxes(prompt, box)
+        points = None
+        if prompt.points:
+            coords = torch.tensor([[p.x, p.y] for p in prompt.points], dtype=torch.float32)[None] * box.scale
+            labels = torch.tensor([[1 if p.positive else 0 for p in prompt.points]], dtype=torch.int64)
+            points = (coords, labels)
+        if boxes is not None:
+            # one object per box; points, if any, refine every box
+            for i in range(len(boxes)):
+                pts = None if points is None else (points[0], points[1])
+                logits, iou = self.net.decode_geometry(emb, boxes=boxes[i : i + 1], points=pts)
+                results += self._geometry_to_instances(logits, iou, box)
+        else:
+            logits, iou = self.net.decode_geometry(emb, points=points)
+            results += self._geometry_to_instances(logits, iou, box)
+        return results
+
+    def _geometry_to_instances(self, logits: torch.Tensor, iou: torch.Tensor, box: Letterbox) -> list[Instance]:
+        prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
+        binary = prob > self.mask_threshold
+        if not binary.any():
+            return []
+        # a box/point prompt names one object: keep it whole, scored by SAM's IoU estimate
+        return [Instance.from_mask(binary, float(iou.float().clamp(0, 1)[0, 0]))]

@@ -1,0 +1,147 @@
+"""Training data for MedSAM3-Lite: manifests -> cached frozen-encoder embeddings.
+
+The TinyViT encoder is frozen, so each training image is encoded once (bf16 autocast, about
+1 s per image on 2 CPU cores) and its 256x64x64 embedding is kept as float16 in one ``.npz``
+per item together with its letterboxed masks. Caching is resumable: existing items are
+skipped. Concepts whose catalog entry has ``tile`` are cached as native-resolution tiles,
+exactly as the segmenter will see them at inference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segmenter.catalog import load_catalog
+from segmenter.lite.model import MedSAM3Lite, letterbox, letterbox_mask, tile_windows
+
+# brain_tumor_3d_slices re-samples brain_mri's patients; pooling both would double-count them.
+DEFAULT_DATASETS = ["kvasir_seg", "isic2017", "busi", "drishti_gs1", "covid_cxr_lungs", "monuseg", "brain_mri"]
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    dataset: str
+    item_id: str
+    image_path: Path
+    masks: dict[str, Path]
+    window: tuple[int, int, int, int] | None  # (y0, x0, y1, x1) for tiled concepts
+
+    @property
+    def key(self) -> str:
+        suffix = "" if self.window is None else "_t{}_{}".format(*self.window[:2])
+        return f"{self.dataset}/{self.item_id}{suffix}"
+
+
+def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dataset: int | None) -> list[CacheItem]:
+    """Items of the given split, round-robin across datasets so a partial cache is balanced."""
+    catalog = load_catalog()
+    per_dataset: list[list[CacheItem]] = []
+    for name in datasets:
+        manifest = data_root / name / "manifest.jsonl"
+        if not manifest.exists():
+            continue
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r["split"] == split]
+        rows.sort(key=lambda r: r["id"])
+        rng = np.random.default_rng(0)
+        rng.shuffle(rows)
+        items: list[CacheItem] = []
+        for row in rows:
+            masks = {c: data_root / name / p for c, p in row["masks"].items()}
+            tiles = {catalog.get(c).tile for c in masks if catalog.get(c) is not None} - {None}
+            image_path = data_root / name / row["image"]
+            if tiles:
+                tile = min(tiles)
+                for window in tile_windows(row["height"], row["width"], tile):
+                    items.append(CacheItem(name, row["id"], image_path, masks, window))
+            else:
+                items.append(CacheItem(name, row["id"], image_path, masks, None))
+            if max_per_dataset and len(items) >= max_per_dataset:
+                break
+        per_dataset.append(items[:max_per_dataset] if max_per_dataset else items)
+    ordered: list[CacheItem] = []
+    for i in range(max((len(x) for x in per_dataset), default=0)):
+        ordered.extend(x[i] for x in per_dataset if i < len(x))
+    return ordered
+
+
+def _crop(array: np.ndarray, window: tuple[int, int, int, int] | None) -> np.ndarray:
+    if window is None:
+        return array
+    y0, x0, y1, x1 = window
+    return array[y0:y1, x0:x1]
+
+
+def build_cache(
+    net: MedSAM3Lite, items: list[CacheItem], cache_dir: Path, progress: bool = True, batch: int = 4
+) -> int:
+    """Encode every item not cached yet. Returns the number newly written."""
+    from tqdm import tqdm
+
+    todo = [it for it in items if not (cache_dir / f"{it.key}.npz").exists()]
+    written = 0
+    bar = tqdm(total=len(todo), desc="encode", disable=not progress, unit="img")
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        tensors, metas = [], []
+        for it in chunk:
+            image = _crop(np.asarray(Image.open(it.image_path).convert("RGB")), it.window)
+            tensor, box = letterbox(image)
+            masks = {}
+            for concept, path in it.masks.items():
+                mask = _crop(np.asarray(Image.open(path).convert("L")) > 127, it.window)
+                masks[concept] = letterbox_mask(mask)
+            tensors.append(tensor)
+            metas.append((it, box, masks))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            emb = net.image_encoder(torch.stack(tensors)).float().numpy().astype(np.float16)
+        for (it, box, masks), e in zip(metas, emb):
+            out = cache_dir / f"{it.key}.npz"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.npz")
+            np.savez(
+                tmp,
+                embedding=e,
+                concepts=np.array(list(masks), dtype=object).astype(str),
+                masks=np.stack(list(masks.values())),
+                new_size=np.array(box.new_size),
+            )
+            tmp.replace(out)
+            written += 1
+        bar.update(len(chunk))
+    bar.close()
+    return written
+
+
+@dataclass
+class CachedSample:
+    dataset: str
+    key: str
+    embedding: np.ndarray  # (256, 64, 64) float16
+    masks: dict[str, np.ndarray]  # concept -> (256, 256) uint8
+    new_size: tuple[int, int]
+
+
+def load_cache(cache_dir: Path, items: list[CacheItem]) -> list[CachedSample]:
+    samples = []
+    for it in items:
+        path = cache_dir / f"{it.key}.npz"
+        if not path.exists():
+            continue
+        with np.load(path) as z:
+            samples.append(
+                CachedSample(
+                    dataset=it.dataset,
+                    key=it.key,
+                    embedding=z["embedding"],
+                    masks={str(c): m for c, m in zip(z["concepts"], z["masks"])},
+                    new_size=tuple(int(v) for v in z["new_size"]),
+                )
+            )
+    return samples

