@@ -7,6 +7,7 @@ Grey, RGB and RGBA, 8 or 16 bit, are accepted. 16-bit and float data are windowe
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -74,9 +75,14 @@ def _from_pil(image: Image.Image) -> np.ndarray:
 
 
 def _open(source: Union[Path, io.BytesIO], name: str) -> np.ndarray:
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(source) as image:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it; we refuse those ourselves below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        with image:
+            if image.width * image.height > MAX_PIXELS:  # refuse before decoding a single pixel
+                raise ImageError(f"{name}: image is {image.width}x{image.height}, above the limit of {MAX_PIXELS} pixels")
             image.load()
             return _from_pil(image)
     except ImageError:

@@ -145,7 +145,14 @@ class MedSAM3Lite(nn.Module):
             multimask_output=multimask,
         )
         if multimask:
-            best = iou.argmax(dim=1)
+            # LiteMedSAM was trained on boxes; for clicks, prefer the candidates that contain every
+            # positive point (masks are in the 256 frame, like the point coordinates), then SAM's IoU.
+            coords, labels = points
+            xy = coords.round().long().clamp(0, masks.shape[-1] - 1)
+            values = masks[:, :, xy[0, :, 1], xy[0, :, 0]] > 0  # (B, 3, n_points)
+            positive = (labels[0] == 1)[None, None]
+            covers = (values | ~positive).all(dim=2)
+            best = (iou + covers.float() * 10).argmax(dim=1)
             rows = torch.arange(masks.shape[0])
             masks, iou = masks[rows, best][:, None], iou[rows, best][:, None]
         return masks, iou

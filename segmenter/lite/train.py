@@ -313,7 +313,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
 def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
     val = report["val"]
     rows = "\n".join(f"| {c} | {val['n'][c]} | {d:.3f} |" for c, d in val["dice"].items())
-    command = "medsam3-agent " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "medsam3-agent train-lite"
+    argv = sys.argv[sys.argv.index("train-lite") + 1 :] if "train-lite" in sys.argv else sys.argv[1:]
+    command = " ".join(["medsam3-agent", "train-lite", *(shlex.quote(a) for a in argv)])
     path.write_text(
         f"""# MedSAM3-Lite concept weights
 

@@ -48,3 +48,11 @@ def main(args: argparse.Namespace) -> int:
     report = run_training(cfg, log=lambda m: print(m, flush=True))
     print(f"weights: {cfg.out / 'medsam3_lite.safetensors'}  model card: {cfg.out / 'MODEL_CARD.md'}")
     return 0 if report["progress"]["finished"] else 3
+
+
+if __name__ == "__main__":  # python -m segmenter.lite.train_command ... (same as the subcommand)
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="medsam3-agent train-lite")
+    configure(_parser)
+    sys.exit(main(_parser.parse_args()))
