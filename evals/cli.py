@@ -1,0 +1,130 @@
+"""`medsam3-agent eval --data ../shared/data --split val --mode direct,box,agent --out runs/val`.
+
+Writes OUT/results.jsonl (one record per (mode, case), appended as it goes; a rerun resumes),
+OUT/summary.json (flat rows per mode / dataset / concept), OUT/report.md and OUT/dice_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, nargs="+", default=[], metavar="PATH",
+                        help="data root of <dataset>/manifest.jsonl, a manifest, a reasoning-set .jsonl, "
+                             "a ReasonSeg folder or a COCO annotation .json")
+    parser.add_argument("--questions", default=None, metavar="FILE",
+                        help="reasoning-set JSONL for agent mode; default with a manifest --data: the shipped dev "
+                             "set (evals/data/dev_questions.jsonl); 'none': ask templated questions instead")
+    parser.add_argument("--split", default="val", help="manifest split to use (train|val), or 'all'")
+    parser.add_argument("--mode", default="direct", help="comma-separated: direct, box, agent")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (reused to resume)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N cases per dataset")
+    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    parser.add_argument("--datasets", type=_csv, default=None, help="comma-separated dataset names to keep")
+    parser.add_argument("--concepts", type=_csv, default=None, help="comma-separated concepts to keep")
+    parser.add_argument("--coco-images", type=Path, default=None, help="image folder for a COCO file's file_names")
+    parser.add_argument("--backend", default="lite", help="segmenter backend: lite (default), sam3, remote")
+    parser.add_argument("--weights", type=Path, default=None, help="MedSAM3-Lite weights (default: shipped)")
+    parser.add_argument("--presence-threshold", type=float, default=0.5)
+    parser.add_argument("--box-strategy", choices=("component", "union"), default="component",
+                        help="box mode: one box per target component (default) or one union box")
+    parser.add_argument("--planner", default=None, help="agent planner (default: the agent's own default)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="agent refinement rounds")
+    parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (saves a little time)")
+    parser.add_argument("--save-masks", action="store_true", help="also write predicted masks to OUT/masks/")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="discard OUT/results.jsonl and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _questions(args: argparse.Namespace, modes: list[str]) -> Path | None:
+    from evals.runner import default_questions, is_manifest_root
+
+    if args.questions is not None:
+        return None if args.questions.lower() == "none" else Path(args.questions)
+    if "agent" in modes and any(is_manifest_root(p) for p in args.data):
+        path = default_questions()
+        if path is not None:
+            print(f"agent mode: questions from the dev set {path} (--questions none for templated ones)",
+                  file=sys.stderr)
+        return path
+    return None
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (for report.md), rebuilt from the parsed options."""
+    parts = ["medsam3-agent", "eval"]
+    if args.data:
+        parts += ["--data", *map(str, args.data)]
+    if args.questions is not None:
+        parts += ["--questions", str(args.questions)]
+    parts += ["--split", args.split, "--mode", args.mode, "--out", str(args.out)]
+    for flag, value in (("--limit", args.limit), ("--datasets", args.datasets), ("--concepts", args.concepts),
+                        ("--coco-images", args.coco_images), ("--weights", args.weights),
+                        ("--planner", args.planner), ("--max-rounds", args.max_rounds)):
+        if value is not None:
+            parts += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    if args.backend != "lite":
+        parts += ["--backend", args.backend]
+    if args.presence_threshold != 0.5:
+        parts += ["--presence-threshold", str(args.presence_threshold)]
+    if args.box_strategy != "component":
+        parts += ["--box-strategy", args.box_strategy]
+    if args.workers != 1:
+        parts += ["--workers", str(args.workers)]
+    if args.seed != 0:
+        parts += ["--seed", str(args.seed)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def main(args: argparse.Namespace) -> int:
+    from evals.runner import EvalConfig, run_eval
+
+    modes = _csv(args.mode)
+    questions = _questions(args, modes)
+    if not args.data and questions is None:
+        raise ValueError("give --data and/or --questions")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    config = EvalConfig(
+        data=args.data,
+        questions=questions,
+        split=None if args.split == "all" else args.split,
+        modes=modes,
+        out=args.out,
+        limit=args.limit,
+        workers=args.workers,
+        datasets=args.datasets,
+        concepts=args.concepts,
+        image_root=args.coco_images,
+        backend=args.backend,
+        weights=args.weights,
+        presence_threshold=args.presence_threshold,
+        box_strategy=args.box_strategy,
+        planner=args.planner,
+        max_rounds=args.max_rounds,
+        hd95=not args.no_hd95,
+        save_masks=args.save_masks,
+        seed=args.seed,
+        fresh=args.fresh,
+        command=command_line(args),
+    )
+    outcome = run_eval(config, progress=not args.no_progress)
+    print(f"{outcome.ran} (mode, case) pairs run, {outcome.skipped} resumed, {outcome.errors} errors -> {outcome.out}")
+    rows = [r for r in outcome.summary if r["concept"] == "*"]
+    width = max(len(r["dataset"]) for r in rows)
+    print(f"{'mode':7} {'dataset':{width}} {'n':>5} {'dice':>7} {'giou':>7} {'ciou':>7} {'pres':>6} {'err':>4}")
+    for r in rows:
+        cells = [f"{r[k]:.4f}" if isinstance(r[k], float) else "    –  " for k in ("dice", "giou", "ciou")]
+        pres = f"{r['presence_acc']:.2f}" if r["presence_acc"] is not None else "  –"
+        print(f"{r['mode']:7} {r['dataset']:{width}} {r['n']:5d} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} "
+              f"{pres:>6} {r['errors']:4d}")
+    return 0

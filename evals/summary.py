@@ -1,0 +1,68 @@
+"""Per-case records (``results.jsonl``) -> flat summary rows per mode, dataset and concept.
+
+Rows: ``{"mode", "dataset", "concept", "n", "dice", "iou", "giou", "ciou", "presence_acc",
+"hd95", "seconds_per_case", "errors"}``. ``"*"`` in ``dataset`` and/or ``concept`` aggregates
+over all of them. ``n`` counts scored cases; cases that raised are counted in ``errors`` and
+left out of the metrics.
+
+``seconds_per_case`` is the time the mode would take alone: its own per-case work plus the
+image encodes its cases need, shared out over them (the runner encodes each image once, for
+all modes, and records who paid for it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from evals.metrics import CaseScore, aggregate
+
+FIELDS = ("mode", "dataset", "concept", "n", "dice", "iou", "giou", "ciou", "presence_acc", "hd95",
+          "seconds_per_case", "errors")
+SCORE_FIELDS = tuple(CaseScore.model_fields)
+
+
+def _image_encode_seconds(records: list[dict]) -> dict[str, float]:
+    """Encoder seconds per image: the most any one mode spent on it (one full encode, tiles included)."""
+    per_mode: dict[tuple[str, str], float] = defaultdict(float)
+    for r in records:
+        per_mode[(r["image"], r["mode"])] += float(r.get("encode_seconds") or 0.0)
+    out: dict[str, float] = defaultdict(float)
+    for (image, _), seconds in per_mode.items():
+        out[image] = max(out[image], seconds)
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _row(mode: str, dataset: str, concept: str, group: list[dict], encode: dict[str, float]) -> dict:
+    ok = [r for r in group if not r.get("error")]
+    metrics = aggregate(CaseScore(**{k: r[k] for k in SCORE_FIELDS if k in r}) for r in ok)
+    seconds = None
+    if ok:
+        own = sum(float(r.get("seconds") or 0.0) for r in ok)
+        shared = sum(encode.get(image, 0.0) for image in {r["image"] for r in ok})
+        seconds = (own + shared) / len(ok)
+    row = {"mode": mode, "dataset": dataset, "concept": concept, **metrics,
+           "seconds_per_case": seconds, "errors": len(group) - len(ok)}
+    return {k: _round(row[k]) for k in FIELDS}
+
+
+def summarize(records: Iterable[dict]) -> list[dict]:
+    """Rows for every (mode, dataset, concept), (mode, dataset, *), (mode, *, concept) and (mode, *, *)."""
+    records = list(records)
+    encode = _image_encode_seconds(records)
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        for dataset in (r["dataset"], "*"):
+            for concept in (r["concept"], "*"):
+                groups[(r["mode"], dataset, concept)].append(r)
+    mode_order = {m: i for i, m in enumerate(("direct", "box", "agent"))}
+
+    def order(key: tuple[str, str, str]):
+        mode, dataset, concept = key
+        return (mode_order.get(mode, 99), mode, dataset == "*", dataset, concept == "*", concept)
+
+    return [_row(*key, groups[key], encode) for key in sorted(groups, key=order)]
