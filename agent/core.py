@@ -1,0 +1,214 @@
+"""`Agent`: the public entry point. ``Agent().run("find the polyps", image="x.jpg")``.
+
+One Agent holds a segmenter, a planner, the compiled graph and a checkpointer (in memory, or a
+SQLite file with ``checkpoint_db=``, which also holds the masks so a thread survives the process).
+Runs on one Agent are serialised: the segmenter holds the current image's embedding.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.graph import build_graph, recursion_limit
+from agent.planners.base import Planner, RunContext
+from agent.results import AgentResult, ConceptMask, StepEvent
+from agent.state import turn_input
+from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
+from segmenter.base import Segmenter, SegmenterBackend, image_key
+from segmenter.image_io import ImageInput, load_image
+from segmenter.types import Box, Instance
+from tools.overlay import render_overlay
+from tools.schemas import Candidate
+
+
+def endpoint_configured() -> bool:
+    """An OpenAI-compatible endpoint is configured when OPENAI_BASE_URL or OPENAI_MODEL is set."""
+    return bool(os.environ.get("OPENAI_BASE_URL", "").strip() or os.environ.get("OPENAI_MODEL", "").strip())
+
+
+def build_planner(planner: Any = "auto", **llm_options: Any) -> Planner:
+    """A planner from a name ("auto", "offline", "openai"), a chat client, or a Planner."""
+    if isinstance(planner, Planner):
+        return planner
+    from agent.mllm.base import ChatClient
+
+    if isinstance(planner, ChatClient):
+        from agent.planners.mllm import MLLMPlanner
+
+        return MLLMPlanner(planner)
+    if planner == "auto":
+        planner = "openai" if endpoint_configured() or llm_options else "offline"
+    if planner == "offline":
+        from agent.planners.offline import OfflinePlanner
+
+        return OfflinePlanner()
+    if planner == "openai":
+        from agent.mllm.openai_client import OpenAIClient
+        from agent.planners.mllm import MLLMPlanner
+
+        return MLLMPlanner(OpenAIClient.from_env(**llm_options))
+    raise ValueError(f"unknown planner {planner!r}; choose offline, openai, or pass a Planner / chat client")
+
+
+def _build_segmenter(segmenter: Any, options: dict[str, Any]) -> Segmenter:
+    if isinstance(segmenter, Segmenter):
+        return segmenter
+    if isinstance(segmenter, (str, SegmenterBackend)):
+        return Segmenter(segmenter, **options)
+    raise ValueError(f"segmenter must be a backend name, a Segmenter or a SegmenterBackend, got {type(segmenter)}")
+
+
+class Agent:
+    def __init__(
+        self,
+        planner: Any = "auto",
+        segmenter: Any = "lite",
+        *,
+        max_rounds: int = 3,
+        checkpoint_db: str | Path | None = None,
+        llm_options: dict[str, Any] | None = None,
+        segmenter_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(max_rounds, int) or max_rounds < 0:
+            raise ValueError(f"max_rounds must be a whole number >= 0, got {max_rounds!r}")
+        self.max_rounds = max_rounds
+        self.planner = build_planner(planner, **(llm_options or {}))
+        self.segmenter = _build_segmenter(segmenter, segmenter_options or {})
+        self.checkpoint_db = Path(checkpoint_db) if checkpoint_db else None
+        if self.checkpoint_db is not None:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            self.checkpoint_db.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.checkpoint_db), check_same_thread=False)
+            self.checkpointer = SqliteSaver(self._conn)
+            self.store: MaskStore = SqliteMaskStore(self.checkpoint_db)
+        else:
+            from langgraph.checkpoint.memory import InMemorySaver
+
+            self.checkpointer = InMemorySaver()
+            self.store = MemoryMaskStore()
+        self.graph = build_graph(self.checkpointer)
+        self._lock = threading.Lock()
+
+    # --- public API ------------------------------------------------------------------------------
+    def run(self, question: str, image: ImageInput | None = None, thread_id: str | None = None) -> AgentResult:
+        """Answer ``question`` about ``image`` (a path, array or PIL image) with masks.
+
+        With ``thread_id``, the question continues that conversation ("now only the largest one");
+        the image may then be left out to reuse the thread's image.
+        """
+        result = None
+        for event in self.stream(question, image=image, thread_id=thread_id):
+            if event.kind == "answer" and "result" in event.data:
+                result = event.data["result"]
+        if result is None:  # stream always ends with the answer or raises; this guards the contract
+            raise RuntimeError("the agent finished without a result")
+        return result
+
+    def stream(self, question: str, image: ImageInput | None = None,
+               thread_id: str | None = None) -> Iterator[StepEvent]:
+        """Step events as they happen; the last has kind "answer" and ``data["result"]``."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty")
+        question = question.strip()
+        if len(question) > 4000:
+            raise ValueError(f"question is {len(question)} characters long; the limit is 4000")
+        with self._lock:
+            yield from self._stream(question, image, thread_id)
+
+    def threads_state(self, thread_id: str) -> dict[str, Any]:
+        """The checkpointed state of a thread (ids and text only), empty when the thread is unknown."""
+        snapshot = self.graph.get_state({"configurable": {"thread_id": thread_id}})
+        return dict(snapshot.values or {})
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _image_for(self, image: ImageInput | None, prior: dict[str, Any], thread: str) -> tuple[np.ndarray, str | None]:
+        if image is not None:
+            array = load_image(image)
+            ref = str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
+            return array, ref
+        ref = prior.get("image_ref")
+        if not ref:
+            raise ValueError("no image: pass image= (a path, numpy array or PIL image)"
+                             + (f"; thread {thread!r} has none stored" if prior else ""))
+        if ref.startswith("store:"):
+            stored = self.store.get_image(ref.removeprefix("store:"))
+            if stored is None:
+                raise ValueError(f"thread {thread!r}: its image is no longer stored; pass image= again")
+            return stored, ref
+        return load_image(ref), ref
+
+    def _stream(self, question: str, image: ImageInput | None, thread_id: str | None) -> Iterator[StepEvent]:
+        thread = thread_id or f"run-{uuid.uuid4().hex}"
+        config = {"configurable": {"thread_id": thread}, "recursion_limit": recursion_limit(self.max_rounds)}
+        prior = self.threads_state(thread) if thread_id else {}
+        array, ref = self._image_for(image, prior, thread)
+        key = image_key(array)
+        if ref is None:
+            ref = f"store:{key}"
+            self.store.put_image(key, array)
+        if prior and prior.get("image_key") != key:
+            prior = {}  # a new image starts the conversation afresh: old mask ids mean nothing on it
+        self.segmenter.set_image(array)  # the embedding is computed once here and reused by every prompt
+        state = turn_input(
+            question, turn=int(prior.get("turn", 0)) + 1, max_rounds=self.max_rounds, planner=self.planner.label,
+            image_ref=ref, image_key=key, image_size=list(array.shape[:2]), previous=prior.get("previous"),
+            keep_candidates=list(prior.get("candidates", [])), next_id=int(prior.get("next_id", 1)),
+        )
+        trace: list[StepEvent] = []
+        final: dict[str, Any] = {}
+        ctx = RunContext(segmenter=self.segmenter, image=array, planner=self.planner, store=self.store,
+                         thread_id=thread, emit_fn=lambda event: None)
+        try:
+            for mode, chunk in self.graph.stream(state, config, context=ctx, stream_mode=["custom", "values"]):
+                if mode == "custom" and isinstance(chunk, StepEvent):
+                    trace.append(chunk)
+                    yield chunk
+                elif mode == "values":
+                    final = chunk
+            result = self._result(final, array, ctx, trace, thread_id)
+        except Exception as exc:
+            event = StepEvent(kind="error", text=f"{type(exc).__name__}: {exc}", node="agent")
+            trace.append(event)
+            yield event
+            raise
+        finally:
+            if thread_id is None:  # a one-off run: nothing will continue it
+                self.checkpointer.delete_thread(thread)
+                self.store.delete_thread(thread)
+        done = StepEvent(kind="answer", text=result.answer, node="answer", image=result.overlay,
+                         data={"result": result, "ids": final.get("selection", [])}, ms=final.get("answer_ms", 0.0))
+        result.trace.append(done)
+        yield done
+
+    def _result(self, final: dict[str, Any], image: np.ndarray, ctx: RunContext, trace: list[StepEvent],
+                thread_id: str | None) -> AgentResult:
+        if final.get("status") != "done":
+            raise RuntimeError("the agent's graph stopped before answering")
+        by_id = {c["id"]: Candidate.model_validate(c) for c in final.get("candidates", [])}
+        groups: dict[str, list[Instance]] = {}
+        for mask_id in final.get("selection", []):
+            cand = by_id[mask_id]
+            mask = ctx.mask(mask_id)
+            if not mask.any():
+                continue
+            groups.setdefault(cand.concept, []).append(
+                Instance(mask=mask, score=cand.score, box=Box.from_list(cand.box), area=int(mask.sum()))
+            )
+        h, w = image.shape[:2]
+        masks = [ConceptMask(concept=c, instances=insts, image_size=(h, w)) for c, insts in groups.items()]
+        ordered = [inst.mask for m in masks for inst in m.instances]
+        overlay = render_overlay(image, ordered, [str(n) for n in range(1, len(ordered) + 1)])
+        return AgentResult(
+            question=final["question"], answer=final.get("answer", ""), planner=self.planner.label,
+            concepts_tried=list(final.get("concepts_tried", [])), masks=masks, image_size=(h, w), overlay=overlay,
+            trace=list(trace), thread_id=thread_id, rounds=int(final.get("round", 0)),
+        )

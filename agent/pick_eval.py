@@ -1,0 +1,71 @@
+"""Concept-pick accuracy of the offline planner on a reasoning-set JSONL (default: the shipped dev set).
+
+``python -m agent.pick_eval [evals/data/dev_questions.jsonl]``: for each question, the concepts the
+offline planner's picker chooses (reading the image for ambiguous words, no segmenter) against the
+row's ``concepts``; prints the accuracy overall and per category, and every miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from pydantic import BaseModel
+
+DEV_SET = Path(__file__).resolve().parents[1] / "evals" / "data" / "dev_questions.jsonl"
+
+
+class PickReport(BaseModel):
+    total: int
+    correct: int
+    by_category: dict[str, list[int]]  # category -> [correct, total]
+    misses: list[dict]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+def evaluate(path: Path = DEV_SET) -> PickReport:
+    from agent.concepts import default_picker
+    from segmenter.image_io import load_image
+
+    picker = default_picker()
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    correct, misses = 0, []
+    by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        image_path = (Path(path).parent / row["image"]).resolve()
+        if not image_path.exists():
+            raise FileNotFoundError(f"{row['id']}: image {image_path} not found (is ../shared/data there?)")
+        pick = picker.pick(row["question"], load_image(image_path))
+        ok = sorted(pick.concepts) == sorted(row["concepts"])
+        category = row.get("category", "all")
+        by_category[category][1] += 1
+        if ok:
+            correct += 1
+            by_category[category][0] += 1
+        else:
+            misses.append({"id": row["id"], "question": row["question"], "expected": row["concepts"],
+                           "picked": pick.concepts, "how": pick.how})
+    return PickReport(total=len(rows), correct=correct, by_category=dict(by_category), misses=misses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("questions", nargs="?", type=Path, default=DEV_SET)
+    args = parser.parse_args(argv)
+    report = evaluate(args.questions)
+    print(f"concept-pick accuracy: {report.accuracy:.1%} ({report.correct}/{report.total})")
+    for category, (ok, n) in sorted(report.by_category.items()):
+        print(f"  {category:10s} {ok}/{n}")
+    for miss in report.misses:
+        print(f"  MISS {miss['id']}: {miss['question']!r} expected {miss['expected']} picked {miss['picked']} "
+              f"({miss['how']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,323 @@
+"""The offline planner: no LLM. Concept catalog + sentence embeddings + the image's own statistics.
+
+plan     question -> concepts (``agent.concepts``); follow-ups ("now only the largest one", "also
+         the cup", "without the cup") work on the previous answer's masks.
+inspect  without vision: presence scores, instance scores, dropping specks, low scorers,
+         duplicates and extra copies of one-per-image structures; a concept named for a modality
+         the image is clearly not (polyps on a fundus photo) must be very present to count.
+refine   re-segment each kept instance with its own box (a tighter mask), or retry a synonym when
+         the presence score was borderline; then inspect again.
+answer   a templated sentence per concept, saying which planner wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import numpy as np
+
+from agent.concepts import ConceptPicker, default_picker
+from agent.planners.base import Planner, PlannerView
+from agent.state import Decision, PlannedCall
+from segmenter.catalog import load_catalog
+from tools.schemas import Candidate
+from tools.segment import masks_iou
+
+# Anatomy: how many of each structure one image can show. More candidates than this are noise.
+EXPECTED_MAX = {"optic disc": 1, "optic cup": 1, "left lung": 1, "right lung": 1, "lung": 2,
+                "cardiomediastinum": 1}
+MANY = {"cell nucleus"}  # hundreds per image: no per-instance box refinement
+MAX_BOX_REFINE = 5
+SIGNATURE = "[offline planner: concept catalog + sentence embeddings, no LLM]"
+
+Op = Literal["largest", "smallest", "best"]
+
+
+def parse_op(question: str) -> tuple[str | None, int | None]:
+    """A selection operation in the question: largest / smallest / most confident, or "number N"."""
+    q = question.lower()
+    number = re.search(r"(?:#|\bnumber\s+|\bmask\s+|\bno\.\s*)(\d+)\b", q)
+    if number:
+        return "number", int(number.group(1))
+    if re.search(r"\b(largest|biggest|largest one|main)\b", q):
+        return "largest", None
+    if re.search(r"\b(smallest|tiniest)\b", q):
+        return "smallest", None
+    if re.search(r"\b(most confident|highest score|best one|most likely|most certain)\b", q):
+        return "best", None
+    return None, None
+
+
+def _expand_box(box: list[float], width: int, height: int, margin: float = 0.1) -> list[float]:
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
+    return [max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(width), x1 + dx), min(float(height), y1 + dy)]
+
+
+class OfflinePlanner(Planner):
+    name = "offline"
+
+    def __init__(
+        self,
+        *,
+        picker: ConceptPicker | None = None,
+        box_refine: Literal["geometry", "concept", "off"] = "geometry",
+        relative_score: float = 0.5,
+        speck_fraction: float = 0.05,
+        duplicate_iou: float = 0.7,
+        modality_veto: float = 0.9,
+        veto_presence: float = 0.8,
+        retry_presence: tuple[float, float] = (0.35, 0.5),
+        use_presence_to_resolve: bool = True,
+    ) -> None:
+        self._picker = picker
+        self.box_refine = box_refine
+        self.relative_score = relative_score  # drop instances scoring under this fraction of the concept's best
+        self.speck_fraction = speck_fraction  # ... or smaller than this fraction of its largest (and < 0.2% image)
+        self.duplicate_iou = duplicate_iou
+        self.modality_veto = modality_veto  # image-modality confidence above which a foreign concept is doubted
+        self.veto_presence = veto_presence  # ... and must be at least this present to count
+        self.retry_presence = retry_presence  # a presence in [lo, hi) with nothing found: try a synonym
+        self.use_presence_to_resolve = use_presence_to_resolve
+        self.catalog = load_catalog()
+
+    @property
+    def picker(self) -> ConceptPicker:
+        return self._picker or default_picker()
+
+    @property
+    def label(self) -> str:
+        return "offline"
+
+    # --- plan -----------------------------------------------------------------------------------
+    def plan(self, view: PlannerView) -> Decision:
+        question = view.question
+        op, number = parse_op(question)
+        prev = view.previous
+        prev_cands = view.by_id(prev.get("ids", [])) if prev else []
+        presence = self._presence_fn(view) if self.use_presence_to_resolve else None
+        pick = self.picker.pick(question, view.image, presence, fallback=not prev)
+        also = bool(re.search(r"\b(also|too|as well|add|additionally|plus|in addition)\b|^\s*and\b", question.lower()))
+        memory = {"pick": self._pick_summary(pick), "op": op, "number": number, "stage": "first", "keep": [],
+                  "targets": pick.concepts, "retried": []}
+        if prev:
+            prev_concepts = {c.concept for c in prev_cands}
+            if not pick.concepts and not pick.excluded and op is None:
+                # nothing we recognise as a follow-up: read it as a new question
+                pick = self.picker.pick(question, view.image, presence, fallback=True)
+                memory.update(pick=self._pick_summary(pick), targets=pick.concepts)
+            elif not pick.concepts or (set(pick.concepts) <= prev_concepts and not also):
+                ids = [c.id for c in prev_cands if c.concept not in pick.excluded
+                       and (not pick.concepts or c.concept in pick.concepts)]
+                ids = self._apply_op(view, ids, op, number)
+                what = f"{op}{' ' + str(number) if number else ''}" if op else "filter"
+                return Decision(finish=True, ids=ids, memory={**memory, "targets": pick.concepts, "followup": what},
+                                note=f"follow-up on the previous answer ({what}): keep {ids}")
+            if also:
+                memory["keep"] = [c.id for c in prev_cands if c.concept not in pick.excluded]
+                memory["targets"] = [c for c in pick.concepts if c not in prev_concepts]
+        targets = memory["targets"]
+        if not targets:
+            return Decision(finish=True, ids=memory["keep"], memory=memory, note="nothing to segment")
+        calls = [PlannedCall(name="segment_concept", arguments={"concept": c}, label=c) for c in targets]
+        how = "; ".join(f"{c}: {pick.how.get(c, 'named')}" for c in targets)
+        return Decision(calls=calls, memory=memory, note=f"concepts {targets} ({how})")
+
+    def _presence_fn(self, view: PlannerView):
+        def presence(concept: str) -> float:
+            return float(view.ctx.segmenter.segment(concept=concept).presence)
+
+        return presence
+
+    @staticmethod
+    def _pick_summary(pick) -> dict:
+        data = pick.model_dump(exclude={"modality"})
+        if pick.modality is not None:
+            data["modality"] = {"name": pick.modality.modality, "confidence": round(pick.modality.confidence, 3)}
+        return data
+
+    # --- inspect / refine -------------------------------------------------------------------------
+    def inspect(self, view: PlannerView) -> Decision:
+        memory = view.memory
+        stage = memory.get("stage", "first")
+        cands = view.candidates()
+        presence = self._concept_presence(view)
+        if stage == "first":
+            retries = self._synonym_retries(view, cands, presence)
+            if retries:
+                return Decision(calls=retries, memory={"stage": "first", "presence": presence,
+                                                       "retried": memory.get("retried", []) +
+                                                       [c.label for c in retries]},
+                                note="borderline presence, nothing found: retry with a synonym")
+        kept, dropped = self._clean(view, cands, presence)
+        if stage == "first" and self.box_refine != "off":
+            calls = self._box_calls(view, kept)
+            if calls:
+                return Decision(calls=calls, memory={"stage": "boxes", "kept": [c.id for c in kept],
+                                                     "presence": presence, "dropped": dropped},
+                                note=f"kept {[c.id for c in kept]}; re-segment each with its own box")
+        if stage == "boxes":
+            kept = self._swap_refined(view, cands, [c for c in cands if c.id in memory.get("kept", [])])
+            dropped = memory.get("dropped", {})
+        ids = self._apply_op(view, [c.id for c in kept], memory.get("op"), memory.get("number"))
+        ids = memory.get("keep", []) + [i for i in ids if i not in memory.get("keep", [])]
+        return Decision(finish=True, ids=ids, memory={"presence": presence, "dropped": dropped},
+                        note=f"keep {ids}" + (f"; dropped {dropped}" if dropped else ""))
+
+    def refine(self, view: PlannerView, decision: Decision) -> Decision:
+        what = ", ".join(f"{c.name}({c.arguments})" for c in decision.calls)
+        return Decision(calls=decision.calls, note=f"refine: {what}")
+
+    def fallback(self, view: PlannerView) -> Decision:
+        kept, _ = self._clean(view, view.candidates(), self._concept_presence(view))
+        ids = view.memory.get("keep", []) + [c.id for c in kept]
+        return Decision(finish=True, ids=ids, note="round limit reached: keeping the cleaned candidates")
+
+    def _concept_presence(self, view: PlannerView) -> dict[str, float]:
+        """Max presence per target concept over the phrases tried for it (box prompts excluded)."""
+        presence: dict[str, float] = dict(view.memory.get("presence") or {})
+        by_prompt = view.state.get("presence") or {}
+        for concept in view.memory.get("targets", []):
+            phrases = [concept, *self._synonyms(concept)]
+            values = [v for p, v in by_prompt.items() if p.strip("'") in phrases]
+            if values:
+                presence[concept] = max(values + [presence.get(concept, 0.0)])
+        return presence
+
+    def _synonyms(self, concept: str) -> list[str]:
+        found = self.catalog.get(concept)
+        return [s for s in (found.synonyms if found else []) if s.lower() != concept.lower()]
+
+    def _synonym_retries(self, view: PlannerView, cands: list[Candidate], presence: dict[str, float]) -> list:
+        lo, hi = self.retry_presence
+        calls = []
+        for concept in view.memory.get("targets", []):
+            if concept in view.memory.get("retried", []) or any(c.concept == concept for c in cands):
+                continue
+            if lo <= presence.get(concept, 0.0) < hi and self._synonyms(concept):
+                phrase = self._synonyms(concept)[0]
+                if phrase not in view.state.get("concepts_tried", []):
+                    calls.append(PlannedCall(name="segment_concept", arguments={"concept": phrase}, label=concept))
+        return calls
+
+    def _foreign(self, view: PlannerView, concept: str) -> str | None:
+        """The image's modality when it is confidently not the concept's (polyps asked of a fundus photo)."""
+        modality = (view.memory.get("pick") or {}).get("modality")
+        found = self.catalog.get(concept)
+        if not modality or found is None or modality["confidence"] < self.modality_veto:
+            return None
+        return modality["name"] if modality["name"] != found.modality else None
+
+    def _clean(self, view: PlannerView, cands: list[Candidate],
+               presence: dict[str, float]) -> tuple[list[Candidate], dict[str, str]]:
+        """Keep the believable instances of each target; say why the others were dropped."""
+        kept: list[Candidate] = []
+        dropped: dict[str, str] = {}
+        first = [c for c in cands if c.parent is None]
+        for concept in view.memory.get("targets", []):
+            mine = sorted((c for c in first if c.concept == concept), key=lambda c: (-c.score, -c.area))
+            if not mine:
+                continue
+            foreign = self._foreign(view, concept)
+            if foreign and presence.get(concept, 0.0) < self.veto_presence:
+                for c in mine:
+                    dropped[str(c.id)] = f"{concept} is not expected in {foreign} (presence {presence.get(concept, 0):.2f})"
+                continue
+            best, largest = mine[0].score, max(c.area for c in mine)
+            survivors: list[Candidate] = []
+            for c in mine:
+                if c.score < self.relative_score * best:
+                    dropped[str(c.id)] = f"score {c.score:.2f} far below the best {best:.2f}"
+                elif c.area < self.speck_fraction * largest and c.area < 0.002 * view.image_area:
+                    dropped[str(c.id)] = f"a speck ({c.area} px)"
+                elif any(masks_iou(view.mask(c.id), view.mask(s.id)) > self.duplicate_iou for s in survivors):
+                    dropped[str(c.id)] = "a duplicate"
+                elif len(survivors) >= EXPECTED_MAX.get(concept, 10**6):
+                    dropped[str(c.id)] = f"one image shows at most {EXPECTED_MAX[concept]} {concept}"
+                else:
+                    survivors.append(c)
+            kept += survivors
+        return kept, dropped
+
+    def _box_calls(self, view: PlannerView, kept: list[Candidate]) -> list[PlannedCall]:
+        h, w = view.image.shape[:2]
+        calls = []
+        for concept in dict.fromkeys(c.concept for c in kept):
+            if concept in MANY:
+                continue
+            mine = [c for c in kept if c.concept == concept][:MAX_BOX_REFINE]
+            for c in mine:
+                args = {"boxes": [_expand_box(c.box, w, h)]}
+                if self.box_refine == "concept":
+                    args["concept"] = concept
+                calls.append(PlannedCall(name="segment_geometry", arguments=args, label=concept, parents=[c.id]))
+        return calls
+
+    def _swap_refined(self, view: PlannerView, cands: list[Candidate], kept: list[Candidate]) -> list[Candidate]:
+        """Use each box-refined mask where it is the same object with a tighter edge: it agrees with the
+        mask it came from (IoU >= 0.7, area within 0.7-1.25x) and has not grown into another kept concept
+        (a box around the optic cup also holds the disc)."""
+        refined = {c.parent: c for c in cands if c.parent is not None}
+        out = []
+        for c in kept:
+            r = refined.get(c.id)
+            others = [o for o in kept if o.concept != c.concept]
+            if (r is not None and masks_iou(view.mask(r.id), view.mask(c.id)) >= 0.7
+                    and 0.7 <= r.area / max(c.area, 1) <= 1.25
+                    and not any(masks_iou(view.mask(r.id), view.mask(o.id)) > 0.5 for o in others)):
+                out.append(r.model_copy(update={"score": c.score}))  # the concept score stays the evidence
+            else:
+                out.append(c)
+        return out
+
+    def _apply_op(self, view: PlannerView, ids: list[int], op: str | None, number: int | None) -> list[int]:
+        cands = view.by_id(ids)
+        if not cands or op is None:
+            return ids
+        if op == "number":
+            return [cands[number - 1].id] if number and 1 <= number <= len(cands) else ids
+        key = {"largest": lambda c: c.area, "smallest": lambda c: -c.area, "best": lambda c: c.score}[op]
+        out = []
+        for concept in dict.fromkeys(c.concept for c in cands):
+            out.append(max((c for c in cands if c.concept == concept), key=key).id)
+        return out
+
+    # --- answer -----------------------------------------------------------------------------------
+    def answer(self, view: PlannerView, decision: Decision) -> str:
+        memory = view.memory
+        chosen = view.by_id(decision.ids)
+        presence = memory.get("presence") or self._concept_presence(view)
+        concepts = list(dict.fromkeys([*(c.concept for c in chosen), *memory.get("targets", [])]))
+        sentences, found_any = [], False
+        area = view.image_area
+        for concept in concepts:
+            mine = [c for c in chosen if c.concept == concept]
+            if mine:
+                found_any = True
+                union = np.zeros(view.image.shape[:2], dtype=bool)
+                for c in mine:
+                    union |= view.mask(c.id)
+                scores = ", ".join(f"{c.score:.2f}" for c in mine[:5]) + (", ..." if len(mine) > 5 else "")
+                noun = concept if len(mine) == 1 else f"{concept} instances"
+                sentences.append(f"Found {len(mine)} {noun} (score {scores}), covering "
+                                 f"{100 * union.sum() / area:.1f}% of the image.")
+            else:
+                why = ""
+                foreign = self._foreign(view, concept)
+                if foreign:
+                    why = f"; the image looks like {foreign}, where a {concept} is not expected"
+                p = presence.get(concept)
+                sentences.append(f"No {concept} was found" + (f" (presence {p:.2f}{why})." if p is not None
+                                                               else f"{why}."))
+        if not concepts:
+            sentences.append("The question names nothing I can segment.")
+        if not found_any:
+            sentences.insert(0, "Nothing was found.")
+        pick = memory.get("pick") or {}
+        for concept, how in (pick.get("how") or {}).items():
+            if how != "named" and concept in concepts:
+                sentences.append(f"'{pick['phrases'].get(concept, concept)}' was read as {concept}: {how}.")
+        if memory.get("followup"):
+            sentences.insert(0, f"From the previous answer ({memory['followup']}):")
+        return " ".join(sentences) + " " + SIGNATURE

@@ -1,0 +1,58 @@
+"""`medsam3-agent run IMAGE "question" --out DIR`: answer a question with masks, write the files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file (png, jpg, ...); '-' with --thread-id reuses the thread's image")
+    parser.add_argument("question", help='e.g. "find the polyps"')
+    parser.add_argument("--out", type=Path, required=True, help="folder for overlay.png, masks/ and result.json")
+    parser.add_argument("--planner", choices=["auto", "offline", "openai"], default="auto",
+                        help="auto (default): openai when OPENAI_BASE_URL or OPENAI_MODEL is set, else offline")
+    parser.add_argument("--segmenter", default="lite", help="segmenter backend: lite (default), sam3 or remote")
+    parser.add_argument("--model", default=None, help="MLLM model name (else OPENAI_MODEL)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (else OPENAI_BASE_URL); the "
+                                                        "API key is read from OPENAI_API_KEY")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per MLLM request (default 60)")
+    parser.add_argument("--thread-id", default=None, help="continue this conversation (with --checkpoint-db)")
+    parser.add_argument("--checkpoint-db", type=Path, default=None,
+                        help="SQLite file that keeps threads (and their masks) between runs")
+    parser.add_argument("--max-rounds", type=int, default=3, help="refinement rounds after the first (default 3)")
+    parser.add_argument("--quiet", action="store_true", help="print only the answer")
+
+
+def main(args: argparse.Namespace) -> int:
+    from agent import Agent
+
+    if args.thread_id and args.checkpoint_db is None:
+        raise ValueError("--thread-id needs --checkpoint-db: without it the thread would not outlive this command")
+    if args.max_rounds < 0:
+        raise ValueError(f"--max-rounds must be >= 0, got {args.max_rounds}")
+    llm: dict = {}
+    if args.planner in ("openai", "auto") and (args.model or args.base_url):
+        llm = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
+        llm["timeout"] = args.timeout
+    elif args.planner == "openai":
+        llm = {"timeout": args.timeout}
+    planner = "openai" if (args.planner == "auto" and llm) else args.planner
+    image = None if (args.thread_id and args.image == "-") else args.image
+    if image is not None and not Path(image).is_file():
+        raise FileNotFoundError(f"{image}: no such image file")
+    agent = Agent(planner=planner, segmenter=args.segmenter, max_rounds=args.max_rounds,
+                  checkpoint_db=args.checkpoint_db, llm_options=llm or None)
+    for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
+        if not args.quiet and event.kind != "answer":
+            print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
+        if event.kind == "answer":
+            result = event.data["result"]
+    out = result.save(args.out)
+    print(result.answer)
+    if not args.quiet:
+        summary = json.loads((out / "result.json").read_text())
+        print(f"wrote {out}/overlay.png, {sum(1 + len(m['instances']) for m in summary['masks'])} mask PNG(s), "
+              f"{out}/result.json")
+    return 0

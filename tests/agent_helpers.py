@@ -1,0 +1,170 @@
+"""Helpers for the agent tests (importable from subprocesses too, so not in conftest).
+
+* ``FakeOpenAI``: a local OpenAI-compatible chat-completions server on 127.0.0.1 (stdlib
+  http.server in a thread) that plays a script of replies and records every request.
+* ``OracleBackend``: a segmenter backend that answers from the shared data's ground-truth masks
+  (connected components of the named concept, presence high where the mask is non-empty). It
+  makes planner-logic tests (follow-ups, negatives, thread resume) deterministic; the real model
+  is exercised by the other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from typing_extensions import Self
+
+from segmenter.base import SegmenterBackend, image_key
+from segmenter.catalog import load_catalog
+from segmenter.image_io import load_image
+from segmenter.types import Instance, Prompt, SegmentationResult
+
+# --- fake OpenAI-compatible server -----------------------------------------------------------------
+
+Reply = dict[str, Any]  # {"status": int, "body": dict, "delay": float, "headers": dict}
+Step = Callable[[dict], Reply] | Reply
+
+
+def completion(message: dict, finish_reason: str = "stop") -> Reply:
+    return {"status": 200, "body": {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": "fake-vlm",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }}
+
+
+def tool_reply(name: str, arguments: dict | str, call_id: str = "call_1", text: str | None = None) -> Reply:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return completion({"content": text, "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]}, "tool_calls")
+
+
+def text_reply(text: str) -> Reply:
+    return completion({"content": text})
+
+
+def error_reply(status: int, message: str = "server error", headers: dict | None = None) -> Reply:
+    return {"status": status, "body": {"error": {"message": message, "type": "server_error"}},
+            "headers": headers or {}}
+
+
+class FakeOpenAI:
+    """Plays ``script`` (one step per request; a step is a reply or a function of the request body)."""
+
+    def __init__(self, script: list[Step]) -> None:
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with fake._lock:
+                    fake.requests.append({"path": self.path, "body": body})
+                    step = fake.script.pop(0) if fake.script else error_reply(500, "fake server: script exhausted")
+                reply = step(body) if callable(step) else step
+                time.sleep(reply.get("delay", 0))
+                data = json.dumps(reply["body"]).encode()
+                try:
+                    self.send_response(reply["status"])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in reply.get("headers", {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def images(self, index: int) -> list[np.ndarray]:
+        """The images (decoded from data URLs) in request ``index``, in message order."""
+        from agent.mllm.base import decode_data_url
+
+        out = []
+        for message in self.requests[index]["body"]["messages"]:
+            content = message.get("content")
+            if isinstance(content, list):
+                out += [decode_data_url(p["image_url"]["url"]) for p in content if p.get("type") == "image_url"]
+        return out
+
+
+# --- an oracle segmenter over ground-truth masks ------------------------------------------------------
+
+
+def read_mask(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L")) > 127
+
+
+class OracleBackend(SegmenterBackend):
+    """Ground truth as a segmenter: ``cases`` maps an image path to {concept: mask path}."""
+
+    name = "oracle"
+
+    def __init__(self, cases: dict[str, dict[str, str]]) -> None:
+        self.catalog = load_catalog()
+        self._truth: dict[str, dict[str, np.ndarray]] = {}
+        for image_path, masks in cases.items():
+            self._truth[image_key(load_image(image_path))] = {c: read_mask(Path(p)) for c, p in masks.items()}
+        self._current: str | None = None
+        self._shape: tuple[int, int] = (0, 0)
+        self.prompts: list[Prompt] = []
+
+    def set_image(self, image: np.ndarray) -> str:
+        self._current = image_key(image)
+        self._shape = image.shape[:2]
+        return self._current
+
+    def concepts(self) -> list[str]:
+        return self.catalog.names
+
+    def segment(self, prompt: Prompt) -> SegmentationResult:
+        self.prompts.append(prompt)
+        truth = self._truth.get(self._current or "", {})
+        target = np.zeros(self._shape, dtype=bool)
+        if prompt.concept is not None:
+            found = self.catalog.get(prompt.concept)
+            target = truth.get(found.name if found else prompt.concept, target)
+        else:
+            for mask in truth.values():
+                target = target | mask
+        if prompt.boxes:
+            clipped = np.zeros_like(target)
+            for box in prompt.boxes:
+                x0, y0, x1, y1 = (round(v) for v in box.as_list())
+                clipped[y0:y1, x0:x1] = target[y0:y1, x0:x1]
+            target = clipped
+        count, labels = cv2.connectedComponents(target.astype(np.uint8))
+        instances = [Instance.from_mask(labels == k, 0.9) for k in range(1, count) if (labels == k).sum() >= 16]
+        instances.sort(key=lambda inst: -inst.area)
+        presence = 0.95 if instances else 0.05
+        return SegmentationResult(prompt=prompt, instances=instances, presence=presence, image_size=self._shape,
+                                  backend=self.name)

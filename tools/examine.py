@@ -1,0 +1,33 @@
+"""Examine candidate masks: a numbered overlay of all of them, and a zoomed crop per mask."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tools.overlay import render_overlay, zoom_crop
+from tools.schemas import Candidate, ExamineMasksArgs, ExamineOutcome, ToolError
+
+MAX_CROPS = 8  # crops per call: each is an image an MLLM must read
+
+
+def candidates_overlay(image: np.ndarray, candidates: list[Candidate], masks: dict[int, np.ndarray]) -> np.ndarray:
+    """The image with each candidate tinted and labelled by its id (what a planner refers to)."""
+    return render_overlay(image, [masks[c.id] for c in candidates], [str(c.id) for c in candidates])
+
+
+def examine_masks(image: np.ndarray, candidates: list[Candidate], masks: dict[int, np.ndarray],
+                  args: ExamineMasksArgs) -> ExamineOutcome:
+    known = {c.id: c for c in candidates}
+    if not known:
+        raise ToolError("there are no candidate masks to examine yet; segment something first")
+    unknown = [i for i in args.ids if i not in known]
+    if unknown:
+        raise ToolError(f"unknown mask id(s) {unknown}; current candidates are {sorted(known)}")
+    ids = (args.ids or sorted(known, key=lambda i: -known[i].score))[:MAX_CROPS]
+    crops = [zoom_crop(image, masks[i], label=str(i)) for i in ids]
+    h, w = image.shape[:2]
+    text = "; ".join(
+        f"crop {n + 1}: #{i} {known[i].concept!r} score {known[i].score:.2f} area {100 * known[i].area / (h * w):.1f}%"
+        for n, i in enumerate(ids)
+    )
+    return ExamineOutcome(ids=ids, images=crops, text=text)
