@@ -176,21 +176,20 @@ class LiteBackend(SegmenterBackend):
             prob = np.zeros((h, w), dtype=np.float32)
             presence = 0.0
             for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
-                logits, _, pres = self.net.decode_concept(emb, text)
+                logits, _, _ = self.net.decode_concept(emb, text)
                 tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
-                presence = max(presence, float(torch.sigmoid(pres.float())[0]))
+                presence = max(presence, float(self.net.presence(emb, text)[0]))
             return prob, presence
         emb, box = self._full(enc)
+        presence = float(self.net.presence(emb, text)[0])
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
-            logits, _, pres = self.net.decode_concept(emb, text)
-            prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
-            return prob, float(torch.sigmoid(pres.float())[0])
+            logits, _, _ = self.net.decode_concept(emb, text)
+            return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence
         # concept + box(es): one decode per box, union of the results
-        logits, _, pres = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
-        prob = torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy()
-        return prob, float(torch.sigmoid(pres.float()).max())
+        logits, _, _ = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
+        return torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy(), presence
 
     @staticmethod
     def _model_boxes(prompt: Prompt, box: Letterbox) -> torch.Tensor | None:
@@ -200,23 +199,47 @@ class LiteBackend(SegmenterBackend):
 
     def _geometry_instances(self, enc: _Encoded, prompt: Prompt) -> list[Instance]:
         emb, box = self._full(enc)
-        results: list[Instance] = []
         boxes = self._model_boxes(prompt, box)
-        points = None
-        if prompt.points:
-            coords = torch.tensor([[p.x, p.y] for p in prompt.points], dtype=torch.float32)[None] * box.scale
-            labels = torch.tensor([[1 if p.positive else 0 for p in prompt.points]], dtype=torch.int64)
-            points = (coords, labels)
-        if boxes is not None:
-            # one object per box; points, if any, refine every box
-            for i in range(len(boxes)):
-                pts = None if points is None else (points[0], points[1])
-                logits, iou = self.net.decode_geometry(emb, boxes=boxes[i : i + 1], points=pts)
-                results += self._geometry_to_instances(logits, iou, box)
-        else:
-            logits, iou = self.net.decode_geometry(emb, points=points)
+        if boxes is None:
+            return self._click_instances(emb, box, prompt)
+        results: list[Instance] = []
+        for i in range(len(boxes)):  # one object per box
+            logits, iou = self.net.decode_geometry(emb, boxes=boxes[i : i + 1])
             results += self._geometry_to_instances(logits, iou, box)
         return results
+
+    # Box sides (fractions of the model frame) tried around a click, small to large.
+    CLICK_BOX_SIDES = (0.12, 0.25, 0.45)
+
+    def _click_instances(self, emb: torch.Tensor, box: Letterbox, prompt: Prompt) -> list[Instance]:
+        """Clicks -> one object. LiteMedSAM was trained on boxes only (its point output is nearly
+        empty), so each positive click seeds boxes of a few sizes; each mask is re-boxed once
+        around the part that holds the click; the best-scoring mask that holds every positive
+        click and no negative one wins."""
+        pos = [(p.x * box.scale, p.y * box.scale) for p in prompt.points if p.positive]
+        neg = [(p.x * box.scale, p.y * box.scale) for p in prompt.points if not p.positive]
+        if not pos:
+            raise ValueError("point prompts need at least one positive (foreground) point")
+        nh, nw = box.new_size
+        xs, ys = [x for x, _ in pos], [y for _, y in pos]
+        best: tuple[float, torch.Tensor] | None = None
+        for side in self.CLICK_BOX_SIDES:
+            half = side * MODEL_SIZE / 2
+            seed = [max(0, min(xs) - half), max(0, min(ys) - half), min(nw, max(xs) + half), min(nh, max(ys) + half)]
+            for _ in range(2):
+                logits, iou = self.net.decode_geometry(emb, boxes=torch.tensor([[seed]], dtype=torch.float32))
+                mask = (logits[0, 0] > 0).numpy()
+                holds = lambda pts: [bool(mask[min(int(y), 255), min(int(x), 255)]) for x, y in pts]  # noqa: E731
+                if not all(holds(pos)) or any(holds(neg)):
+                    break
+                score = float(iou.float()[0, 0])
+                if best is None or score > best[0]:
+                    best = (score, logits)
+                yy, xx = np.nonzero(mask)
+                seed = [float(xx.min()), float(yy.min()), float(xx.max() + 1), float(yy.max() + 1)]
+        if best is None:
+            return []
+        return self._geometry_to_instances(best[1], torch.tensor([[best[0]]]), box)
 
     def _geometry_to_instances(self, logits: torch.Tensor, iou: torch.Tensor, box: Letterbox) -> list[Instance]:
         prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()

@@ -32,6 +32,7 @@ MODEL_SIZE = 256  # LiteMedSAM's input side; embeddings are 64x64
 EMBED_GRID = 64
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 PROMPT_DIM = 256
+TRAINED_PREFIXES = ("concept_head.", "concept_decoder.", "presence_gate.")
 
 
 class ConceptHead(nn.Module):
@@ -93,6 +94,32 @@ class ConceptDecoder(nn.Module):
         return masks, iou, presence
 
 
+class PresenceGate(nn.Module):
+    """Is the concept in this image at all? From the pooled image embedding and the phrase.
+
+    The decoder's presence token sees the image closely but is trained on few cross-modality
+    negatives per pair; this small gate is trained on every (image, concept) pair of the
+    training set, so "polyp" asked of a fundus photograph is answered from the whole picture.
+    """
+
+    def __init__(self, image_dim: int = 2 * PROMPT_DIM, text_dim: int = TEXT_DIM, hidden: int = 256):
+        super().__init__()
+        self.image = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden))
+        self.text = nn.Linear(text_dim, hidden)
+        self.head = nn.Sequential(nn.GELU(), nn.Dropout(0.1), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    @staticmethod
+    def pool(embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, 256, 64, 64) -> (B, 512): mean and max over the grid."""
+        return torch.cat([embeddings.mean(dim=(2, 3)), embeddings.amax(dim=(2, 3))], dim=1)
+
+    def forward(self, pooled: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        i, t = self.image(pooled), self.text(text)
+        if i.shape[0] != t.shape[0]:
+            i = i.expand(t.shape[0], -1)
+        return self.head(torch.cat([i, t, i * t], dim=1))[:, 0]
+
+
 class MedSAM3Lite(nn.Module):
     """LiteMedSAM + concept prompts. Only ``concept_head`` and ``concept_decoder`` are trained."""
 
@@ -104,9 +131,10 @@ class MedSAM3Lite(nn.Module):
         self.mask_decoder = lite.mask_decoder
         self.concept_head = ConceptHead()
         self.concept_decoder = ConceptDecoder(self.mask_decoder)
+        self.presence_gate = PresenceGate()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("concept_head.", "concept_decoder."))}
+        return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED_PREFIXES)}
 
     # --- prompts -----------------------------------------------------------------
     def concept_prompt(
@@ -127,6 +155,10 @@ class MedSAM3Lite(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sparse, dense = self.concept_prompt(text, boxes)
         return self.concept_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
+    def presence(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Probability that each phrase's concept is in the image (the presence gate)."""
+        return torch.sigmoid(self.presence_gate(self.presence_gate.pool(embeddings.float()), text.float()))
 
     def decode_geometry(
         self,
@@ -163,7 +195,7 @@ def load_litemedsam_weights(net: MedSAM3Lite) -> None:
     state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
     missing, unexpected = net.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected]
-    wrong_missing = [k for k in missing if not k.startswith(("concept_head.", "concept_decoder."))]
+    wrong_missing = [k for k in missing if not k.startswith(TRAINED_PREFIXES)]
     if unexpected or wrong_missing:
         raise RuntimeError(f"LiteMedSAM checkpoint does not match: missing={wrong_missing[:5]} unexpected={unexpected[:5]}")
     # The concept decoder starts as a copy of the trained mask decoder.
