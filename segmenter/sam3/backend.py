@@ -110,7 +110,8 @@ class Sam3Backend(SegmenterBackend):
     @torch.inference_mode()
     def _features(self, enc: _Encoded):
         if enc.features is None:
-            pixels = self.processor(images=enc.image, return_tensors="pt")["pixel_values"]
+            image = enc.image if enc.image.flags.writeable else enc.image.copy()  # torch wants writable memory
+            pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
             enc.features = self.net.get_vision_features(pixel_values=pixels.to(self.device, self.dtype))
             self._encode_count += 1
         return enc.features

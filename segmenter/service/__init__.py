@@ -1,0 +1,1 @@
+"""The segmenter over HTTP: a FastAPI server (``app``) and the ``remote`` backend (``client``)."""

@@ -1,0 +1,101 @@
+"""What travels between the segmenter server and the ``remote`` backend: pydantic bodies, COCO RLE masks."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pydantic import BaseModel, Field
+
+from segmenter.types import Box, Instance, Prompt, SegmentationResult
+
+API_VERSION = 1
+
+
+class Rle(BaseModel):
+    """COCO run-length encoding (column-major, as pycocotools writes it)."""
+
+    size: tuple[int, int]  # (height, width)
+    counts: str
+
+
+def encode_mask(mask: np.ndarray) -> Rle:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return Rle(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii"))
+
+
+def decode_mask(rle: Rle) -> np.ndarray:
+    with warnings.catch_warnings():  # pycocotools' own numpy-2 copy= deprecation, not ours to fix
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mask = mask_utils.decode({"size": list(rle.size), "counts": rle.counts.encode("ascii")})
+    return mask.astype(bool)
+
+
+class WireInstance(BaseModel):
+    rle: Rle
+    score: float
+    box: Box
+    area: int
+
+
+class WireResult(BaseModel):
+    prompt: Prompt
+    instances: list[WireInstance]
+    presence: float
+    image_size: tuple[int, int]
+    backend: str
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def from_result(cls, result: SegmentationResult) -> WireResult:
+        return cls(
+            prompt=result.prompt,
+            instances=[
+                WireInstance(rle=encode_mask(i.mask), score=i.score, box=i.box, area=i.area) for i in result.instances
+            ],
+            presence=result.presence,
+            image_size=result.image_size,
+            backend=result.backend,
+            timings_ms=result.timings_ms,
+        )
+
+    def to_result(self) -> SegmentationResult:
+        instances = []
+        for inst in self.instances:
+            mask = decode_mask(inst.rle)
+            if mask.shape != tuple(self.image_size):
+                raise ValueError(f"server sent a {mask.shape} mask for a {self.image_size} image")
+            instances.append(Instance(mask=mask, score=inst.score, box=inst.box, area=inst.area))
+        return SegmentationResult(
+            prompt=self.prompt,
+            instances=instances,
+            presence=self.presence,
+            image_size=self.image_size,
+            backend=self.backend,
+            timings_ms=self.timings_ms,
+        )
+
+
+class SegmentRequest(BaseModel):
+    prompts: list[Prompt] = Field(min_length=1, max_length=64)
+
+
+class SegmentResponse(BaseModel):
+    image_id: str
+    results: list[WireResult]
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    height: int
+    width: int
+
+
+class ServerInfo(BaseModel):
+    api_version: int = API_VERSION
+    backend: str
+    concepts: list[str]
+    device: str
+    max_upload_mb: float
+    details: dict = Field(default_factory=dict)  # the backend's own info(): model, dtype, LoRA, ...

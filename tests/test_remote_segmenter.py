@@ -1,0 +1,246 @@
+"""`serve-segmenter` and the `remote` backend: masks round-trip bit-exactly, limits and tokens hold.
+
+The server runs for real (uvicorn on 127.0.0.1, a free port) in front of the real MedSAM3-Lite
+backend or a tiny random-weight SAM 3; the client is the `remote` backend over httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from sam3_tiny import tiny_model, tiny_processor
+
+from segmenter import Box, Point, Prompt, Segmenter, build_backend
+from segmenter.remote import RemoteBackend, RemoteError
+from segmenter.sam3 import PostProcess, Sam3Backend
+from segmenter.service.app import create_app, fit_prompt, serve_in_background
+from segmenter.service.client import encode_png
+from segmenter.service.wire import Rle, decode_mask, encode_mask
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    """A dark frame with a bright disc and some texture: something for a box or a click to find."""
+    rng = np.random.default_rng(1)
+    h, w = 180, 240
+    yy, xx = np.mgrid[:h, :w]
+    img = (rng.random((h, w, 3)) * 40).astype(np.uint8)
+    disc = (yy - 90) ** 2 + (xx - 110) ** 2 < 45**2
+    img[disc] = np.array([220, 150, 140], dtype=np.uint8)
+    return img
+
+
+@pytest.fixture(scope="module")
+def lite(segmenter):
+    return segmenter.backend  # the session's loaded MedSAM3-Lite (conftest)
+
+
+@pytest.fixture(scope="module")
+def server(lite):
+    with serve_in_background(create_app(lite, token=TOKEN, max_upload_mb=1.0)) as url:
+        yield url
+
+
+def direct(backend, image, prompts):
+    """The server-side backend's own answers, for comparison with what travelled."""
+    h, w = image.shape[:2]
+    backend.set_image(image)
+    return [backend.segment(fit_prompt(p, w, h)) for p in prompts]
+
+
+def assert_same(remote, local):
+    assert len(remote) == len(local)
+    for r, lo in zip(remote, local):
+        assert r.prompt == lo.prompt and r.image_size == lo.image_size and r.backend == lo.backend
+        assert r.presence == lo.presence
+        assert len(r.instances) == len(lo.instances)
+        for a, b in zip(r.instances, lo.instances):
+            assert a.mask.dtype == bool and a.mask.shape == b.mask.shape
+            assert np.array_equal(a.mask, b.mask)
+            assert (a.score, a.box, a.area) == (b.score, b.box, b.area)
+
+
+def test_rle_round_trip_is_exact():
+    rng = np.random.default_rng(0)
+    masks = [rng.random((37, 53)) > 0.5, np.zeros((5, 7), bool), np.ones((9, 4), bool), (rng.random((1, 80)) > 0.3),
+             (rng.random((64, 64)) > 0.9)[::2, 1::3]]  # a non-contiguous view
+    for mask in masks:
+        rle = encode_mask(mask)
+        assert isinstance(rle.counts, str) and tuple(rle.size) == mask.shape
+        back = decode_mask(Rle.model_validate_json(rle.model_dump_json()))
+        assert back.dtype == bool and np.array_equal(back, mask)
+
+
+def test_remote_masks_equal_the_servers_bit_for_bit(server, lite, image):
+    prompts = [
+        Prompt(boxes=[Box(x0=60, y0=40, x1=160, y1=140)]),
+        Prompt(points=[Point(x=110, y=90)]),
+        Prompt(concept="polyp"),
+        Prompt(concept="skin lesion", boxes=[Box(x0=60, y0=40, x1=400, y1=140)]),  # clipped to the image
+    ]
+    seg = Segmenter("remote", url=server, token=TOKEN)
+    remote = [seg.segment(image, prompt=prompts[0])] + [seg.segment(prompt=p) for p in prompts[1:]]
+    local = direct(lite, image, prompts)
+    assert_same(remote, local)
+    assert remote[0].found and remote[1].found  # a box and a click on the disc find something
+    assert remote[3].prompt.boxes[0].x1 == image.shape[1]
+    assert seg.backend.encode_count == 1  # uploaded once for all prompts
+    seg.set_image(image.copy())
+    seg.segment(concept="polyp")
+    assert seg.backend.encode_count == 1  # same pixels: no second upload
+
+
+def test_info_health_and_concepts(server, lite):
+    health = httpx.get(f"{server}/health")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}  # no token needed, no details given
+    remote = RemoteBackend(server, token=TOKEN)
+    info = remote.info()
+    assert info["backend"] == "remote:medsam3-lite" and info["device"] == "cpu" and info["url"] == server
+    assert remote.concepts() == lite.concepts() and "polyp" in remote.concepts()
+    raw = httpx.get(f"{server}/v1/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert raw["backend"] == "medsam3-lite" and raw["max_upload_mb"] == 1.0 and raw["api_version"] == 1
+
+
+def test_wrong_or_missing_token_is_refused(server, image):
+    with pytest.raises(RemoteError, match="refused the token"):
+        RemoteBackend(server, token="wrong")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        response = httpx.post(f"{server}/v1/images", content=encode_png(image), headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_oversized_upload_is_refused(server):
+    noise = (np.random.default_rng(2).random((700, 700, 3)) * 255).astype(np.uint8)  # ~1.4 MB as PNG
+    assert len(encode_png(noise)) > 1024 * 1024
+    remote = RemoteBackend(server, token=TOKEN)
+    with pytest.raises(RemoteError, match="too large"):
+        remote.set_image(noise)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def chunks():  # no Content-Length: the server counts while it reads
+        for _ in range(20):
+            yield b"\0" * 100_000
+
+    response = httpx.post(f"{server}/v1/images", content=chunks(), headers=auth)
+    assert response.status_code == 413 and "limit of 1.0 MB" in response.json()["detail"]
+
+
+def test_bad_uploads_and_prompts_get_clear_errors(server, image):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx.post(f"{server}/v1/images", content=b"this is not an image", headers=auth)
+    assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
+    response = httpx.post(f"{server}/v1/images/0123456789abcdef/segment", json={"prompts": [{"concept": "polyp"}]},
+                          headers=auth)
+    assert response.status_code == 404 and "upload the image first" in response.json()["detail"]
+    remote = RemoteBackend(server, token=TOKEN)
+    remote.set_image(image)
+    with pytest.raises(ValueError, match="lies outside the 240x180 image"):
+        remote.segment(Prompt(points=[Point(x=500, y=10)]))
+    response = httpx.post(f"{server}/v1/images/{remote._image_id}/segment", json={"prompts": [{}]}, headers=auth)
+    assert response.status_code == 422 and "a prompt needs a concept" in response.text
+
+
+def test_dropped_images_are_uploaded_again(lite, image):
+    with serve_in_background(create_app(lite, max_images=1)) as url:
+        first, second = RemoteBackend(url), RemoteBackend(url)
+        first.set_image(image)
+        second.set_image(np.ascontiguousarray(image[:, ::-1]))  # evicts the first image on the server
+        result = first.segment(Prompt(boxes=[Box(x0=60, y0=40, x1=160, y1=140)]))
+        assert result.found and first.encode_count == 2  # re-uploaded once, then answered
+
+
+def test_unreachable_server_and_missing_url(monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    with pytest.raises(RemoteError, match="unreachable"):
+        RemoteBackend(f"http://127.0.0.1:{port}", timeout=5)
+    monkeypatch.delenv("MEDSAM3_SEGMENTER_URL", raising=False)
+    with pytest.raises(ValueError, match="MEDSAM3_SEGMENTER_URL"):
+        build_backend("remote")
+
+
+def test_sam3_backend_served_in_batches(image):
+    backend = Sam3Backend(net=tiny_model(), processor=tiny_processor(),
+                          postprocess=PostProcess(score_threshold=0.0, nms_iou=0.7))
+    prompts = [Prompt(concept="polyp"), Prompt(concept="lung", boxes=[Box(x0=10, y0=10, x1=200, y1=170)]),
+               Prompt(boxes=[Box(x0=60, y0=40, x1=160, y1=140)])]
+    with serve_in_background(create_app(backend)) as url:
+        remote = RemoteBackend(url)
+        assert remote.info()["backend"] == "remote:sam3" and remote.info()["dtype"] == "float32"
+        remote.set_image(image)
+        answers = remote.segment_many(prompts)
+    assert any(a.found for a in answers)
+    backend.set_image(image)
+    assert_same(answers, backend.segment_many(prompts))
+    assert backend.encode_count == 1
+
+
+def test_serve_segmenter_command(tmp_path):
+    """The CLI as a user starts it: free port, token from the environment, health and info answer."""
+    env = {**os.environ, "MEDSAM3_SEGMENTER_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "agent.cli", "serve-segmenter", "--backend", "lite", "--port", "0",
+           "--max-upload-mb", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving"):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(300), "server did not start"
+        banner = next((x for x in lines if x.startswith("serving")), None)
+        assert banner is not None, "".join(lines)
+        url = banner.split(" at ")[-1].strip()
+        assert url.startswith("http://127.0.0.1:") and "medsam3-lite on cpu" in banner
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx.get(f"{url}/v1/info").status_code == 401
+        info = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert info["backend"] == "medsam3-lite" and info["max_upload_mb"] == 2.0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_agent_runs_end_to_end_with_the_remote_segmenter(server, lite, image, tmp_path, monkeypatch):
+    """`medsam3-agent run ... --segmenter remote` against a local server, and the same answer as in-process."""
+    import json
+
+    from PIL import Image
+
+    from agent import Agent
+    from agent.cli import main as cli
+
+    path = tmp_path / "frame.png"
+    Image.fromarray(image).save(path)
+    monkeypatch.setenv("MEDSAM3_SEGMENTER_URL", server)
+    monkeypatch.setenv("MEDSAM3_SEGMENTER_TOKEN", TOKEN)
+    out = tmp_path / "out"
+    assert cli(["run", str(path), "find the polyps", "--out", str(out), "--planner", "offline", "--quiet",
+                "--segmenter", "remote"]) == 0
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["planner"] == "offline" and saved["concepts_tried"][0] == "polyp"
+
+    remote = Agent(planner="offline", segmenter="remote").run("find the polyps", image=str(path))
+    local = Agent(planner="offline", segmenter=Segmenter(lite)).run("find the polyps", image=str(path))
+    assert remote.answer == local.answer == saved["answer"]
+    assert remote.concepts_tried == local.concepts_tried
+    assert np.array_equal(remote.union_mask(), local.union_mask())
+    assert [len(m.instances) for m in remote.masks] == [len(m.instances) for m in local.masks]
