@@ -1,0 +1,219 @@
+"""Tools, prompts, mask storage and result files: the agent's building blocks, without a model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from agent_helpers import OracleBackend
+from PIL import Image
+
+from agent.mllm.base import decode_data_url, image_data_url, parse_native_call, parse_text_tool_calls
+from agent.results import AgentResult, ConceptMask, StepEvent
+from agent.store import MemoryMaskStore, SqliteMaskStore
+from prompts import load_prompt
+from segmenter import Segmenter
+from segmenter.types import Instance
+from tools import rle
+from tools.answer import report_no_mask, select_masks
+from tools.examine import examine_masks
+from tools.registry import TOOLS, openai_tools, parse_call, text_tool_list
+from tools.schemas import Candidate, ExamineMasksArgs, ReportNoMaskArgs, SegmentGeometryArgs, SelectMasksArgs, ToolError
+from tools.segment import segment_geometry
+
+
+def disc(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+# --- prompts ---------------------------------------------------------------------------------------
+
+
+def test_prompts_are_filled_and_keep_json_examples():
+    text = load_prompt("system", concepts="- polyp\n- optic cup", width=512, height=400, max_rounds=3)
+    assert "- optic cup" in text and "512x400" in text and "at most 3 rounds" in text
+    assert "{concepts}" not in text
+    fmt = load_prompt("text_tool_format", tool_list=text_tool_list())
+    assert '<tool>{"name": "<tool name>"' in fmt and "segment_concept" in fmt
+
+
+def test_prompt_errors_name_the_problem():
+    with pytest.raises(KeyError, match="width"):
+        load_prompt("system", concepts="x", height=1, max_rounds=1)
+    with pytest.raises(FileNotFoundError, match="no prompt named 'nope'"):
+        load_prompt("nope")
+    with pytest.raises(ValueError, match="plain file stem"):
+        load_prompt("../system")
+
+
+def test_every_tool_has_a_description_and_a_json_schema():
+    schemas = openai_tools()
+    assert {s["function"]["name"] for s in schemas} == set(TOOLS)
+    for schema in schemas:
+        assert schema["function"]["description"].strip()
+        json.dumps(schema)  # serialisable for the request body
+    assert "boxes" in TOOLS["segment_geometry"].openai_schema()["function"]["parameters"]["properties"]
+
+
+# --- tool-call validation ------------------------------------------------------------------------
+
+
+def test_parse_call_accepts_valid_calls_and_aliases():
+    spec, args = parse_call("select_masks", {"mask_ids": [3, 4], "answer": "two"})
+    assert spec.kind == "finish" and args.ids == [3, 4]
+    spec, args = parse_call("segment_geometry", {"boxes": [[1, 2, 30, 40]], "points": [{"x": 5, "y": 6}]})
+    assert spec.kind == "segment" and args.points[0].positive
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "message"),
+    [
+        ("zoom", {}, "unknown tool 'zoom'"),
+        ("segment_concept", {}, "concept"),
+        ("segment_concept", {"concept": "   "}, "empty"),
+        ("segment_geometry", {}, "at least one box or point"),
+        ("segment_geometry", {"boxes": [[1, 2, 3]]}, "4 numbers"),
+        ("segment_geometry", {"boxes": [[10, 10, 5, 20]]}, "x1 > x0"),
+        ("select_masks", {"ids": []}, "ids"),
+        ("select_masks", "not a dict", "JSON object"),
+    ],
+)
+def test_parse_call_errors_say_what_is_wrong(name, arguments, message):
+    with pytest.raises(ToolError, match=message):
+        parse_call(name, arguments)
+
+
+def test_text_tool_calls_are_parsed_leniently():
+    calls = parse_text_tool_calls('Sure.\n<tool>{"name": "segment_concept", "parameters": {"concept": "polyp"}}</tool>')
+    assert [(c.name, c.arguments) for c in calls] == [("segment_concept", {"concept": "polyp"})]
+    fenced = parse_text_tool_calls('<tool>```json\n{"name": "report_no_mask", "arguments": {}}\n```</tool>')
+    assert fenced[0].name == "report_no_mask" and fenced[0].error is None
+    assert parse_text_tool_calls("<tool>{not json</tool>")[0].error.startswith("the <tool> block is not valid JSON")
+    assert "needs" in parse_text_tool_calls('<tool>{"parameters": {}}</tool>')[0].error
+    assert parse_text_tool_calls("no tools here") == []
+    assert parse_native_call("c1", "segment_concept", "[1, 2]").error.startswith("arguments must be a JSON object")
+
+
+def test_images_travel_losslessly_as_data_urls():
+    image = np.random.default_rng(0).integers(0, 255, (33, 47, 3), dtype=np.uint8)
+    url = image_data_url(image)
+    assert url.startswith("data:image/png;base64,")
+    assert np.array_equal(decode_data_url(url), image)
+
+
+# --- tools over a segmenter ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def oracle_segmenter(tmp_path):
+    image = np.full((120, 160, 3), 60, dtype=np.uint8)
+    mask = disc(120, 160, 60, 80, 25)
+    image[mask] = (200, 120, 100)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    seg = Segmenter(OracleBackend({str(tmp_path / "img.png"): {"polyp": str(tmp_path / "mask.png")}}))
+    seg.set_image(tmp_path / "img.png")
+    return seg, mask
+
+
+def test_box_outside_the_image_is_a_tool_error_naming_the_size(oracle_segmenter):
+    seg, _ = oracle_segmenter
+    with pytest.raises(ToolError, match=r"outside the 160x120 image.*160x120 pixels"):
+        segment_geometry(seg, SegmentGeometryArgs(boxes=[[200, 130, 260, 190]]))
+    with pytest.raises(ToolError, match="outside"):
+        segment_geometry(seg, SegmentGeometryArgs(points=[{"x": 500, "y": 5}]))
+
+
+def test_box_partly_outside_is_clipped_and_numbered(oracle_segmenter):
+    seg, mask = oracle_segmenter
+    outcome = segment_geometry(seg, SegmentGeometryArgs(boxes=[[40, 20, 400, 400]], concept="polyp"), next_id=7)
+    assert [c.id for c in outcome.candidates] == [7]
+    assert outcome.candidates[0].concept == "polyp"
+    assert np.array_equal(outcome.masks[7], mask)
+    assert "#7 'polyp'" in outcome.text
+
+
+def test_select_examine_and_report():
+    image = np.zeros((100, 100, 3), dtype=np.uint8)
+    masks = {1: disc(100, 100, 30, 30, 10), 2: disc(100, 100, 70, 70, 15)}
+    cands = [Candidate(id=i, concept="polyp", score=0.5 + i / 10, box=[0, 0, 10, 10], area=int(m.sum()),
+                       prompt="'polyp'") for i, m in masks.items()]
+    assert select_masks(cands, SelectMasksArgs(ids=[2, 2], answer=" one ")).model_dump() == {"ids": [2],
+                                                                                             "answer": "one"}
+    with pytest.raises(ToolError, match=r"unknown mask id\(s\) \[5\]"):
+        select_masks(cands, SelectMasksArgs(ids=[5]))
+    assert report_no_mask(ReportNoMaskArgs(answer="none")).ids == []
+    shown = examine_masks(image, cands, masks, ExamineMasksArgs())
+    assert shown.ids == [2, 1]  # best score first
+    assert all(max(crop.shape[:2]) == 384 and crop.dtype == np.uint8 for crop in shown.images)
+    with pytest.raises(ToolError, match="unknown mask id"):
+        examine_masks(image, cands, masks, ExamineMasksArgs(ids=[9]))
+    with pytest.raises(ToolError, match="no candidate masks"):
+        examine_masks(image, [], {}, ExamineMasksArgs())
+
+
+# --- storage ----------------------------------------------------------------------------------------
+
+
+def test_rle_round_trip_and_errors():
+    rng = np.random.default_rng(1)
+    for shape in [(1, 1), (37, 91), (512, 300)]:
+        mask = rng.random(shape) > 0.7
+        encoded = rle.encode(mask)
+        json.dumps(encoded)
+        assert np.array_equal(rle.decode(encoded), mask)
+    with pytest.raises(ValueError, match="not a COCO RLE"):
+        rle.decode({"counts": "x"})
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_mask_stores_round_trip(kind, tmp_path):
+    store = MemoryMaskStore() if kind == "memory" else SqliteMaskStore(tmp_path / "db.sqlite")
+    mask = disc(64, 80, 30, 40, 12)
+    store.put_masks("t", {1: mask, 2: ~mask})
+    assert np.array_equal(store.get_mask("t", 1), mask) and np.array_equal(store.get_mask("t", 2), ~mask)
+    image = np.random.default_rng(2).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    store.put_image("k", image)
+    assert np.array_equal(store.get_image("k"), image) and store.get_image("other") is None
+    store.delete_thread("t")
+    with pytest.raises(KeyError, match="mask #1 of thread 't'"):
+        store.get_mask("t", 1)
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+
+def test_result_save_writes_binary_masks_at_image_size_and_relative_paths(tmp_path):
+    h, w = 90, 120
+    a, b = disc(h, w, 30, 30, 10), disc(h, w, 60, 80, 20)
+    masks = [
+        ConceptMask(concept="optic disc", image_size=(h, w),
+                    instances=[Instance.from_mask(a, 0.9), Instance.from_mask(b, 0.6)]),
+        ConceptMask(concept="optic-disc", image_size=(h, w), instances=[Instance.from_mask(b, 0.7)]),  # same slug
+    ]
+    result = AgentResult(question="q", answer="a", planner="offline", concepts_tried=["optic disc"], masks=masks,
+                         image_size=(h, w), overlay=np.zeros((h, w, 3), np.uint8),
+                         trace=[StepEvent(kind="plan", text="p", data={"x": 1, "bad": object()})])
+    out = result.save(tmp_path / "out")
+    data = json.loads((out / "result.json").read_text())
+    assert set(data) >= {"answer", "planner", "concepts_tried", "masks"}
+    assert [m["path"] for m in data["masks"]] == ["masks/optic_disc.png", "masks/optic_disc_.png"]
+    assert data["trace"][0]["data"] == {"x": 1}  # non-JSON data is left out, not a crash
+    first = data["masks"][0]
+    union = np.asarray(Image.open(out / first["path"]))
+    assert union.shape == (h, w) and set(np.unique(union)) <= {0, 255}
+    assert np.array_equal(union > 0, a | b)
+    for inst, expected in zip(first["instances"], [a, b]):
+        assert np.array_equal(np.asarray(Image.open(out / inst["path"])) > 0, expected)
+        assert len(inst["box"]) == 4 and 0 <= inst["score"] <= 1
+    assert np.array_equal(result.union_mask(), a | b)
+    assert Image.open(out / "overlay.png").size == (w, h)
+
+
+def test_empty_result_saves_an_empty_mask_list(tmp_path):
+    result = AgentResult(question="q", answer="Nothing was found.", planner="offline", concepts_tried=["polyp"],
+                         masks=[], image_size=(10, 12), overlay=np.zeros((10, 12, 3), np.uint8))
+    data = json.loads((result.save(tmp_path) / "result.json").read_text())
+    assert data["masks"] == [] and not result.union_mask().any() and result.union_mask().shape == (10, 12)
