@@ -178,3 +178,10 @@ def test_missing_model_or_settings_are_clear_errors(tmp_path, monkeypatch):
     bad.write_text("model: x\ndtype: int4\n")
     with pytest.raises(ValueError, match="dtype"):
         Sam3Backend(config=str(bad))
+
+
+def test_postprocess_overrides_are_validated_on_top_of_the_preset(image):
+    backend = Sam3Backend(net=tiny_model(), processor=tiny_processor(), postprocess={"min_area": 50})
+    assert backend.postprocess == PostProcess.transformers(min_area=50)  # no LoRA: the transformers preset
+    with pytest.raises(ValueError, match="score_threshold"):
+        Sam3Backend(net=tiny_model(), processor=tiny_processor(), postprocess={"score_threshold": 2})

@@ -70,8 +70,8 @@ class Sam3Backend(SegmenterBackend):
         if settings.lora is not None:
             self.lora = merge_lora(self.net, settings.lora.path, settings.lora.rank, settings.lora.alpha)
             self.name = "medsam3"
-        if isinstance(postprocess, dict):
-            postprocess = settings.postprocess_settings().model_copy(update=postprocess)
+        if isinstance(postprocess, dict):  # overrides on top of the preset, validated
+            postprocess = PostProcess.model_validate({**settings.postprocess_settings().model_dump(), **postprocess})
         self.postprocess = postprocess or settings.postprocess_settings()
         self._concepts = settings.concepts or load_catalog().names
         self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(settings.cache_images)

@@ -130,6 +130,8 @@ def create_app(
                 results = run_prompts(backend, prompts)
         except (ValueError, ImageError) as exc:
             raise HTTPException(422, str(exc)) from None
+        except RuntimeError as exc:  # e.g. CUDA out of memory: say so rather than a bare 500
+            raise HTTPException(500, f"segmenter failed: {exc}") from None
         return SegmentResponse(image_id=image_id, results=[WireResult.from_result(r) for r in results])
 
     return app
