@@ -36,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presence-threshold", type=float, default=0.5)
     parser.add_argument("--box-strategy", choices=("component", "union"), default="component",
                         help="box mode: one box per target component (default) or one union box")
+    parser.add_argument("--box-prompt", choices=("text+box", "box"), default="text+box",
+                        help="box mode: the concept with the boxes (default, the paper's T+I) or the boxes alone")
     parser.add_argument("--planner", default=None, help="agent planner (default: the agent's own default)")
     parser.add_argument("--max-rounds", type=int, default=None, help="agent refinement rounds")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (saves a little time)")
@@ -78,6 +80,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--presence-threshold", str(args.presence_threshold)]
     if args.box_strategy != "component":
         parts += ["--box-strategy", args.box_strategy]
+    if args.box_prompt != "text+box":
+        parts += ["--box-prompt", args.box_prompt]
     if args.workers != 1:
         parts += ["--workers", str(args.workers)]
     if args.seed != 0:
@@ -109,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         weights=args.weights,
         presence_threshold=args.presence_threshold,
         box_strategy=args.box_strategy,
+        box_text=args.box_prompt == "text+box",
         planner=args.planner,
         max_rounds=args.max_rounds,
         hd95=not args.no_hd95,

@@ -5,8 +5,8 @@
   T+I setting. ``component`` strategy (default): one box per connected component of the target
   (8-connectivity), so each polyp / nucleus / lung gets its own box; ``union``: one box around the
   whole target. With exactly one concept the text goes with the boxes; with several (a reasoning
-  question over e.g. left + right lung) the boxes go alone. Cases with an empty target have no
-  box and are not run in this mode.
+  question over e.g. left + right lung), or with ``text=False`` (``--box-prompt box``), the boxes
+  go alone. Cases with an empty target have no box and are not run in this mode.
 - ``agent``: the question -> ``agent.Agent`` (any planner); concept cases without a question
   are asked ``"Segment the <concept> in this image."``.
 """
@@ -81,12 +81,18 @@ def predict_direct(seg: Segmenter, image: np.ndarray, case: EvalCase) -> tuple[n
 
 
 def predict_box(
-    seg: Segmenter, image: np.ndarray, case: EvalCase, target: np.ndarray, strategy: BoxStrategy = "component"
+    seg: Segmenter,
+    image: np.ndarray,
+    case: EvalCase,
+    target: np.ndarray,
+    strategy: BoxStrategy = "component",
+    *,
+    text: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     boxes = target_boxes(target, strategy)
     if not boxes:
         raise ValueError(f"case {case.key} has an empty target, so there is no box to prompt with")
-    concept = case.concepts[0] if len(case.concepts) == 1 else None
+    concept = case.concepts[0] if text and len(case.concepts) == 1 else None
     seg.set_image(image)
     mask = np.zeros(image.shape[:2], dtype=bool)
     presence, instances = 0.0, 0

@@ -33,12 +33,12 @@ def _index(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
     return {(r["mode"], r["dataset"], r["concept"]): r for r in rows}
 
 
-def paper_table(rows: list[dict]) -> list[str]:
+def paper_table(rows: list[dict], titles: dict[str, str] = MODE_TITLES) -> list[str]:
     """Dice per dataset: quoted published methods, then our modes."""
     index = _index(rows)
     modes = [m for m in MODE_TITLES if any(r["mode"] == m for r in rows)]
     ours = sorted({r["dataset"] for r in rows if r["dataset"] != "*"})
-    header = ["Dataset", *[f"{m} (quoted)" for m in paper.METHODS], *[MODE_TITLES[m] for m in modes]]
+    header = ["Dataset", *[f"{m} (quoted)" for m in paper.METHODS], *[titles[m] for m in modes]]
     body = []
     for dataset in ours:
         quoted = paper.DICE.get(paper.SAME_DATASET.get(dataset, ""), {})
@@ -130,18 +130,22 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
     config = run_info.get("config", {})
     n_cases = len({(r["mode"], r["key"]) for r in records})
     sha = (identity.get("weights_sha256") or "")[:12]
+    titles = dict(MODE_TITLES)
+    if identity.get("box_text") is False:
+        titles["box"] = "Ours: GT box only (box)"
     lines = [
         "# Evaluation report",
         "",
         f"Command: `{run_info.get('command') or 'medsam3-agent eval'}`  ",
         (f"Started {run_info.get('started', '?')}; backend `{identity.get('backend')}`, weights "
         f"`{identity.get('weights')}`{f' (sha256 {sha}…)' if sha else ''}; split `{config.get('split')}`; "
-        f"modes {', '.join(config.get('modes', []))}; box prompts: {identity.get('box_strategy')}; "
+        f"modes {', '.join(config.get('modes', []))}; box prompts: {identity.get('box_strategy')}"
+         f"{'' if identity.get('box_text', True) else ', without text'}; "
         f"{n_cases} scored (mode, case) pairs."),
         "",
         "## Dice by dataset",
         "",
-        *paper_table(rows),
+        *paper_table(rows, titles),
         "",
         f"Quoted columns: {paper.SOURCE} Published numbers are on the paper's own test splits; ours are on this "
         "run's split, so compare them as orders of magnitude, not as a ranking. "
@@ -149,7 +153,8 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
         "",
         ("Ours: mean per-case Dice over cases with a non-empty target. *direct* prompts the known concept name only; "
         "*box* adds the ground-truth box of each connected target component (or one union box, per the run's "
-        "setting), like the paper's text + image-prompt setting; *agent* answers the question (reasoning sets) or "
+        "setting), like the paper's text + image-prompt setting (or sends the boxes alone with --box-prompt box); "
+        "cases with an empty target have no box and are left out of *box*; *agent* answers the question (reasoning sets) or "
         "\"Segment the <concept> in this image.\"."),
         "",
         "## All metrics by dataset",

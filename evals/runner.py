@@ -37,7 +37,8 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 RUN_INFO = "run.json"
 # settings that change what a record means: a resumed run must use the same ones
-_IDENTITY = ("backend", "weights_sha256", "presence_threshold", "box_strategy", "planner", "max_rounds")
+_IDENTITY = ("backend", "weights_sha256", "presence_threshold", "box_strategy", "box_text", "planner", "max_rounds")
+AGENT_REBUILD_EVERY = 100  # questions; the agent's in-memory checkpointer and image store keep every thread
 
 
 def default_questions() -> Path | None:
@@ -61,6 +62,7 @@ class EvalConfig(BaseModel):
     weights: Path | None = None
     presence_threshold: float = 0.5
     box_strategy: BoxStrategy = "component"
+    box_text: bool = True  # box mode sends the concept with the boxes (T+I); False: boxes alone
     planner: str | None = None
     max_rounds: int | None = None
     hd95: bool = True
@@ -171,11 +173,16 @@ class Runtime:
             segmenter = MeteredSegmenter(config.backend, **options)
         self.segmenter = segmenter
         self._agent = None
+        self._agent_questions = 0
 
     @property
     def agent(self):
-        if self._agent is None:
+        """The agent on this process's segmenter, made fresh every ``AGENT_REBUILD_EVERY`` questions
+        so its per-thread memory does not grow with the benchmark."""
+        if self._agent is None or self._agent_questions >= AGENT_REBUILD_EVERY:
             self._agent = build_agent(self.segmenter, self.config)
+            self._agent_questions = 0
+        self._agent_questions += 1
         return self._agent
 
 
@@ -234,7 +241,7 @@ def run_image(runtime: Runtime, image_path: str, tasks: list[tuple[str, EvalCase
             if mode == "direct":
                 pred, info = predict_direct(seg, image, case)
             elif mode == "box":
-                pred, info = predict_box(seg, image, case, target.mask, config.box_strategy)
+                pred, info = predict_box(seg, image, case, target.mask, config.box_strategy, text=config.box_text)
             else:
                 pred, info = predict_agent(runtime.agent, image, case)
             elapsed = time.perf_counter() - start
@@ -311,6 +318,7 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         "weights_sha256": weights_sha,
         "presence_threshold": config.presence_threshold,
         "box_strategy": config.box_strategy,
+        "box_text": config.box_text,
         "planner": config.planner,
         "max_rounds": config.max_rounds,
     }

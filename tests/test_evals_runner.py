@@ -163,3 +163,18 @@ def test_box_mode_quality_on_real_polyps(data_root, tmp_path, metered):
     row = next(r for r in outcome.summary if (r["mode"], r["dataset"], r["concept"]) == ("box", "kvasir_seg", "*"))
     assert row["n"] == 8 and row["errors"] == 0
     assert row["dice"] > 0.7  # a tight box is a strong prompt for LiteMedSAM's decoder
+
+
+def test_box_prompt_without_text_and_worker_processes_give_the_same_records(tmp_path, metered):
+    coco = write_coco(tmp_path / "coco")
+    base = {"data": [coco], "split": None, "modes": ["box"], "box_text": False, "hd95": False}
+    run_eval(EvalConfig(**base, out=tmp_path / "one"), segmenter=metered, progress=False, log=lambda _: None)
+    one = sorted(lines(tmp_path / "one" / "results.jsonl"), key=lambda r: r["key"])
+    assert [r["presence"] for r in one] == [1.0, 1.0]  # boxes alone are geometric prompts: no presence gate
+    assert "box prompts: component, without text" in (tmp_path / "one" / "report.md").read_text()
+    # two spawned workers, each loading its own model, score the same cases the same way
+    run_eval(EvalConfig(**base, out=tmp_path / "two", workers=2), progress=False, log=lambda _: None)
+    two = sorted(lines(tmp_path / "two" / "results.jsonl"), key=lambda r: r["key"])
+    strip = ("seconds", "encode_seconds")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in two] == [
+        {k: v for k, v in r.items() if k not in strip} for r in one]

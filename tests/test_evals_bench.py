@@ -1,0 +1,26 @@
+"""`medsam3-agent bench` on real shared images: every number is measured and written (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from agent.cli import main as cli_main
+
+
+def test_bench_measures_and_writes_json(data_root, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--data", str(data_root), "--images", "1", "--questions", "1", "--out", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert numbers["images"] == 1 and numbers["backend"] == "medsam3-lite"
+    for key in ("model_load_s", "encoder_ms_per_image", "decoder_ms_per_prompt", "eval_direct_images_per_s",
+                "peak_rss_mb"):
+        assert isinstance(numbers[key], float) and numbers[key] > 0, key
+    # the agent is measured when agent.Agent exists, otherwise the JSON says why not
+    assert (numbers["agent_s_per_question"] or 0) > 0 or "not importable" in numbers["agent_note"]
+    printed = capsys.readouterr().out
+    assert "encoder ms / image (median)" in printed and str(out) in printed
+
+
+def test_bench_refuses_a_missing_data_root(tmp_path, capsys):
+    assert cli_main(["bench", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "no data root" in capsys.readouterr().err
