@@ -1,0 +1,84 @@
+"""What the UI's settings panel holds, validated at the boundary, and where the API key comes from.
+
+The key is read from the environment only: the UI shows whether it is set, never its value, and
+sends it only to an endpoint the operator chose (see ``key_for``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+KEY_ENV = "OPENAI_API_KEY"
+PLANNERS = ("offline", "openai")
+BACKENDS = ("lite", "sam3", "remote")
+
+
+class UiSettings(BaseModel):
+    """One turn's settings; equal settings share one Agent (and so its threads)."""
+
+    model_config = {"frozen": True}
+
+    planner: Literal["offline", "openai"] = "offline"
+    base_url: str = ""
+    model: str = ""
+    backend: Literal["lite", "sam3", "remote"] = "lite"
+    max_rounds: int = Field(3, ge=1, le=10)
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("base_url", "model")
+    @classmethod
+    def _strip(cls, value: str | None) -> str:
+        return (value or "").strip()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint base URL must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    def describe(self) -> str:
+        planner = "offline planner" if self.planner == "offline" else f"{self.model or '?'} at {self.base_url or '?'}"
+        return (
+            f"{planner} · segmenter {self.backend} · up to {self.max_rounds} round(s) · "
+            f"score threshold {self.score_threshold:.2f}"
+        )
+
+
+def key_is_set() -> bool:
+    return bool(os.environ.get(KEY_ENV, "").strip())
+
+
+def key_status() -> str:
+    """What the settings panel says about the key: whether it is set, never the value."""
+    if key_is_set():
+        return f"API key: read from `{KEY_ENV}` (set)."
+    return f"API key: `{KEY_ENV}` is not set; endpoints that need no key (vLLM, Ollama) still work."
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def key_for(base_url: str, *, launch_base_url: str, host: str) -> str | None:
+    """The key to send to ``base_url``, or None.
+
+    A UI reachable from other machines must not let a visitor point the planner at their own
+    server and receive the operator's key, so there the key only goes to the endpoint set at
+    launch. On a loopback-only UI the visitor is the operator, and any endpoint gets it.
+    """
+    key = os.environ.get(KEY_ENV, "").strip() or None
+    if key is None:
+        return None
+    if is_loopback(host) or (launch_base_url and base_url.rstrip("/") == launch_base_url.rstrip("/")):
+        return key
+    return None

@@ -1,0 +1,247 @@
+"""The chat UI served for real: driven through `gradio_client`, and in headless Chromium via Playwright.
+
+One server (offline planner + MedSAM3-Lite, the real Agent) serves every test here. The browser
+test saves its screenshot to tests/artifacts/ (git-ignored: it may show a shared-data image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+SECRET = "sk-test-ui-secret-never-shown"
+MAX_UPLOAD_MB = 2.0
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def test_image(tmp_path_factory) -> Path:
+    """A Kvasir val image where the shared data is present, else a drawn 'polyp' (pink disc on red)."""
+    manifest = DATA / "kvasir_seg" / "manifest.jsonl"
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            row = json.loads(line)
+            if row["split"] == "val":
+                return DATA / "kvasir_seg" / row["image"]
+    h, w = 240, 320
+    yy, xx = np.mgrid[:h, :w]
+    image = np.stack([np.full((h, w), 150), np.full((h, w), 60), np.full((h, w), 50)], axis=-1).astype(np.uint8)
+    image[(xx - 160) ** 2 + (yy - 120) ** 2 < 45**2] = (225, 140, 130)
+    path = tmp_path_factory.mktemp("ui") / "synthetic_polyp.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, test_image):
+    """The UI on a free loopback port, with a (fake) key in the environment that must never show."""
+    from agent.ui.app import UiConfig, launch_app
+    from agent.ui.settings import KEY_ENV
+
+    old_key = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = SECRET
+    config = UiConfig(port=_free_port(), examples=[test_image], max_upload_mb=MAX_UPLOAD_MB,
+                      workdir=tmp_path_factory.mktemp("ui_work"))
+    ui = launch_app(config, block=False, preload=True)
+    yield ui.url, ui.app
+    ui.close()
+    if old_key is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = old_key
+
+
+@pytest.fixture()
+def client(server):
+    return gradio_client.Client(server[0], verbose=False)
+
+
+def _ask(client, text: str, image: Path | None = None, **settings):
+    files = [gradio_client.handle_file(str(image))] if image else []
+    chat, box, overlay, legend, downloads, status = client.predict(
+        {"text": text, "files": files}, api_name="/ask", **settings
+    )
+    return {"chat": chat, "box": box, "overlay": overlay, "legend": legend, "downloads": downloads, "status": status}
+
+
+def _texts(message: dict) -> str:
+    return " ".join(part.get("text", "") for part in message["content"] if part.get("type") == "text")
+
+
+def _turn(chat: list[dict]) -> list[dict]:
+    """The last turn's messages: from the last user message on."""
+    last_user = max(i for i, m in enumerate(chat) if m["role"] == "user")
+    return chat[last_user:]
+
+
+def test_upload_ask_and_download_masks(client, test_image):
+    out = _ask(client, "find the polyps", test_image)
+    turn = _turn(out["chat"])
+    user = turn[0]
+    assert user["content"][0]["type"] == "file" and _texts(user) == "find the polyps"
+    titles = [(m.get("metadata") or {}).get("title") or "" for m in turn[1:]]
+    assert "Plan" in titles, titles  # the plan
+    assert any(t.startswith("Tool: ") for t in titles), titles  # each tool call
+    assert all((m.get("metadata") or {}).get("status") != "pending" for m in turn)  # every step closed
+    answer = _texts(turn[-1])
+    assert answer and "Error" not in answer
+    assert out["box"]["interactive"] is True and out["status"].startswith("Done")
+
+    width, height = Image.open(test_image).size
+    assert Image.open(out["overlay"]).size == (width, height)
+    zip_path, json_path = out["downloads"]
+    assert Path(zip_path).name.endswith("_masks.zip") and Path(json_path).name == "result.json"
+    saved = json.loads(Path(json_path).read_text())
+    assert saved["answer"] == answer and saved["planner"]
+    rows = out["legend"]["data"]
+    if rows:  # candidates were found: their set-of-marks overlay was shown in the chat as a step
+        assert any(p.get("type") == "file" for m in turn[1:] for p in m["content"])
+    assert out["legend"]["headers"] == ["#", "concept", "instance", "score", "area (px)", "area (%)"]
+    assert len(rows) == sum(len(m["instances"]) for m in saved["masks"])
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+        assert "result.json" in names
+        for entry, row in zip([i for m in saved["masks"] for i in m["instances"]], rows):
+            assert entry["path"] in names
+            with archive.open(entry["path"]) as f:
+                mask = np.asarray(Image.open(f)) > 0
+            assert mask.shape == (height, width)
+            assert int(mask.sum()) == int(row[4])  # the legend's area is the downloaded mask's
+            assert abs(float(row[5]) - 100 * mask.sum() / (height * width)) < 0.01
+
+    # a follow-up in the same thread refines: no new upload, the same thread id
+    follow = _ask(client, "only the largest one")
+    assert _texts(_turn(follow["chat"])[0]) == "only the largest one"
+    again = json.loads(Path(follow["downloads"][1]).read_text())
+    assert again["thread_id"] == saved["thread_id"]
+    assert len(follow["legend"]["data"]) <= max(1, len(rows))
+    assert len(follow["chat"]) > len(out["chat"])  # the conversation is kept
+
+    # "new chat": a new thread, nothing left of the old image
+    cleared = client.predict(api_name="/new_chat")
+    assert cleared[0] == []
+    fresh = _ask(client, "find the polyps")
+    assert "upload an image first" in _texts(fresh["chat"][-1])
+
+
+def test_bad_files_and_oversized_uploads_are_refused_with_a_message(client, tmp_path):
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"this is not an image")
+    out = _ask(client, "find the polyps", bad)
+    message = _texts(out["chat"][-1])
+    assert message.startswith("**Error:**") and "scan.png" in message and "not a readable image" in message
+    assert "/tmp/gradio" not in message  # the file is named as the user knows it
+    assert out["box"]["interactive"] is True
+
+    big = tmp_path / "huge.png"
+    big.write_bytes(os.urandom(int((MAX_UPLOAD_MB + 1) * 1024 * 1024)))
+    with pytest.raises(ValueError, match="maximum file size"):  # refused before it is sent
+        _ask(client, "find the polyps", big)
+    import httpx  # the server refuses it too, whatever the client does
+
+    url = client.src.rstrip("/") + "/gradio_api/upload"
+    with big.open("rb") as f:
+        response = httpx.post(url, files={"files": ("huge.png", f, "image/png")}, timeout=60)
+    assert response.status_code == 413, response.text
+
+
+def test_endpoint_down_is_a_readable_message_and_the_ui_stays_usable(client, test_image):
+    port = _free_port()  # nothing listens here
+    out = _ask(client, "find the polyps", test_image, planner="openai", base_url=f"http://127.0.0.1:{port}/v1",
+               model="qwen-vl")
+    message = _texts(out["chat"][-1])
+    assert message.startswith("**Error:**") and f"127.0.0.1:{port}" in message, message
+    assert out["box"]["interactive"] is True and out["downloads"] is None
+    missing = _ask(client, "find the polyps", planner="openai", base_url="", model="")
+    assert "base URL and a model" in _texts(missing["chat"][-1])
+    # the same image, offline again: works
+    ok = _ask(client, "find the polyps", planner="offline")
+    assert ok["status"].startswith("Done") and ok["downloads"]
+
+
+def test_the_api_key_never_reaches_the_page(server, client):
+    import httpx
+
+    url = server[0]
+    for path in ("", "config", "gradio_api/info"):
+        body = httpx.get(url + path, timeout=30).text
+        assert SECRET not in body
+    assert "OPENAI_API_KEY" in httpx.get(url + "config", timeout=30).text  # the panel says where it is read from
+
+
+def _chromium_ready() -> str | None:
+    """Why the browser test cannot run, or None. Installs Chromium with the project's script if missing."""
+    if not CHROMIUM.exists() and shutil.which("apt-get"):
+        subprocess.run(["bash", str(REPO / "scripts" / "install_browser.sh")], check=False, timeout=900)
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing and scripts/install_browser.sh could not install it"
+    return None
+
+
+@pytest.mark.browser
+def test_browser_session_upload_ask_see_overlay_and_download(server, test_image, tmp_path):
+    reason = _chromium_ready()
+    if reason:
+        pytest.skip(reason)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "ui_session.png").unlink(missing_ok=True)
+    with sync_api.sync_playwright() as p:
+        # a fresh profile: Playwright passes it to Chromium as --user-data-dir
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000}, accept_downloads=True,
+        )
+        page = browser.new_page()
+        try:
+            page.goto(server[0], wait_until="domcontentloaded", timeout=120_000)
+            box = page.locator("#ask-box")
+            box.wait_for(timeout=120_000)
+            box.locator("input[type=file]").set_input_files(str(test_image))
+            # the upload shows as a thumbnail in the box before we send
+            box.locator("img, .thumbnail-item, [data-testid='file']").first.wait_for(timeout=60_000)
+            textarea = box.locator("textarea")
+            textarea.fill("find the polyps")
+            textarea.press("Enter")
+            # the agent's steps stream in, then the final overlay and the downloads appear
+            page.locator("#chat").get_by_text("Plan").first.wait_for(timeout=600_000)
+            page.locator("#final-overlay img").first.wait_for(timeout=600_000)
+            download = page.locator("#downloads a[download='result.json']")
+            download.first.wait_for(timeout=120_000)
+            assert page.locator("#downloads a[download$='_masks.zip']").count() == 1
+            src = page.locator("#final-overlay img").first.get_attribute("src")
+            assert src and "final_overlay" in src
+            page.screenshot(path=str(ARTIFACTS / "ui_session.png"), full_page=True)
+            with page.expect_download(timeout=60_000) as info:
+                download.first.click()
+            saved = tmp_path / "result.json"
+            info.value.save_as(saved)
+            assert "answer" in json.loads(saved.read_text())
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "ui_session_failed.png"), full_page=True)  # for whoever debugs it
+            raise
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "ui_session.png").stat().st_size > 10_000

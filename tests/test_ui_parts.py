@@ -1,0 +1,148 @@
+"""The chat UI's parts without a server: events -> chat messages, legend, downloads, settings, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent.results import AgentResult, ConceptMask, StepEvent
+from agent.ui.downloads import write_downloads
+from agent.ui.render import LEGEND_HEADERS, Transcript, final_overlay, legend_rows
+from agent.ui.settings import KEY_ENV, UiSettings, key_for, key_status
+from segmenter.types import Instance
+
+
+def _disc(shape: tuple[int, int], cx: int, cy: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+@pytest.fixture()
+def result() -> AgentResult:
+    """A real AgentResult: two polyps and one cup on a 60x80 image."""
+    h, w = 60, 80
+    image = np.full((h, w, 3), 90, dtype=np.uint8)
+    polyps = [Instance.from_mask(_disc((h, w), 20, 20, 8), 0.91), Instance.from_mask(_disc((h, w), 60, 40, 5), 0.62)]
+    cup = [Instance.from_mask(_disc((h, w), 40, 30, 3), 0.77)]
+    masks = [ConceptMask(concept="polyp", instances=polyps, image_size=(h, w)),
+             ConceptMask(concept="optic cup", instances=cup, image_size=(h, w))]
+    return AgentResult(question="find the polyps", answer="Found 2 polyps.", planner="offline",
+                       concepts_tried=["polyp", "optic cup"], masks=masks, image_size=(h, w), overlay=image,
+                       thread_id="t1")
+
+
+def test_transcript_streams_steps_tools_images_and_problems(tmp_path):
+    transcript = Transcript(tmp_path)
+    overlay = np.zeros((10, 12, 3), dtype=np.uint8)
+    events = [
+        StepEvent(kind="plan", text="concepts: polyp", node="plan", ms=12.0),
+        StepEvent(kind="tool_call", text="segment_concept {'concept': 'polyp'}", data={"name": "segment_concept"}),
+    ]
+    for event in events:
+        transcript.add(event)
+    tool = transcript.messages[-1]
+    assert tool["metadata"] == {"title": "Tool: segment_concept", "status": "pending"}  # a spinner while it runs
+    transcript.add(StepEvent(kind="tool_result", text="2 instance(s)", data={"name": "segment_concept"}, ms=1500.0))
+    assert tool["metadata"]["status"] == "done" and tool["metadata"]["duration"] == 1.5
+    assert "2 instance(s)" in tool["content"]
+    transcript.add(StepEvent(kind="overlay", text="round 1: 2 candidates", image=overlay))
+    transcript.add(StepEvent(kind="verdict", text="keep #1 and #2"))
+    transcript.add(StepEvent(kind="error", text="switching to the text tool protocol"))
+    transcript.add(StepEvent(kind="answer", text="Found 2 polyps.", image=overlay))
+
+    titles = [m.get("metadata", {}).get("title") for m in transcript.messages]
+    assert titles == ["Plan", "Tool: segment_concept", None, "Verdict", "Problem", None]
+    image_part = transcript.messages[2]["content"][0]
+    assert Image.open(image_part["path"]).size == (12, 10)
+    assert transcript.messages[-1]["content"] == "Found 2 polyps."
+    # the answer's overlay goes to the large panel, not into the chat a second time
+    assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_legend_lists_every_instance_with_area_in_pixels_and_percent(result):
+    rows = legend_rows(result, (60, 80))
+    assert len(rows[0]) == len(LEGEND_HEADERS)
+    assert [r[:3] for r in rows] == [[1, "polyp", 1], [2, "polyp", 2], [3, "optic cup", 1]]
+    for row, inst in zip(rows, [i for m in result.masks for i in m.instances]):
+        assert row[3] == round(inst.score, 3)
+        assert row[4] == int(inst.mask.sum())
+        assert row[5] == round(100 * inst.mask.sum() / (60 * 80), 2)
+    empty = result.model_copy(update={"masks": []})
+    assert legend_rows(empty, (60, 80)) == []
+
+
+def test_final_overlay_labels_instances_in_legend_order(result):
+    image = np.full((60, 80, 3), 90, dtype=np.uint8)
+    overlay = final_overlay(image, result)
+    assert overlay.shape == image.shape and overlay.dtype == np.uint8
+    for inst in (i for m in result.masks for i in m.instances):
+        assert (overlay[inst.mask] != image[inst.mask]).any(axis=-1).mean() > 0.5  # every instance is tinted
+    assert (final_overlay(image, result.model_copy(update={"masks": []})) == image).all()
+
+
+def test_downloads_zip_holds_the_mask_pngs_and_result_json(result, tmp_path):
+    downloads = write_downloads(result, tmp_path, "case_turn1")
+    assert [p.split("/")[-1] for p in downloads.files()] == ["case_turn1_masks.zip", "result.json"]
+    saved = json.loads(downloads.result_json.read_text())
+    assert saved["answer"] == "Found 2 polyps." and saved["planner"] == "offline"
+    with zipfile.ZipFile(downloads.masks_zip) as archive:
+        names = set(archive.namelist())
+        expected = {"result.json"}
+        for entry in saved["masks"]:
+            expected.add(entry["path"])
+            expected.update(i["path"] for i in entry["instances"])
+        assert names == expected  # every path result.json names is in the zip, and no overlay
+        first = saved["masks"][0]["instances"][0]["path"]
+        with archive.open(first) as f:
+            mask = np.asarray(Image.open(f))
+    assert mask.shape == (60, 80) and set(np.unique(mask)) == {0, 255}
+    assert ((mask > 0) == result.masks[0].instances[0].mask).all()
+
+
+def test_settings_validate_and_describe():
+    settings = UiSettings(planner="openai", base_url=" http://127.0.0.1:9/v1/ ", model=" m ", max_rounds=2)
+    assert settings.base_url == "http://127.0.0.1:9/v1" and settings.model == "m"
+    assert "m at http://127.0.0.1:9/v1" in settings.describe()
+    for bad in ({"base_url": "ftp://x"}, {"max_rounds": 0}, {"score_threshold": 1.5}, {"backend": "nope"}):
+        with pytest.raises(ValueError):
+            UiSettings(**bad)
+
+
+def test_api_key_is_never_shown_and_only_sent_where_the_operator_allows(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
+    assert "sk-test" not in key_status() and "(set)" in key_status()
+    launch = "https://api.example.org/v1"
+    # a loopback-only UI: the visitor is the operator, any endpoint gets the key
+    assert key_for("http://127.0.0.1:8000/v1", launch_base_url="", host="127.0.0.1") == "sk-test-not-a-real-key"
+    # a UI open to the network: only the endpoint chosen at launch gets it
+    assert key_for(launch + "/", launch_base_url=launch, host="0.0.0.0") == "sk-test-not-a-real-key"
+    assert key_for("http://attacker.example/v1", launch_base_url=launch, host="0.0.0.0") is None
+    monkeypatch.delenv(KEY_ENV)
+    assert key_for(launch, launch_base_url=launch, host="127.0.0.1") is None
+    assert "not set" in key_status()
+
+
+def test_cli_defaults_bind_loopback_and_read_examples(tmp_path, monkeypatch):
+    from agent.cli import build_parser
+    from agent.ui import config_from_args
+    from agent.ui.app import find_examples
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_MODEL", raising=False)
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    args = build_parser().parse_args(["ui", "--examples", str(tmp_path), "--port", "7999"])
+    assert isinstance(args, argparse.Namespace)
+    config = config_from_args(args)
+    assert config.host == "127.0.0.1" and config.port == 7999 and config.defaults.planner == "offline"
+    assert [p.name for p in find_examples(config.examples)] == ["a.jpg", "b.png"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        find_examples([tmp_path / "missing"])
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    monkeypatch.setenv("OPENAI_MODEL", "qwen")
+    assert config_from_args(build_parser().parse_args(["ui"])).defaults.planner == "openai"
