@@ -19,6 +19,7 @@ demo: install
 	@echo "wrote runs/demo (overlay.png, masks, result.json)"
 
 test: install
+	bash scripts/install_browser.sh  # Debian's Chromium for the UI's browser test; skipped there if it cannot be had
 	$(BIN)/python -m pytest -q
 
 .PHONY: install demo test
