@@ -181,6 +181,30 @@ def test_endpoint_down_is_a_readable_message_and_the_ui_stays_usable(client, tes
     assert ok["status"].startswith("Done") and ok["downloads"]
 
 
+def test_concurrent_users_are_queued_and_a_16_bit_tiff_is_accepted(server, test_image, tmp_path):
+    grey = np.asarray(Image.open(test_image).convert("L"), dtype=np.uint16) * 257  # 16-bit, full range
+    tiff = tmp_path / "scan16.tif"
+    Image.fromarray(grey).save(tiff)
+    assert Image.open(tiff).mode.startswith("I;16")
+    first, second = (gradio_client.Client(server[0], verbose=False) for _ in range(2))
+    jobs = [
+        first.submit({"text": "find the polyps", "files": [gradio_client.handle_file(str(test_image))]},
+                     api_name="/ask"),
+        second.submit({"text": "find the polyps", "files": [gradio_client.handle_file(str(tiff))]},
+                      api_name="/ask"),
+    ]
+    outs = [job.result(timeout=800) for job in jobs]
+    threads = set()
+    for chat, _box, overlay, _legend, downloads, status in outs:
+        assert status.startswith("Done"), _texts(chat[-1])
+        assert Image.open(overlay).size == Image.open(test_image).size
+        threads.add(json.loads(Path(downloads[1]).read_text())["thread_id"])
+    assert len(threads) == 2  # each user has their own thread
+    tiff_turn = _turn(outs[1][0])[0]
+    preview = tiff_turn["content"][0]["file"]  # shown to the user as the PNG the segmenter saw
+    assert preview.endswith(".png") and Image.open(preview).size == Image.open(test_image).size
+
+
 def test_the_api_key_never_reaches_the_page(server, client):
     import httpx
 

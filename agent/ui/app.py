@@ -101,6 +101,7 @@ class ChatApp:
 
     def __init__(self, config: UiConfig, pool: AgentPool | None = None) -> None:
         self.config = config
+        self.owns_root = config.workdir is None
         self.root = Path(config.workdir or tempfile.mkdtemp(prefix="medsam3-ui-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.pool = pool or AgentPool(self.root / "threads.sqlite", launch_base_url=config.defaults.base_url,
@@ -109,6 +110,11 @@ class ChatApp:
 
     def new_session(self) -> ChatSession:
         return ChatSession(folder=Path(tempfile.mkdtemp(prefix="session-", dir=self.root)))
+
+    def shutdown(self) -> None:
+        """Remove the turns' files (uploads, masks) when the server stops, if the folder is ours."""
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def end_session(self, session: ChatSession | None) -> None:
         """Forget a closed tab's thread and files (Gradio calls this when the tab's state expires)."""
@@ -253,7 +259,8 @@ def build_app(config: UiConfig, pool: AgentPool | None = None) -> tuple[gr.Block
     app = ChatApp(config, pool)
     d = config.defaults
     examples = find_examples(config.examples)
-    with gr.Blocks(title="MedSAM3 Agent", analytics_enabled=False) as demo:
+    # delete_cache: Gradio's copies of uploads and results go after 6 hours (checked hourly) and at shutdown
+    with gr.Blocks(title="MedSAM3 Agent", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
         gr.Markdown(
             "## MedSAM3 Agent\nUpload a medical image (PNG, JPEG, TIFF), ask what to find, watch the agent "
             "work, and download the masks. Follow-up questions refine the last answer."
@@ -313,6 +320,7 @@ class RunningUi:
         if self.thread is not None:
             self.thread.join(timeout=30)
         self.demo.close()
+        self.app.shutdown()
 
 
 def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool = True,
@@ -335,6 +343,7 @@ def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool =
         max_file_size=int(config.max_upload_mb * 1024 * 1024),
         allowed_paths=[str(p) for p in find_examples(config.examples)],
         show_error=True, ssr_mode=False, mcp_server=False, footer_links=["api"],
+        run_history=False,  # never keep patients' images in the browser's storage
         # system fonts: the default theme fetches Google Fonts, which a closed network cannot reach
         theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                 font_mono=["ui-monospace", "monospace"]),
@@ -344,7 +353,10 @@ def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool =
     url = f"http://{host}:{config.port}/"
     if block:
         print(f"MedSAM3 Agent UI on {url} (Ctrl+C stops it)", flush=True)
-        server.run()
+        try:
+            server.run()
+        finally:
+            app.shutdown()
         return RunningUi(demo, app, server, None, url)
     thread = threading.Thread(target=server.run, name="medsam3-ui", daemon=True)
     thread.start()
