@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
-DEMO_IMAGE ?= $(firstword $(wildcard $(DATA)/kvasir_seg/images/cju0qkwl35piu0993l0dewei2.jpg) tests/fixtures/synthetic_polyp.png)
+DEMO_IMAGE ?= $(firstword $(wildcard $(DATA)/kvasir_seg/images/cju0u82z3cuma0835wlxrnrjv.jpg) runs/demo_input.png)
 
 $(BIN)/medsam3-agent: pyproject.toml constraints/cpu.txt
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,10 @@ $(BIN)/medsam3-agent: pyproject.toml constraints/cpu.txt
 
 install: $(BIN)/medsam3-agent
 
-demo: install
+runs/demo_input.png: scripts/demo_image.py
+	mkdir -p runs && $(BIN)/python scripts/demo_image.py $@
+
+demo: install $(if $(filter runs/demo_input.png,$(DEMO_IMAGE)),runs/demo_input.png)
 	$(BIN)/medsam3-agent run "$(DEMO_IMAGE)" "find the polyps" --out runs/demo
 	@echo "wrote runs/demo (overlay.png, masks, result.json)"
 
