@@ -181,6 +181,31 @@ def test_endpoint_down_is_a_readable_message_and_the_ui_stays_usable(client, tes
     assert ok["status"].startswith("Done") and ok["downloads"]
 
 
+def test_openai_compatible_planner_through_the_ui(client, test_image):
+    from agent_helpers import FakeOpenAI, tool_reply
+
+    width, height = Image.open(test_image).size
+    box = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
+    script = [
+        tool_reply("segment_geometry", {"boxes": [box], "concept": "polyp"}, call_id="call_a"),
+        tool_reply("select_masks", {"ids": [1], "answer": "There is one polyp."}, call_id="call_b"),
+    ]
+    with FakeOpenAI(script) as fake:
+        out = _ask(client, "find the polyps", test_image, planner="openai", base_url=fake.base_url,
+                   model="fake-vlm")
+    assert len(fake.requests) == 2 and fake.requests[0]["body"]["model"] == "fake-vlm"
+    assert len(fake.images(0)) == 1  # the uploaded image went to the model
+    turn = _turn(out["chat"])
+    titles = [(m.get("metadata") or {}).get("title") or "" for m in turn]
+    assert "Tool: segment_geometry" in titles and "Tool: select_masks" in titles, titles
+    assert "There is one polyp." in _texts(turn[-1])
+    assert [row[1:3] for row in out["legend"]["data"]] == [["polyp", 1]]
+    saved = json.loads(Path(out["downloads"][1]).read_text())
+    assert saved["planner"] == "openai:fake-vlm"
+    with zipfile.ZipFile(out["downloads"][0]) as archive:
+        assert saved["masks"][0]["instances"][0]["path"] in archive.namelist()
+
+
 def test_concurrent_users_are_queued_and_a_16_bit_tiff_is_accepted(server, test_image, tmp_path):
     grey = np.asarray(Image.open(test_image).convert("L"), dtype=np.uint16) * 257  # 16-bit, full range
     tiff = tmp_path / "scan16.tif"
