@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from segmenter.image_io import ImageError, load_image
 
@@ -189,6 +189,12 @@ class EvalCase(BaseModel):
     split: str | None = None
     target: TargetSpec
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("image")
+    @classmethod
+    def _absolute(cls, image: Path) -> Path:
+        # one spelling per file: cases from different sets on the same image share one load and encode
+        return Path(image).resolve()
 
     @property
     def kind(self) -> Literal["concept", "question"]:

@@ -34,7 +34,7 @@ def rect(shape, y0, y1, x0, x1) -> np.ndarray:
 
 
 @pytest.fixture
-def data_root(tmp_path) -> Path:
+def synthetic_root(tmp_path) -> Path:
     """Two 2D datasets and a volume dataset in the shared-data layout."""
     root = tmp_path / "data"
     rows = []
@@ -55,30 +55,30 @@ def data_root(tmp_path) -> Path:
     return root
 
 
-def test_manifest_gives_one_case_per_image_and_concept_filtered_by_split(data_root):
-    cases = load_manifest(data_root / "lungs" / "manifest.jsonl", split="val")
+def test_manifest_gives_one_case_per_image_and_concept_filtered_by_split(synthetic_root):
+    cases = load_manifest(synthetic_root / "lungs" / "manifest.jsonl", split="val")
     assert [(c.id, c.concepts) for c in cases] == [
         ("im0", ["left lung"]), ("im0", ["right lung"]), ("im1", ["left lung"]), ("im1", ["right lung"])]
     assert all(c.dataset == "lungs" and c.source == "manifest" and c.kind == "concept" for c in cases)
     assert cases[0].metadata == {"modality": "x-ray"}
     target = cases[1].load_target((40, 60))
     assert target.mask.sum() == 25 * 20 and target.mask[10, 40] and not target.mask[10, 10]
-    assert len(load_manifest(data_root / "lungs" / "manifest.jsonl", split=None)) == 6
-    right = load_manifest(data_root / "lungs" / "manifest.jsonl", split="train", concepts=["right lung"])
+    assert len(load_manifest(synthetic_root / "lungs" / "manifest.jsonl", split=None)) == 6
+    right = load_manifest(synthetic_root / "lungs" / "manifest.jsonl", split="train", concepts=["right lung"])
     assert [(c.id, c.split) for c in right] == [("im2", "train")]
 
 
-def test_data_root_finds_every_2d_dataset_and_skips_volumes(data_root):
-    cases = load_path(data_root, split="val")
+def test_data_root_finds_every_2d_dataset_and_skips_volumes(synthetic_root):
+    cases = load_path(synthetic_root, split="val")
     assert sorted({c.dataset for c in cases}) == ["lungs", "polyps"]
     empty = next(c for c in cases if c.dataset == "polyps")
     assert empty.load_target((40, 60)).empty
-    assert {c.dataset for c in load_path(data_root, split="val", datasets=["polyps"])} == {"polyps"}
-    assert len(load_path(data_root / "lungs", split="val")) == 4  # one dataset folder
-    assert len(load_path(data_root / "lungs" / "manifest.jsonl", split="val", concepts=["left lung"])) == 2
+    assert {c.dataset for c in load_path(synthetic_root, split="val", datasets=["polyps"])} == {"polyps"}
+    assert len(load_path(synthetic_root / "lungs", split="val")) == 4  # one dataset folder
+    assert len(load_path(synthetic_root / "lungs" / "manifest.jsonl", split="val", concepts=["left lung"])) == 2
 
 
-def test_manifest_errors_name_the_file_and_line(tmp_path, data_root):
+def test_manifest_errors_name_the_file_and_line(tmp_path, synthetic_root):
     bad = tmp_path / "bad" / "manifest.jsonl"
     bad.parent.mkdir()
     bad.write_text('{"id": "a", "image": "a.png", "split": "val", "masks": {}}\n{not json\n')
@@ -88,7 +88,7 @@ def test_manifest_errors_name_the_file_and_line(tmp_path, data_root):
     with pytest.raises(ValueError, match=r"manifest.jsonl:1: missing field 'image'"):
         load_manifest(bad)
     # a mask of the wrong size is refused when the target is read, naming the mask file
-    case = load_manifest(data_root / "lungs" / "manifest.jsonl")[0]
+    case = load_manifest(synthetic_root / "lungs" / "manifest.jsonl")[0]
     with pytest.raises(ValueError, match=r"left_lung/im0.png: mask is 60x40, image is 50x40"):
         case.load_target((40, 50))
 
@@ -113,18 +113,18 @@ def test_reasoning_set_targets_are_unions_and_empty_means_nothing_there(tmp_path
     both = cases[0].load_target((40, 60))
     assert both.mask.sum() == 200 and both.mask[5, 55] and both.mask[5, 5]
     assert cases[1].load_target((40, 60)).empty
-    assert cases[0].image == tmp_path / "sets" / "../imgs/a.png"
+    assert cases[0].image == (tmp_path / "imgs" / "a.png").resolve()  # "../imgs/a.png" from the file's folder
     # scoring: the right answer to "nothing there" is an empty mask
     assert score_case(np.zeros((40, 60), bool), cases[1].load_target((40, 60)).mask).iou == 1.0
     assert [c.id for c in load_reasoning_set(qfile, datasets=["lungs"])] == ["q1"]
 
 
-def test_reasoning_set_falls_back_to_a_data_root_and_reports_bad_rows(tmp_path, data_root):
+def test_reasoning_set_falls_back_to_a_data_root_and_reports_bad_rows(tmp_path, synthetic_root):
     qfile = tmp_path / "q.jsonl"
     qfile.write_text(json.dumps({"id": "1", "image": "lungs/images/im0.png", "question": "left lung?",
                                  "masks": {"left lung": "lungs/masks/left_lung/im0.png"}}) + "\n")
-    case = load_reasoning_set(qfile, fallback_roots=[data_root])[0]
-    assert case.image == data_root / "lungs/images/im0.png"
+    case = load_reasoning_set(qfile, fallback_roots=[synthetic_root])[0]
+    assert case.image == (synthetic_root / "lungs/images/im0.png").resolve()
     assert case.load_target((40, 60)).mask.sum() == 25 * 20
     qfile.write_text(json.dumps({"id": "1", "image": "x.png", "masks": {}}) + "\n")
     with pytest.raises(ValueError, match=r"q.jsonl:1: missing field 'question'"):
@@ -227,7 +227,7 @@ def test_coco_file_loads_one_case_per_image_and_category_and_scores(tmp_path):
     path = write_coco(tmp_path / "coco")
     cases = load_coco(path)
     assert [(c.id, c.concepts) for c in cases] == [("1", ["polyp"]), ("2", ["breast tumor"])]  # image 3: no annotations
-    assert cases[0].image == tmp_path / "coco" / "images" / "a.png"  # found in images/
+    assert cases[0].image == (tmp_path / "coco" / "images" / "a.png").resolve()  # found in images/
     polyp = cases[0].load_target((40, 60))
     assert polyp.mask[5, 5] and polyp.mask[25, 45] and not polyp.mask[20, 20]
     assert polyp.ignore is not None and polyp.ignore.sum() == 50 and polyp.ignore[2, 25]
