@@ -92,7 +92,12 @@ def command_line(args: argparse.Namespace) -> str:
 def main(args: argparse.Namespace) -> int:
     from evals.runner import EvalConfig, run_eval
 
+    from evals.modes import MODES
+
     modes = _csv(args.mode)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"--mode {args.mode!r}: choose one or more of {', '.join(MODES)}, comma-separated")
     questions = _questions(args, modes)
     if not args.data and questions is None:
         raise ValueError("give --data and/or --questions")
