@@ -90,9 +90,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from evals.runner import EvalConfig, run_eval
-
     from evals.modes import MODES
+    from evals.runner import EvalConfig, run_eval
 
     modes = _csv(args.mode)
     unknown = [m for m in modes if m not in MODES]
