@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
         sock.bind((args.host, args.port))
     except OSError as exc:
         raise RuntimeError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    sock.listen(128)  # listen before announcing: clients that connect early wait in the backlog
     port = sock.getsockname()[1]
     info = backend.info()
     print(f"serving {info.get('backend')} on {info.get('device', 'cpu')} at http://{args.host}:{port}", flush=True)
