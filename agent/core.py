@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from agent.graph import build_graph, recursion_limit
 from agent.planners.base import Planner, RunContext
@@ -124,10 +125,22 @@ class Agent:
         with self._lock:
             yield from self._stream(question, image, thread_id)
 
-    def threads_state(self, thread_id: str) -> dict[str, Any]:
+    def thread_state(self, thread_id: str) -> dict[str, Any]:
         """The checkpointed state of a thread (ids and text only), empty when the thread is unknown."""
         snapshot = self.graph.get_state({"configurable": {"thread_id": thread_id}})
         return dict(snapshot.values or {})
+
+    def close(self) -> None:
+        """Close the SQLite checkpoint file (if any); the Agent cannot run afterwards."""
+        if self.checkpoint_db is not None:
+            self._conn.close()
+            self.store.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- internals ---------------------------------------------------------------------------------
     def _image_for(self, image: ImageInput | None, prior: dict[str, Any], thread: str) -> tuple[np.ndarray, str | None]:
@@ -149,7 +162,7 @@ class Agent:
     def _stream(self, question: str, image: ImageInput | None, thread_id: str | None) -> Iterator[StepEvent]:
         thread = thread_id or f"run-{uuid.uuid4().hex}"
         config = {"configurable": {"thread_id": thread}, "recursion_limit": recursion_limit(self.max_rounds)}
-        prior = self.threads_state(thread) if thread_id else {}
+        prior = self.thread_state(thread) if thread_id else {}
         array, ref = self._image_for(image, prior, thread)
         key = image_key(array)
         if ref is None:

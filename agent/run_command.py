@@ -44,11 +44,12 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{image}: no such image file")
     agent = Agent(planner=planner, segmenter=args.segmenter, max_rounds=args.max_rounds,
                   checkpoint_db=args.checkpoint_db, llm_options=llm or None)
-    for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
-        if not args.quiet and event.kind != "answer":
-            print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
-        if event.kind == "answer":
-            result = event.data["result"]
+    with agent:
+        for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
+            if not args.quiet and event.kind != "answer":
+                print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
+            if event.kind == "answer":
+                result = event.data["result"]
     out = result.save(args.out)
     print(result.answer)
     if not args.quiet:

@@ -68,7 +68,7 @@ class OfflinePlanner(Planner):
         duplicate_iou: float = 0.7,
         modality_veto: float = 0.9,
         veto_presence: float = 0.8,
-        retry_presence: tuple[float, float] = (0.35, 0.5),
+        retry_presence: float = 0.35,
         use_presence_to_resolve: bool = True,
     ) -> None:
         self._picker = picker
@@ -78,7 +78,7 @@ class OfflinePlanner(Planner):
         self.duplicate_iou = duplicate_iou
         self.modality_veto = modality_veto  # image-modality confidence above which a foreign concept is doubted
         self.veto_presence = veto_presence  # ... and must be at least this present to count
-        self.retry_presence = retry_presence  # a presence in [lo, hi) with nothing found: try a synonym
+        self.retry_presence = retry_presence  # nothing found although presence >= this: try a synonym once
         self.use_presence_to_resolve = use_presence_to_resolve
         self.catalog = load_catalog()
 
@@ -149,7 +149,8 @@ class OfflinePlanner(Planner):
                 return Decision(calls=retries, memory={"stage": "first", "presence": presence,
                                                        "retried": memory.get("retried", []) +
                                                        [c.label for c in retries]},
-                                note="borderline presence, nothing found: retry with a synonym")
+                                note="nothing found although the concept may be present: retry with "
+                                     f"{[c.arguments['concept'] for c in retries]}")
         kept, dropped = self._clean(view, cands, presence)
         if stage == "first" and self.box_refine != "off":
             calls = self._box_calls(view, kept)
@@ -189,16 +190,25 @@ class OfflinePlanner(Planner):
         found = self.catalog.get(concept)
         return [s for s in (found.synonyms if found else []) if s.lower() != concept.lower()]
 
+    def _retry_phrase(self, concept: str) -> str | None:
+        """The first synonym sharing no word with the name ("glioma" for "brain tumor"): a spelling
+        variant ("brain tumour") would embed to nearly the same prompt and fail the same way."""
+        name_words = set(concept.lower().split())
+        for synonym in self._synonyms(concept):
+            if not name_words & set(synonym.lower().split()):
+                return synonym
+        return None
+
     def _synonym_retries(self, view: PlannerView, cands: list[Candidate], presence: dict[str, float]) -> list:
-        lo, hi = self.retry_presence
+        """Nothing found although the concept seems present (or borderline): one more try with another name."""
         calls = []
         for concept in view.memory.get("targets", []):
             if concept in view.memory.get("retried", []) or any(c.concept == concept for c in cands):
                 continue
-            if lo <= presence.get(concept, 0.0) < hi and self._synonyms(concept):
-                phrase = self._synonyms(concept)[0]
-                if phrase not in view.state.get("concepts_tried", []):
-                    calls.append(PlannedCall(name="segment_concept", arguments={"concept": phrase}, label=concept))
+            phrase = self._retry_phrase(concept)
+            if presence.get(concept, 0.0) >= self.retry_presence and phrase is not None \
+                    and phrase not in view.state.get("concepts_tried", []) and not self._foreign(view, concept):
+                calls.append(PlannedCall(name="segment_concept", arguments={"concept": phrase}, label=concept))
         return calls
 
     def _foreign(self, view: PlannerView, concept: str) -> str | None:
@@ -308,8 +318,11 @@ class OfflinePlanner(Planner):
                 if foreign:
                     why = f"; the image looks like {foreign}, where a {concept} is not expected"
                 p = presence.get(concept)
-                sentences.append(f"No {concept} was found" + (f" (presence {p:.2f}{why})." if p is not None
-                                                               else f"{why}."))
+                if p is not None and p >= 0.5 and not foreign:
+                    sentences.append(f"No {concept} could be segmented, although its presence score is {p:.2f}.")
+                else:
+                    sentences.append(f"No {concept} was found" + (f" (presence {p:.2f}{why})." if p is not None
+                                                                   else f"{why}."))
         if not concepts:
             sentences.append("The question names nothing I can segment.")
         if not found_any:
