@@ -74,7 +74,7 @@ def _from_pil(image: Image.Image) -> np.ndarray:
     return to_rgb_array(np.asarray(image.convert("RGB")))
 
 
-def _open(source: Union[Path, io.BytesIO], name: str) -> np.ndarray:
+def _open(source: Path | io.BytesIO, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice it; we refuse those ourselves below

@@ -20,13 +20,13 @@ class Box(BaseModel):
     y1: float
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Box":
+    def _ordered(self) -> Box:
         if self.x1 <= self.x0 or self.y1 <= self.y0:
             raise ValueError(f"box must have x1 > x0 and y1 > y0, got {self.as_list()}")
         return self
 
     @classmethod
-    def from_list(cls, values: list[float] | tuple[float, ...]) -> "Box":
+    def from_list(cls, values: list[float] | tuple[float, ...]) -> Box:
         if len(values) != 4:
             raise ValueError(f"a box needs 4 numbers [x0, y0, x1, y1], got {len(values)}")
         return cls(x0=values[0], y0=values[1], x1=values[2], y1=values[3])
@@ -34,7 +34,7 @@ class Box(BaseModel):
     def as_list(self) -> list[float]:
         return [self.x0, self.y0, self.x1, self.y1]
 
-    def clipped(self, width: int, height: int) -> "Box":
+    def clipped(self, width: int, height: int) -> Box:
         """The part of the box inside the image; raises if nothing is left."""
         x0, x1 = max(0.0, self.x0), min(float(width), self.x1)
         y0, y1 = max(0.0, self.y0), min(float(height), self.y1)
@@ -69,7 +69,7 @@ class Prompt(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _something(self) -> "Prompt":
+    def _something(self) -> Prompt:
         if self.concept is None and not self.boxes and not self.points:
             raise ValueError("a prompt needs a concept, a box or a point")
         return self
@@ -96,12 +96,12 @@ class Instance(BaseModel):
     area: int
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, score: float) -> "Instance":
+    def from_mask(cls, mask: np.ndarray, score: float) -> Instance:
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
             raise ValueError("an instance mask must not be empty")
         box = Box(x0=float(xs.min()), y0=float(ys.min()), x1=float(xs.max() + 1), y1=float(ys.max() + 1))
-        return cls(mask=mask.astype(bool), score=float(score), box=box, area=int(len(xs)))
+        return cls(mask=mask.astype(bool), score=float(score), box=box, area=len(xs))
 
 
 class SegmentationResult(BaseModel):

