@@ -175,7 +175,7 @@ class ChatApp:
             if len(uploads) > 1:
                 raise ValueError("upload one image at a time")
             if uploads:
-                user_content.append(f"📎 {Path(uploads[0]).name}")
+                user_content.append(f"(uploaded {Path(uploads[0]).name})")  # shown if it cannot be read
                 image, name = self._load_upload(uploads[0])
                 user_content.pop()
                 if session.image is not None:
