@@ -24,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="reasoning-set JSONL for agent mode; default with a manifest --data: the shipped dev "
                              "set (evals/data/dev_questions.jsonl); 'none': ask templated questions instead")
     parser.add_argument("--split", default="val", help="manifest split to use (train|val), or 'all'")
-    parser.add_argument("--mode", default="direct", help="comma-separated: direct, box, agent")
+    parser.add_argument("--mode", default="direct",
+                        help="comma-separated: direct, box, agent; or pick alone: the offline planner's "
+                             "concept-pick accuracy on --questions (default: the shipped dev set), no segmenter")
     parser.add_argument("--out", type=Path, required=True, help="output folder (reused to resume)")
     parser.add_argument("--limit", type=int, default=None, help="at most N cases per dataset")
     parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
@@ -89,11 +91,30 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _pick(args: argparse.Namespace) -> int:
+    from evals.pick import evaluate, print_report
+    from evals.runner import default_questions
+
+    questions = Path(args.questions) if args.questions else default_questions()
+    if questions is None:
+        raise ValueError("--mode pick needs --questions FILE (no dev set is installed)")
+    report = evaluate(questions)
+    print_report(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pick.json").write_text(report.model_dump_json(indent=1))
+    print(f"-> {args.out / 'pick.json'}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from evals.modes import MODES
     from evals.runner import EvalConfig, run_eval
 
     modes = _csv(args.mode)
+    if "pick" in modes:
+        if modes != ["pick"]:
+            raise ValueError("--mode pick runs alone (it needs no segmenter); run the other modes separately")
+        return _pick(args)
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise ValueError(f"--mode {args.mode!r}: choose one or more of {', '.join(MODES)}, comma-separated")

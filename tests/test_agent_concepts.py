@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import val_rows
 
+from agent.cli import main as cli_main
 from agent.concepts import ConceptPicker, default_picker, text_modalities
 from agent.modality import guess_modality
-from agent.pick_eval import DEV_SET, evaluate
+from evals.runner import default_questions
 from segmenter.image_io import load_image
 
 
@@ -73,6 +74,9 @@ def test_modality_guess_on_val_images(dataset):
         assert abs(sum(guess.probabilities.values()) - 1) < 1e-3
 
 
+DEV_SET = default_questions()
+
+
 def test_dev_set_format():
     rows = [json.loads(line) for line in DEV_SET.read_text().splitlines() if line.strip()]
     assert len(rows) >= 100
@@ -87,8 +91,16 @@ def test_dev_set_format():
     assert sum(1 for r in rows if r["masks"] == {}) >= 10
 
 
-def test_offline_concept_pick_accuracy_on_the_dev_set(data_root):
-    report = evaluate(DEV_SET)
-    print(f"concept-pick accuracy {report.accuracy:.1%} ({report.correct}/{report.total}); misses: {report.misses}")
-    assert report.total >= 100
-    assert report.accuracy >= 0.95, report.misses
+def test_offline_concept_pick_accuracy_on_the_dev_set(data_root, tmp_path, capsys):
+    """Through the CLI a developer uses: ``medsam3-agent eval --mode pick`` on the shipped dev set."""
+    assert cli_main(["eval", "--mode", "pick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "pick.json").read_text())
+    accuracy = report["correct"] / report["total"]
+    assert f"concept-pick accuracy: {accuracy:.1%}" in capsys.readouterr().out
+    assert report["total"] >= 100
+    assert accuracy >= 0.95, report["misses"]
+
+
+def test_pick_mode_runs_alone(tmp_path, capsys):
+    assert cli_main(["eval", "--mode", "pick,direct", "--out", str(tmp_path)]) == 2
+    assert "--mode pick runs alone" in capsys.readouterr().err

@@ -1,20 +1,18 @@
 """Concept-pick accuracy of the offline planner on a reasoning-set JSONL (default: the shipped dev set).
 
-``python -m agent.pick_eval [evals/data/dev_questions.jsonl]``: for each question, the concepts the
-offline planner's picker chooses (reading the image for ambiguous words, no segmenter) against the
-row's ``concepts``; prints the accuracy overall and per category, and every miss.
+``medsam3-agent eval --mode pick [--questions FILE] --out DIR``: for each question of a reasoning set
+(default: the shipped dev set), the concepts the offline planner's picker chooses (reading the image
+for ambiguous words, no segmenter) against the row's ``concepts``; prints the accuracy overall and
+per category and every miss, and writes DIR/pick.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
 
 from pydantic import BaseModel
-
-DEV_SET = Path(__file__).resolve().parents[1] / "evals" / "data" / "dev_questions.jsonl"
 
 
 class PickReport(BaseModel):
@@ -28,7 +26,7 @@ class PickReport(BaseModel):
         return self.correct / self.total if self.total else 0.0
 
 
-def evaluate(path: Path = DEV_SET) -> PickReport:
+def evaluate(path: Path) -> PickReport:
     from agent.concepts import default_picker
     from segmenter.image_io import load_image
 
@@ -53,19 +51,10 @@ def evaluate(path: Path = DEV_SET) -> PickReport:
     return PickReport(total=len(rows), correct=correct, by_category=dict(by_category), misses=misses)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("questions", nargs="?", type=Path, default=DEV_SET)
-    args = parser.parse_args(argv)
-    report = evaluate(args.questions)
+def print_report(report: PickReport) -> None:
     print(f"concept-pick accuracy: {report.accuracy:.1%} ({report.correct}/{report.total})")
     for category, (ok, n) in sorted(report.by_category.items()):
         print(f"  {category:10s} {ok}/{n}")
     for miss in report.misses:
         print(f"  MISS {miss['id']}: {miss['question']!r} expected {miss['expected']} picked {miss['picked']} "
               f"({miss['how']})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
