@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from typing_extensions import Self
 
+from agent.errors import AgentError
 from agent.graph import build_graph, recursion_limit
 from agent.planners.base import Planner, RunContext
 from agent.results import AgentResult, ConceptMask, StepEvent
@@ -191,6 +192,8 @@ class Agent:
         except Exception as exc:
             event = StepEvent(kind="error", text=f"{type(exc).__name__}: {exc}", node="agent")
             trace.append(event)
+            if isinstance(exc, AgentError) and exc.partial is None:  # keep what ran before the failure
+                exc.partial = self._result(final, array, ctx, trace, thread_id, error=exc)
             yield event
             raise
         finally:
@@ -203,7 +206,14 @@ class Agent:
         yield done
 
     def _result(self, final: dict[str, Any], image: np.ndarray, ctx: RunContext, trace: list[StepEvent],
-                thread_id: str | None) -> AgentResult:
+                thread_id: str | None, error: AgentError | None = None) -> AgentResult:
+        if error is not None:  # a failed run: its trace (tool results included), no answer and no masks
+            return AgentResult(
+                question=final.get("question", ""), answer="", planner=self.planner.label,
+                concepts_tried=list(final.get("concepts_tried", [])), masks=[], image_size=image.shape[:2],
+                overlay=image, trace=list(trace), thread_id=thread_id, rounds=int(final.get("round", 0)),
+                status="error", error=str(error),
+            )
         if final.get("status") != "done":
             raise RuntimeError("the agent's graph stopped before answering")
         by_id = {c["id"]: Candidate.model_validate(c) for c in final.get("candidates", [])}

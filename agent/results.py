@@ -69,6 +69,9 @@ def _save_mask(mask: np.ndarray, path: Path) -> None:
 
 
 class AgentResult(BaseModel):
+    """A run's outcome. ``status`` "error": the run failed (``error`` says why) and this is what it had
+    computed before: the trace, no masks, no answer (``AgentError.partial``)."""
+
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     question: str
@@ -81,6 +84,8 @@ class AgentResult(BaseModel):
     trace: list[StepEvent] = Field(default_factory=list)
     thread_id: str | None = None
     rounds: int = 0
+    status: Literal["done", "error"] = "done"
+    error: str | None = None
 
     def union_mask(self) -> np.ndarray:
         union = np.zeros(self.image_size, dtype=bool)
@@ -95,6 +100,8 @@ class AgentResult(BaseModel):
     def to_json(self, paths: dict[str, Any] | None = None) -> dict[str, Any]:
         paths = paths or {}
         return {
+            "status": self.status,
+            "error": self.error,
             "question": self.question,
             "answer": self.answer,
             "planner": self.planner,
@@ -121,11 +128,16 @@ class AgentResult(BaseModel):
 
     def save(self, out_dir: str | Path) -> Path:
         """Write overlay.png, masks/<concept>.png (union) and masks/<concept>_<k>.png (instances, 0/255 at
-        the image's size) and result.json (paths relative to ``out_dir``); return ``out_dir``."""
+        the image's size) and result.json (paths relative to ``out_dir``); return ``out_dir``. A failed run
+        (status "error") writes result.json only: its error and trace."""
         out = Path(out_dir)
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        paths: dict[Any, str] = {"overlay": "overlay.png"}
-        Image.fromarray(self.overlay).save(out / "overlay.png")
+        out.mkdir(parents=True, exist_ok=True)
+        if self.masks:
+            (out / "masks").mkdir(exist_ok=True)
+        paths: dict[Any, str] = {}
+        if self.status == "done":  # a failed run has no answer to draw
+            paths["overlay"] = "overlay.png"
+            Image.fromarray(self.overlay).save(out / "overlay.png")
         used: set[str] = set()
         for i, concept_mask in enumerate(self.masks):
             name = slug(concept_mask.concept)

@@ -1,9 +1,15 @@
-"""`medsam3-agent run IMAGE "question" --out DIR`: answer a question with masks, write the files."""
+"""`medsam3-agent run IMAGE "question" --out DIR`: answer a question with masks, write the files.
+
+Exit 0 with an answer (which may be "Nothing was found" when the planner said so); exit 2 with one
+line on stderr when the run failed (bad input, endpoint down, unusable MLLM replies). A run that
+failed after it started still writes DIR/result.json with "status": "error" and its trace.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -27,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from agent import Agent
+    from agent.errors import AgentError
 
     if args.thread_id and args.checkpoint_db is None:
         raise ValueError("--thread-id needs --checkpoint-db: without it the thread would not outlive this command")
@@ -40,16 +47,28 @@ def main(args: argparse.Namespace) -> int:
         llm = {"timeout": args.timeout}
     planner = "openai" if (args.planner == "auto" and llm) else args.planner
     image = None if (args.thread_id and args.image == "-") else args.image
+    if image is not None and Path(image).is_dir():
+        raise ValueError(f"{image}: is a folder, not an image file")
     if image is not None and not Path(image).is_file():
         raise FileNotFoundError(f"{image}: no such image file")
     agent = Agent(planner=planner, segmenter=args.segmenter, max_rounds=args.max_rounds,
                   checkpoint_db=args.checkpoint_db, llm_options=llm or None)
     with agent:
-        for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
-            if not args.quiet and event.kind != "answer":
-                print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
-            if event.kind == "answer":
-                result = event.data["result"]
+        try:
+            for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
+                if not args.quiet and event.kind != "answer":
+                    print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
+                if event.kind == "answer":
+                    result = event.data["result"]
+        except AgentError as exc:
+            if exc.partial is not None:  # keep what ran before the failure; no answer, no masks
+                try:
+                    exc.partial.save(args.out)
+                    print(f"the run failed; its trace is in {args.out}/result.json (status: error)",
+                          file=sys.stderr)
+                except OSError as save_error:  # the run's own error is the one to report
+                    print(f"could not write {args.out}/result.json: {save_error}", file=sys.stderr)
+            raise  # cli.main prints the error and exits 2
     out = result.save(args.out)
     print(result.answer)
     if not args.quiet:
