@@ -57,6 +57,11 @@ def error_reply(status: int, message: str = "server error", headers: dict | None
             "headers": headers or {}}
 
 
+def bad_arguments_reply(body: dict) -> Reply:
+    """A native tool call whose arguments were cut off mid-JSON (as a model hitting its token limit sends)."""
+    return tool_reply("segment_concept", '{"concept": ', call_id=f"call_bad{len(body['messages'])}")
+
+
 class FakeOpenAI:
     """Plays ``script`` (one step per request; a step is a reply or a function of the request body)."""
 
@@ -115,6 +120,38 @@ class FakeOpenAI:
             if isinstance(content, list):
                 out += [decode_data_url(p["image_url"]["url"]) for p in content if p.get("type") == "image_url"]
         return out
+
+
+def tool_messages(server: FakeOpenAI, index: int) -> list[dict]:
+    """The tool messages (native protocol) of request ``index``."""
+    return [m for m in server.requests[index]["body"]["messages"] if m["role"] == "tool"]
+
+
+def polyp_case() -> tuple[np.ndarray, list[float]]:
+    """A real Kvasir val image and a box around its polyp (a synthetic disc image without the data)."""
+    from conftest import DATA, val_rows  # pytest puts tests/ on sys.path; this helper is for tests only
+
+    if (DATA / "kvasir_seg" / "manifest.jsonl").exists():
+        row = val_rows("kvasir_seg", limit=1)[0]
+        image = load_image(row["image"])
+        ys, xs = np.nonzero(read_mask(row["masks"]["polyp"]))
+    else:
+        yy, xx = np.mgrid[:240, :320]
+        disc = (yy - 120) ** 2 + (xx - 160) ** 2 < 50**2
+        image = np.where(disc[..., None], [200, 90, 80], [90, 60, 50]).astype(np.uint8)
+        ys, xs = np.nonzero(disc)
+    return image, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def openai_agent(server: FakeOpenAI, segmenter: Any, **client_options: Any):
+    """An Agent whose MLLM planner talks to ``server`` through the real `openai` client (no retries by default)."""
+    from agent import Agent
+    from agent.mllm import OpenAIClient
+
+    max_rounds = client_options.pop("max_rounds", 2)
+    options = {"timeout": 10.0, "max_retries": 0, **client_options}
+    client = OpenAIClient(base_url=server.base_url, model="fake-vlm", api_key="test-key", **options)
+    return Agent(planner=client, segmenter=segmenter, max_rounds=max_rounds)
 
 
 # --- an oracle segmenter over ground-truth masks ------------------------------------------------------

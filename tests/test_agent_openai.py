@@ -12,34 +12,15 @@ import json
 
 import numpy as np
 import pytest
-from agent_helpers import FakeOpenAI, error_reply, text_reply, tool_reply
-from conftest import DATA, read_mask, val_rows
+from agent_helpers import FakeOpenAI, error_reply, openai_agent, polyp_case, text_reply, tool_messages, tool_reply
 
 from agent import Agent, PlannerError
 from agent.mllm import OpenAIClient
-from segmenter.image_io import load_image
 
 
 @pytest.fixture(scope="module")
 def case():
-    """A real Kvasir val image and a box around its polyp (a synthetic disc image without the data)."""
-    if (DATA / "kvasir_seg" / "manifest.jsonl").exists():
-        row = val_rows("kvasir_seg", limit=1)[0]
-        image = load_image(row["image"])
-        ys, xs = np.nonzero(read_mask(row["masks"]["polyp"]))
-    else:
-        yy, xx = np.mgrid[:240, :320]
-        disc = (yy - 120) ** 2 + (xx - 160) ** 2 < 50**2
-        image = np.where(disc[..., None], [200, 90, 80], [90, 60, 50]).astype(np.uint8)
-        ys, xs = np.nonzero(disc)
-    return image, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-
-
-def make_agent(server: FakeOpenAI, segmenter, **client_options) -> Agent:
-    max_rounds = client_options.pop("max_rounds", 2)
-    options = {"timeout": 10.0, "max_retries": 0, **client_options}
-    client = OpenAIClient(base_url=server.base_url, model="fake-vlm", api_key="test-key", **options)
-    return Agent(planner=client, segmenter=segmenter, max_rounds=max_rounds)
+    return polyp_case()
 
 
 def messages(server: FakeOpenAI, index: int) -> list[dict]:
@@ -57,7 +38,7 @@ def test_native_tool_calls_segment_then_select_and_images_are_the_overlays(case,
         tool_reply("select_masks", {"ids": [1], "answer": "There is one polyp."}, call_id="call_b"),
     ]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
     assert len(server.requests) == 2
     first = server.requests[0]["body"]
     assert first["model"] == "fake-vlm"
@@ -96,7 +77,7 @@ def test_text_fallback_tool_calls(case, segmenter):
         text_reply('<tool>{"name": "select_masks", "parameters": {"ids": [1], "answer": "Found it."}}</tool>'),
     ]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter, native_tools=False).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter, native_tools=False).run("find the polyp", image=image)
     assert all("tools" not in r["body"] for r in server.requests)
     assert "<tool>" in messages(server, 0)[0]["content"]  # the text protocol is explained in the system prompt
     second = messages(server, 1)
@@ -110,7 +91,7 @@ def test_malformed_reply_is_corrected_then_nothing_found(case, segmenter):
     script = [text_reply("I think there is a polyp somewhere."),
               tool_reply("report_no_mask", {"answer": "No optic disc in a colonoscopy image."})]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("outline the optic disc", image=image)
+        result = openai_agent(server, segmenter).run("outline the optic disc", image=image)
     assert len(server.requests) == 2
     assert "no tool call" in json.dumps(messages(server, 1))
     assert result.masks == [] and not result.union_mask().any()
@@ -120,19 +101,58 @@ def test_malformed_reply_is_corrected_then_nothing_found(case, segmenter):
 
 def test_replies_without_tool_calls_end_in_a_clear_error(case, segmenter):
     image, _ = case
-    with FakeOpenAI([text_reply("hmm"), text_reply("still thinking")]) as server:
-        agent = make_agent(server, segmenter)
+    with FakeOpenAI([text_reply("hmm"), text_reply("still thinking"), text_reply("let me see")]) as server:
+        agent = openai_agent(server, segmenter)
         events: list = []
-        with pytest.raises(PlannerError, match="without a readable tool call"):
+        with pytest.raises(PlannerError, match=r"openai:fake-vlm gave 3 unusable replies in a row.*"
+                                               r"no readable tool call: 'let me see'"):
             events.extend(agent.stream("find the polyp", image=image))
-    assert events[-1].kind == "error"
+    assert len(server.requests) == 3
+    assert events[-1].kind == "error" and not any(e.kind == "answer" for e in events)
+
+
+def test_invalid_arguments_then_a_valid_call_the_model_sees_the_error(case, segmenter):
+    image, box = case
+    script = [tool_reply("segment_concept", '{"concept": ', call_id="call_cut"),
+              tool_reply("segment_geometry", {"boxes": [box], "concept": "polyp"}, call_id="call_ok"),
+              tool_reply("select_masks", {"ids": [1]}, call_id="call_sel")]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    assert len(server.requests) == 3
+    told = tool_messages(server, 1)  # the second request carries the error for the first reply's call
+    assert [m["tool_call_id"] for m in told] == ["call_cut"]
+    assert "not valid JSON" in told[0]["content"] and "This call was not run" in told[0]["content"]
+    assert result.status == "done" and [m.concept for m in result.masks] == ["polyp"]
+    assert result.masks[0].instances[0].mask.any() and not result.answer.startswith("Nothing was found")
+    assert any(e.kind == "error" and "unusable reply 1/3" in e.text for e in result.trace)
+
+
+def test_a_usable_reply_resets_the_count_of_unusable_ones(case, segmenter):
+    image, box = case
+    bad = tool_reply("segment_concept", {"concept": ""}, call_id="call_bad")  # fails the schema
+    script = [bad, bad, tool_reply("segment_geometry", {"boxes": [box]}, call_id="call_ok"),
+              bad, bad, tool_reply("select_masks", {"ids": [1]}, call_id="call_sel")]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    assert len(server.requests) == 6 and len(result.masks) == 1
+    assert "segment_concept: invalid arguments" in tool_messages(server, 1)[0]["content"]
+
+
+def test_a_valid_report_no_mask_is_still_a_negative_answer(case, segmenter):
+    image, _ = case
+    script = [tool_reply("report_no_mask", {"answer": "No optic disc in a colonoscopy image."})]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("outline the optic disc", image=image)
+    assert result.status == "done" and result.error is None and result.masks == []
+    assert result.answer.startswith("Nothing was found: No optic disc in a colonoscopy image.")
+    assert result.to_json()["status"] == "done"
 
 
 def test_server_error_then_success_is_retried(case, segmenter):
     image, _ = case
     script = [error_reply(500), tool_reply("report_no_mask", {"answer": "Nothing there."})]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter, max_retries=2).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter, max_retries=2).run("find the polyp", image=image)
     assert len(server.requests) == 2
     assert result.masks == [] and "Nothing there." in result.answer
 
@@ -141,14 +161,14 @@ def test_rate_limit_then_success_is_retried(case, segmenter):
     image, _ = case
     script = [error_reply(429, "slow down", headers={"retry-after": "0"}), tool_reply("report_no_mask", {})]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter, max_retries=1).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter, max_retries=1).run("find the polyp", image=image)
     assert len(server.requests) == 2 and result.masks == []
 
 
 def test_persistent_server_errors_end_in_a_clear_error(case, segmenter):
     image, _ = case
     with FakeOpenAI([error_reply(503, "overloaded")] * 3) as server, pytest.raises(PlannerError, match="HTTP 503"):
-        make_agent(server, segmenter, max_retries=1).run("find the polyp", image=image)
+        openai_agent(server, segmenter, max_retries=1).run("find the polyp", image=image)
     assert len(server.requests) == 2  # one try and one retry, then a clear error
 
 
@@ -156,14 +176,14 @@ def test_timeout_is_a_clear_error(case, segmenter):
     image, _ = case
     slow = {**tool_reply("report_no_mask", {}), "delay": 3.0}
     with FakeOpenAI([slow]) as server, pytest.raises(PlannerError, match="did not answer within 0.5 s"):
-        make_agent(server, segmenter, timeout=0.5).run("find the polyp", image=image)
+        openai_agent(server, segmenter, timeout=0.5).run("find the polyp", image=image)
 
 
 def test_timeout_then_success_is_retried(case, segmenter):
     image, _ = case
     slow = {**tool_reply("report_no_mask", {}), "delay": 3.0}
     with FakeOpenAI([slow, tool_reply("report_no_mask", {"answer": "none"})]) as server:
-        result = make_agent(server, segmenter, timeout=1.0, max_retries=1).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter, timeout=1.0, max_retries=1).run("find the polyp", image=image)
     assert len(server.requests) == 2 and result.masks == []
 
 
@@ -180,10 +200,10 @@ def test_unknown_tool_is_reported_back_to_the_model(case, segmenter):
     image, _ = case
     script = [tool_reply("zoom_in", {"factor": 2}, call_id="call_z"), tool_reply("report_no_mask", {}, "call_y")]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("find the polyp", image=image)
-    tool_messages = [m for m in messages(server, 1) if m["role"] == "tool"]
-    assert tool_messages[0]["tool_call_id"] == "call_z"
-    assert "unknown tool 'zoom_in'" in tool_messages[0]["content"]
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    told = tool_messages(server, 1)
+    assert told[0]["tool_call_id"] == "call_z"
+    assert "unknown tool 'zoom_in'" in told[0]["content"]
     assert result.masks == []
 
 
@@ -191,9 +211,9 @@ def test_invalid_json_arguments_are_reported_back(case, segmenter):
     image, _ = case
     script = [tool_reply("segment_concept", "{concept: polyp", call_id="call_j"), tool_reply("report_no_mask", {})]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("find the polyp", image=image)
-    tool_messages = [m for m in messages(server, 1) if m["role"] == "tool"]
-    assert "not valid JSON" in tool_messages[0]["content"]
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    told = tool_messages(server, 1)
+    assert "not valid JSON" in told[0]["content"]
     assert result.masks == []
 
 
@@ -203,10 +223,10 @@ def test_box_outside_the_image_is_reported_back(case, segmenter):
     script = [tool_reply("segment_geometry", {"boxes": [[w + 10, h + 10, w + 80, h + 80]]}, call_id="call_o"),
               tool_reply("report_no_mask", {"answer": "Could not place the box."}, call_id="call_p")]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("find the polyp", image=image)
-    tool_messages = [m for m in messages(server, 1) if m["role"] == "tool"]
-    assert tool_messages[0]["tool_call_id"] == "call_o"
-    assert "lies outside" in tool_messages[0]["content"] and f"{w}x{h}" in tool_messages[0]["content"]
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    told = tool_messages(server, 1)
+    assert told[0]["tool_call_id"] == "call_o"
+    assert "lies outside" in told[0]["content"] and f"{w}x{h}" in told[0]["content"]
     assert result.masks == [] and result.answer.startswith("Nothing was found")
 
 
@@ -216,7 +236,7 @@ def test_selecting_an_unknown_id_is_reported_back(case, segmenter):
               tool_reply("select_masks", {"ids": [7]}, call_id="c2"),
               tool_reply("select_masks", {"ids": [1]}, call_id="c3")]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
     assert "unknown mask id(s) [7]" in json.dumps(messages(server, 2))
     assert len(result.masks) == 1
 
@@ -227,7 +247,7 @@ def test_examine_masks_sends_zoomed_crops(case, segmenter):
               tool_reply("examine_masks", {"ids": [1]}, call_id="c2"),
               tool_reply("select_masks", {"ids": [1]}, call_id="c3")]
     with FakeOpenAI(script) as server:
-        result = make_agent(server, segmenter).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
     sent = server.images(2)
     assert len(sent) == 2  # the overlay, then the crop of #1
     overlays = overlay_images(result)
@@ -242,7 +262,7 @@ def test_round_limit_ends_the_run(case, segmenter):
         return tool_reply("segment_geometry", {"boxes": [box]}, call_id=f"c{len(body['messages'])}")
 
     with FakeOpenAI([always_segment] * 10) as server:
-        result = make_agent(server, segmenter, max_rounds=1).run("find the polyp", image=image)
+        result = openai_agent(server, segmenter, max_rounds=1).run("find the polyp", image=image)
     assert len(server.requests) == 3  # plan, inspect after round 1, inspect after round 2
     assert result.rounds == 2
     assert any(e.kind == "verdict" and "did not finish" in e.text for e in result.trace)
@@ -254,7 +274,7 @@ def test_follow_up_turn_sees_the_previous_answer(case, segmenter):
               tool_reply("select_masks", {"ids": [1]}, call_id="c2"),
               tool_reply("select_masks", {"ids": [1], "answer": "Still the same one."}, call_id="c3")]
     with FakeOpenAI(script) as server:
-        agent = make_agent(server, segmenter)
+        agent = openai_agent(server, segmenter)
         agent.run("find the polyp", image=image, thread_id="conv")
         again = agent.run("now only the largest one", thread_id="conv")  # no image: the thread's
     context = json.dumps(messages(server, 2))

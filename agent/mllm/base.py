@@ -37,6 +37,7 @@ class LLMReply(BaseModel):
     tool_calls: list[ToolCallRequest] = Field(default_factory=list)
     native: bool = True  # the calls came as native tool calls (not parsed from text)
     finish_reason: str | None = None
+    refusal: str | None = None  # the model declined (OpenAI's ``message.refusal``)
 
 
 class ChatClient(ABC):

@@ -91,12 +91,15 @@ class OpenAIClient(ChatClient):
             return LLMReply(text="", finish_reason="empty")  # the planner treats it as a malformed reply
         message = choices[0].message
         text = message.content or ""
+        refusal = getattr(message, "refusal", None)
+        refusal = refusal if isinstance(refusal, str) and refusal.strip() else None
         native = [
             parse_native_call(call.id, call.function.name, call.function.arguments)
             for call in (message.tool_calls or [])
             if getattr(call, "function", None) is not None
         ]
         if native:
-            return LLMReply(text=text, tool_calls=native, native=True, finish_reason=choices[0].finish_reason)
+            return LLMReply(text=text, tool_calls=native, native=True, finish_reason=choices[0].finish_reason,
+                            refusal=refusal)
         return LLMReply(text=text, tool_calls=parse_text_tool_calls(text), native=False,
-                        finish_reason=choices[0].finish_reason)
+                        finish_reason=choices[0].finish_reason, refusal=refusal)

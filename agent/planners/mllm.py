@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -29,16 +30,40 @@ from tools.schemas import ToolError
 from tools.segment import describe_candidates
 
 NOT_RUN = "not run: segmentation calls in the same reply run first; call it again after seeing their results"
+BRIEF = 300  # characters of a problem sent back to the model or shown in the trace (a model's input can be huge)
+ECHO = 2000  # an invalid call's arguments longer than this (as JSON) are not echoed back or kept
+
+
+def brief(text: object, limit: int = BRIEF) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+@dataclass
+class _Step:
+    """What one reply with tool calls led to."""
+
+    decision: Decision | None  # finish, or segment calls for the segment node
+    exchange: Exchange
+    images: list[np.ndarray]  # examine's crops, for the next request
+    problem: str | None = None  # why none of the reply's calls could be used; None when one was
 
 
 class MLLMPlanner(Planner):
+    """``max_unusable``: replies in a row (across plan and inspect) that have no usable tool call (none at
+    all, only invalid ones, a refusal) before the run fails with a ``PlannerError``; an empty answer
+    there would read as a negative finding."""
+
     name = "openai"
 
-    def __init__(self, client: ChatClient, *, max_steps: int = 4, max_malformed: int = 2,
+    def __init__(self, client: ChatClient, *, max_steps: int = 4, max_unusable: int = 3,
                  max_side: int = 2048) -> None:
+        if max_unusable < 1:
+            raise ValueError(f"max_unusable must be >= 1, got {max_unusable}")
         self.client = client
         self.max_steps = max_steps  # model calls per plan / inspect step (examine, corrections)
-        self.max_malformed = max_malformed
+        self.max_unusable = max_unusable
         self.max_side = max_side
 
     @property
@@ -56,9 +81,20 @@ class MLLMPlanner(Planner):
         cands = view.candidates()
         last = max((c.round for c in cands), default=0)
         ids = [c.id for c in cands if c.round == last]
-        return Decision(finish=True, ids=ids,
-                        note=f"the model did not finish within the limits; keeping the last round's {len(ids)} "
-                             "candidate(s) unchecked")
+        if ids:
+            return Decision(finish=True, ids=ids,
+                            note=f"the model did not finish within the limits; keeping the last round's {len(ids)} "
+                                 "candidate(s) unchecked")
+        presence = view.state.get("presence") or {}
+        still_segmenting = bool((view.state.get("decision") or {}).get("calls"))
+        if presence and still_segmenting:  # the round limit stopped it; every prompt it ran found nothing
+            return Decision(finish=True, note=f"the model did not finish within the round limit; none of its "
+                                              f"{len(presence)} prompt(s) found a candidate")
+        # the model never concluded and nothing was segmented: "nothing found" would be a false negative
+        problem = view.memory.get("problem") or (view.state.get("decision") or {}).get("note") or \
+            "no segmentation ran and it called neither select_masks nor report_no_mask"
+        raise PlannerError(f"{self.label} gave no usable answer, so the run stopped without one; "
+                           f"last problem: {problem}")
 
     def answer(self, view: PlannerView, decision: Decision) -> str:
         chosen = view.by_id(decision.ids)
@@ -77,45 +113,69 @@ class MLLMPlanner(Planner):
     def _converse(self, view: PlannerView, phase: str) -> Decision:
         images = self._images(view, phase)
         history = self._last_exchange(view) if phase == "inspect" else []
-        malformed = 0
+        # unusable replies in a row; the state's memory carries the count from plan on to inspect
+        unusable = int(view.memory.get("unusable", 0))
+        problem = str(view.memory.get("problem", ""))
         for _ in range(self.max_steps):
             reply = self._complete(view, lambda h=history, i=images: self._messages(view, h, i))
-            if not reply.tool_calls:
-                malformed += 1
-                snippet = (reply.text or "").strip()[:200]
-                view.emit("error", f"the model's reply had no readable tool call: {snippet!r}",
-                          data={"reply": snippet})
-                if malformed >= self.max_malformed:
-                    raise PlannerError(f"{self.label} gave {malformed} replies without a readable tool call; "
-                                       f"last reply: {snippet!r}")
-                history = [{"role": "assistant", "content": reply.text or ""},
+            if reply.tool_calls:
+                step = self._act(view, reply, phase)
+                if step.decision is not None:
+                    memory = {"exchange": step.exchange.model_dump(), "unusable": 0, "problem": ""}
+                    return step.decision.model_copy(update={"memory": memory})
+                history = self._exchange_messages(step.exchange)
+                images = [images[0], *step.images] if images else step.images
+                if step.problem is None:  # an examine ran: usable, the model decides next
+                    unusable = 0
+                    continue
+                problem = step.problem
+            else:
+                problem = self._no_call_problem(reply)
+                history = [{"role": "assistant", "content": reply.text or reply.refusal or ""},
                            {"role": "user", "content": load_prompt("malformed_reply")}]
-                continue
-            decision, exchange, extra_images = self._act(view, reply, phase)
-            if decision is not None:
-                return decision.model_copy(update={"memory": {"exchange": exchange.model_dump()}})
-            history = self._exchange_messages(exchange)
-            images = [images[0], *extra_images] if images else extra_images
-        return Decision(note=f"no decision after {self.max_steps} model calls in {phase}")
+            if reply.finish_reason == "length":
+                problem += " (the reply was cut off at the token limit)"
+            unusable += 1
+            view.emit("error", f"unusable reply {unusable}/{self.max_unusable}: {problem}",
+                      data={"problem": problem})
+            if unusable >= self.max_unusable:
+                raise PlannerError(f"{self.label} gave {unusable} unusable replies in a row, so the run stopped "
+                                   f"without an answer; last problem: {problem}")
+        return Decision(note=f"no decision after {self.max_steps} model calls in {phase}",
+                        memory={"unusable": unusable, "problem": problem})
 
-    def _act(self, view: PlannerView, reply: LLMReply, phase: str) -> tuple[Decision | None, Exchange, list]:
+    @staticmethod
+    def _no_call_problem(reply: LLMReply) -> str:
+        if reply.refusal:
+            return f"the model refused: {brief(reply.refusal.strip(), 200)!r}"
+        if reply.finish_reason == "content_filter":
+            return "the endpoint's content filter blocked the reply"
+        return f"the reply had no readable tool call: {brief((reply.text or '').strip(), 200)!r}"
+
+    def _act(self, view: PlannerView, reply: LLMReply, phase: str) -> _Step:
         """Validate and sort the reply's calls; finish, hand segment calls on, or answer examine / errors."""
         calls: list[PlannedCall] = []
         results: list[str | None] = []
+        problems: list[str] = []
         segments, finishes, examines = [], [], []
         for request in reply.tool_calls:
             call_id = request.id or (f"call_{uuid.uuid4().hex[:12]}" if reply.native else None)
-            call = PlannedCall(name=request.name, arguments=request.arguments, call_id=call_id)
-            calls.append(call)
             try:
                 if request.error:
                     raise ToolError(request.error)
                 spec, args = parse_call(request.name, request.arguments)
-            except ToolError as exc:
-                results.append(f"error: {exc}")
+            except ToolError as exc:  # told to the model as an error it can correct; the call is not run
+                problem = brief(exc)
+                problems.append(problem)
+                small = len(json.dumps(request.arguments, default=str)) <= ECHO
+                call = PlannedCall(name=brief(request.name, 64), arguments=request.arguments if small else {},
+                                   call_id=call_id)
+                calls.append(call)
+                results.append(load_prompt("invalid_tool_call", problem=problem))
                 self._emit_call(view, call)
-                view.emit("tool_result", f"error: {exc}", data={"name": request.name, "error": str(exc)})
+                view.emit("tool_result", f"error: {problem}", data={"name": call.name, "error": problem})
                 continue
+            calls.append(PlannedCall(name=request.name, arguments=request.arguments, call_id=call_id))
             results.append(None)
             index = len(calls) - 1
             {"segment": segments, "finish": finishes, "examine": examines}[spec.kind].append((index, spec, args))
@@ -124,37 +184,47 @@ class MLLMPlanner(Planner):
             for index, _, _ in finishes + examines:
                 results[index] = NOT_RUN
             exchange.results = [r or "" for r in results]  # the segment node supplies the segment results
-            return Decision(calls=[calls[i] for i, _, _ in segments],
-                            note=f"{self.label}: {', '.join(calls[i].name for i, _, _ in segments)}"), exchange, []
-        extra_images: list[np.ndarray] = []
+            return _Step(Decision(calls=[calls[i] for i, _, _ in segments],
+                                  note=f"{self.label}: {', '.join(calls[i].name for i, _, _ in segments)}"),
+                         exchange, [])
         for index, spec, args in finishes:
             self._emit_call(view, calls[index])
             try:
                 selection = select_masks(view.all_candidates(), args) if spec.name == "select_masks" \
                     else report_no_mask(args)
             except ToolError as exc:
-                results[index] = f"error: {exc}"
-                view.emit("tool_result", f"error: {exc}", data={"name": spec.name, "error": str(exc)})
+                results[index] = self._tool_error(view, spec.name, exc, problems)
                 continue
             exchange.results = [r or "" for r in results]
-            return Decision(finish=True, ids=selection.ids, answer=selection.answer,
-                            note=f"{self.label}: {spec.name} {selection.ids}"), exchange, []
+            return _Step(Decision(finish=True, ids=selection.ids, answer=selection.answer,
+                                  note=f"{self.label}: {spec.name} {selection.ids}"), exchange, [])
+        extra_images: list[np.ndarray] = []
+        examined = False
         for index, spec, args in examines:
             self._emit_call(view, calls[index])
             try:
                 cands = view.candidates() or view.by_id(view.previous.get("ids", []))
                 outcome = examine_masks(view.image, cands, view.masks(cands), args)
             except ToolError as exc:
-                results[index] = f"error: {exc}"
-                view.emit("tool_result", f"error: {exc}", data={"name": spec.name, "error": str(exc)})
+                results[index] = self._tool_error(view, spec.name, exc, problems)
                 continue
+            examined = True
             results[index] = outcome.text + " (the crops follow as images)"
             view.emit("tool_result", outcome.text, data={"name": spec.name, "ids": outcome.ids})
             for mask_id, crop in zip(outcome.ids, outcome.images):
                 view.emit("overlay", f"crop of #{mask_id}", image=crop, data={"ids": [mask_id], "crop": True})
             extra_images += outcome.images
         exchange.results = [r or "" for r in results]
-        return None, exchange, extra_images
+        problem = None if examined else brief("; ".join(dict.fromkeys(problems)))
+        return _Step(None, exchange, extra_images, problem)
+
+    @staticmethod
+    def _tool_error(view: PlannerView, name: str, exc: ToolError, problems: list[str]) -> str:
+        """A valid call the tool could not carry out (an unknown mask id): the result text for the model."""
+        problem = brief(exc)
+        problems.append(problem)
+        view.emit("tool_result", f"error: {problem}", data={"name": name, "error": problem})
+        return f"error: {problem}"
 
     @staticmethod
     def _emit_call(view: PlannerView, call: PlannedCall) -> None:
