@@ -13,6 +13,7 @@ _EXPORTS = {
     "AgentResult": "agent.results",
     "ConceptMask": "agent.results",
     "StepEvent": "agent.results",
+    "AgentError": "agent.errors",
     "PlannerError": "agent.errors",
 }
 
