@@ -2,14 +2,14 @@
 
 One Agent holds a segmenter, a planner, the compiled graph and a checkpointer (in memory, or a
 SQLite file with ``checkpoint_db=``, which also holds the masks so a thread survives the process).
-Runs on one Agent are serialised: the segmenter holds the current image's embedding.
+Turns of one thread run one at a time; turns of different threads run at once (the Segmenter
+makes each run's set-image-then-segment one step, so they share it safely).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing_extensions import Self
 
 from agent.errors import AgentError
 from agent.graph import build_graph, recursion_limit
+from agent.locks import KeyedLocks
 from agent.planners.base import Planner, RunContext
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.state import turn_input
@@ -90,6 +91,7 @@ class Agent:
 
             self.checkpoint_db.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.checkpoint_db), check_same_thread=False)
+            self._conn.execute("PRAGMA secure_delete = ON")  # a deleted thread's rows are zeroed, not left in free pages
             self.checkpointer = SqliteSaver(self._conn)
             self.store: MaskStore = SqliteMaskStore(self.checkpoint_db)
         else:
@@ -98,7 +100,7 @@ class Agent:
             self.checkpointer = InMemorySaver()
             self.store = MemoryMaskStore()
         self.graph = build_graph(self.checkpointer)
-        self._lock = threading.Lock()
+        self._lock = KeyedLocks()  # per thread id: one thread's turns never interleave
 
     # --- public API ------------------------------------------------------------------------------
     def run(self, question: str, image: ImageInput | None = None, thread_id: str | None = None) -> AgentResult:
@@ -123,8 +125,17 @@ class Agent:
         question = question.strip()
         if len(question) > 4000:
             raise ValueError(f"question is {len(question)} characters long; the limit is 4000")
-        with self._lock:
+        if thread_id is None:  # a one-off run: a fresh thread nobody else can reach
             yield from self._stream(question, image, thread_id)
+            return
+        with self._lock.hold(thread_id):
+            yield from self._stream(question, image, thread_id)
+
+    def forget(self, thread_id: str) -> None:
+        """Delete a thread: its checkpoints, its masks, and its image unless another thread uses it."""
+        with self._lock.hold(thread_id):
+            self.checkpointer.delete_thread(thread_id)
+            self.store.delete_thread(thread_id)
 
     def thread_state(self, thread_id: str) -> dict[str, Any]:
         """The checkpointed state of a thread (ids and text only), empty when the thread is unknown."""
@@ -144,34 +155,36 @@ class Agent:
         self.close()
 
     # --- internals ---------------------------------------------------------------------------------
-    def _image_for(self, image: ImageInput | None, prior: dict[str, Any], thread: str) -> tuple[np.ndarray, str | None]:
+    def _image_for(self, image: ImageInput | None, prior: dict[str, Any], thread: str) -> np.ndarray:
+        """The turn's pixels: the given image, else the thread's stored copy.
+
+        The checkpoint names the image only by its content hash (``store:<key>``), never by its
+        path: a file name or folder often identifies the patient.
+        """
         if image is not None:
-            array = load_image(image)
-            ref = str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
-            return array, ref
-        ref = prior.get("image_ref")
+            return load_image(image)
+        ref = prior.get("image_ref") or ""
         if not ref:
             raise ValueError("no image: pass image= (a path, numpy array or PIL image)"
                              + (f"; thread {thread!r} has none stored" if prior else ""))
-        if ref.startswith("store:"):
-            stored = self.store.get_image(ref.removeprefix("store:"))
-            if stored is None:
-                raise ValueError(f"thread {thread!r}: its image is no longer stored; pass image= again")
-            return stored, ref
-        return load_image(ref), ref
+        stored = self.store.get_image(ref.removeprefix("store:")) if ref.startswith("store:") else None
+        if stored is None:
+            raise ValueError(f"thread {thread!r}: its image is no longer stored; pass image= again")
+        return stored
 
     def _stream(self, question: str, image: ImageInput | None, thread_id: str | None) -> Iterator[StepEvent]:
         thread = thread_id or f"run-{uuid.uuid4().hex}"
         config = {"configurable": {"thread_id": thread}, "recursion_limit": recursion_limit(self.max_rounds)}
         prior = self.thread_state(thread) if thread_id else {}
-        array, ref = self._image_for(image, prior, thread)
+        array = self._image_for(image, prior, thread)
         key = image_key(array)
-        if ref is None:
-            ref = f"store:{key}"
-            self.store.put_image(key, array)
+        ref = f"store:{key}"
+        self.store.put_image(key, array, thread_id=thread)  # kept while a thread uses it
         if prior and prior.get("image_key") != key:
             prior = {}  # a new image starts the conversation afresh: old mask ids mean nothing on it
-        self.segmenter.set_image(array)  # the embedding is computed once here and reused by every prompt
+        # this run's handle on the shared segmenter: the embedding is computed once here and reused by every
+        # prompt, even when other threads' runs set their images in between
+        segmenter = self.segmenter.handle(array)
         state = turn_input(
             question, turn=int(prior.get("turn", 0)) + 1, max_rounds=self.max_rounds, planner=self.planner.label,
             image_ref=ref, image_key=key, image_size=list(array.shape[:2]), previous=prior.get("previous"),
@@ -179,7 +192,7 @@ class Agent:
         )
         trace: list[StepEvent] = []
         final: dict[str, Any] = {}
-        ctx = RunContext(segmenter=self.segmenter, image=array, planner=self.planner, store=self.store,
+        ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, store=self.store,
                          thread_id=thread, emit_fn=lambda event: None)
         try:
             for mode, chunk in self.graph.stream(state, config, context=ctx, stream_mode=["custom", "values"]):

@@ -47,7 +47,7 @@ class AgentState(TypedDict, total=False):
     # the conversation (kept across turns of a thread)
     turn: int
     question: str
-    image_ref: str | None  # the image's path, or "store:<key>" when the mask store holds it
+    image_ref: str | None  # "store:<key>": the mask store holds the image by content hash (never a path)
     image_key: str
     image_size: list[int]  # [height, width]
     candidates: list[dict]  # tools.schemas.Candidate dumps, every candidate of the thread

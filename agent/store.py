@@ -1,8 +1,10 @@
-"""Where candidate masks (and images given as arrays) live, outside the checkpointed state.
+"""Where candidate masks and the threads' images live, outside the checkpointed state.
 
-``MemoryMaskStore`` for one process; ``SqliteMaskStore`` keeps them in the checkpoint's SQLite
-file (its own tables), so a thread can be resumed by a new process. Masks are stored as COCO
-RLE (pycocotools), a few hundred bytes to a few KB each.
+``MemoryMaskStore`` for one process (bounded: least recently used entries go first);
+``SqliteMaskStore`` keeps them in the checkpoint's SQLite file (its own tables), so a thread can
+be resumed by a new process. Masks are stored as COCO RLE (pycocotools), a few hundred bytes to
+a few KB each. Images are keyed by content hash and shared by the threads that use them: deleting
+a thread deletes its masks, and its image once no other thread uses it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tools import rle
+
+DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024  # MemoryMaskStore's budget: images and masks together
 
 
 class MaskStore(ABC):
@@ -28,13 +33,15 @@ class MaskStore(ABC):
     def _get_rle(self, thread_id: str, mask_id: int) -> dict | None: ...
 
     @abstractmethod
-    def put_image(self, key: str, image: np.ndarray) -> None: ...
+    def put_image(self, key: str, image: np.ndarray, *, thread_id: str) -> None:
+        """Keep ``image`` under ``key`` (its content hash) for as long as ``thread_id`` (or another thread) uses it."""
 
     @abstractmethod
     def get_image(self, key: str) -> np.ndarray | None: ...
 
     @abstractmethod
-    def delete_thread(self, thread_id: str) -> None: ...
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's masks, and every image no remaining thread uses."""
 
     def get_mask(self, thread_id: str, mask_id: int) -> np.ndarray:
         found = self._get_rle(thread_id, mask_id)
@@ -43,27 +50,86 @@ class MaskStore(ABC):
         return rle.decode(found)
 
 
+def _rle_bytes(encoded: dict) -> int:
+    return len(encoded["counts"]) + 64  # the counts string and the dict around it, roughly
+
+
 class MemoryMaskStore(MaskStore):
-    def __init__(self) -> None:
-        self._masks: dict[tuple[str, int], dict] = {}
-        self._images: dict[str, np.ndarray] = {}
+    """An LRU bounded by bytes: when images and masks together pass ``max_bytes``, the least recently
+    used go first (never the entry just stored). A thread whose entries were evicted cannot be
+    continued: its next turn says its image or a mask is no longer stored."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()  # ("mask", thread, id) | ("image", key)
+        self._users: dict[str, set[str]] = {}  # image key -> threads that use it
+        self._bytes = 0
+        self._lock = threading.Lock()  # runs of different threads share the store
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _put(self, item: tuple, value: object, size: int) -> None:
+        old = self._items.pop(item, None)
+        if old is not None:
+            self._bytes -= old[1]
+        self._items[item] = (value, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            evicted, (_, evicted_size) = self._items.popitem(last=False)
+            self._bytes -= evicted_size
+            if evicted[0] == "image":
+                self._users.pop(evicted[1], None)
+
+    def _get(self, item: tuple) -> object | None:
+        found = self._items.get(item)
+        if found is None:
+            return None
+        self._items.move_to_end(item)
+        return found[0]
 
     def put_masks(self, thread_id: str, masks: dict[int, np.ndarray]) -> None:
-        for mask_id, mask in masks.items():
-            self._masks[(thread_id, int(mask_id))] = rle.encode(mask)
+        with self._lock:
+            for mask_id, mask in masks.items():
+                encoded = rle.encode(mask)
+                self._put(("mask", thread_id, int(mask_id)), encoded, _rle_bytes(encoded))
 
     def _get_rle(self, thread_id: str, mask_id: int) -> dict | None:
-        return self._masks.get((thread_id, int(mask_id)))
+        with self._lock:
+            return self._get(("mask", thread_id, int(mask_id)))  # type: ignore[return-value]
 
-    def put_image(self, key: str, image: np.ndarray) -> None:
-        self._images[key] = image
+    def put_image(self, key: str, image: np.ndarray, *, thread_id: str) -> None:
+        with self._lock:
+            if self._get(("image", key)) is None:
+                self._put(("image", key), image, int(image.nbytes))
+            if ("image", key) in self._items:
+                self._users.setdefault(key, set()).add(thread_id)
 
     def get_image(self, key: str) -> np.ndarray | None:
-        return self._images.get(key)
+        with self._lock:
+            return self._get(("image", key))  # type: ignore[return-value]
 
     def delete_thread(self, thread_id: str) -> None:
-        for k in [k for k in self._masks if k[0] == thread_id]:
-            del self._masks[k]
+        with self._lock:
+            for item in [k for k in self._items if k[0] == "mask" and k[1] == thread_id]:
+                self._bytes -= self._items.pop(item)[1]
+            for key in [k for k, users in self._users.items() if thread_id in users]:
+                self._users[key].discard(thread_id)
+                if not self._users[key]:
+                    del self._users[key]
+                    self._bytes -= self._items.pop(("image", key))[1]
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")  # lossless: the same pixels come back
+    return buffer.getvalue()
 
 
 class SqliteMaskStore(MaskStore):
@@ -72,11 +138,15 @@ class SqliteMaskStore(MaskStore):
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False)
         self._lock = threading.Lock()
         with self._lock, self._conn:
+            self._conn.execute("PRAGMA secure_delete = ON")  # deleted images and masks are zeroed on disk
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS agent_masks (thread_id TEXT, mask_id INTEGER, rle TEXT, "
                 "PRIMARY KEY (thread_id, mask_id))"
             )
             self._conn.execute("CREATE TABLE IF NOT EXISTS agent_images (key TEXT PRIMARY KEY, png BLOB)")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS agent_image_users (thread_id TEXT, key TEXT, PRIMARY KEY (thread_id, key))"
+            )
 
     def put_masks(self, thread_id: str, masks: dict[int, np.ndarray]) -> None:
         rows = [(thread_id, int(i), json.dumps(rle.encode(m))) for i, m in masks.items()]
@@ -90,11 +160,16 @@ class SqliteMaskStore(MaskStore):
             ).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def put_image(self, key: str, image: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")  # lossless: the same pixels come back
-        with self._lock, self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO agent_images VALUES (?, ?)", (key, buffer.getvalue()))
+    def _has_image(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM agent_images WHERE key = ?", (key,)).fetchone() is not None
+
+    def put_image(self, key: str, image: np.ndarray, *, thread_id: str) -> None:
+        with self._lock:
+            png = None if self._has_image(key) else _png(image)  # encoded once per image, not once per turn
+        with self._lock, self._conn:  # the link and the image in one transaction: a delete cannot slip between
+            self._conn.execute("INSERT OR IGNORE INTO agent_image_users VALUES (?, ?)", (thread_id, key))
+            if not self._has_image(key):
+                self._conn.execute("INSERT INTO agent_images VALUES (?, ?)", (key, png or _png(image)))
 
     def get_image(self, key: str) -> np.ndarray | None:
         with self._lock:
@@ -104,6 +179,8 @@ class SqliteMaskStore(MaskStore):
     def delete_thread(self, thread_id: str) -> None:
         with self._lock, self._conn:
             self._conn.execute("DELETE FROM agent_masks WHERE thread_id = ?", (thread_id,))
+            self._conn.execute("DELETE FROM agent_image_users WHERE thread_id = ?", (thread_id,))
+            self._conn.execute("DELETE FROM agent_images WHERE key NOT IN (SELECT key FROM agent_image_users)")
 
     def close(self) -> None:
         self._conn.close()
