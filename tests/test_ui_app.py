@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
 from PIL import Image
+from ui_helpers import ask as _ask
+from ui_helpers import client as _client
+from ui_helpers import free_port as _free_port
+from ui_helpers import last_turn as _turn
+from ui_helpers import sample_polyp
+from ui_helpers import texts as _texts
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -30,28 +34,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def test_image(tmp_path_factory) -> Path:
     """A Kvasir val image where the shared data is present, else a drawn 'polyp' (pink disc on red)."""
-    manifest = DATA / "kvasir_seg" / "manifest.jsonl"
-    if manifest.exists():
-        for line in manifest.read_text().splitlines():
-            row = json.loads(line)
-            if row["split"] == "val":
-                return DATA / "kvasir_seg" / row["image"]
-    h, w = 240, 320
-    yy, xx = np.mgrid[:h, :w]
-    image = np.stack([np.full((h, w), 150), np.full((h, w), 60), np.full((h, w), 50)], axis=-1).astype(np.uint8)
-    image[(xx - 160) ** 2 + (yy - 120) ** 2 < 45**2] = (225, 140, 130)
-    path = tmp_path_factory.mktemp("ui") / "synthetic_polyp.png"
-    Image.fromarray(image).save(path)
-    return path
+    return sample_polyp(tmp_path_factory.mktemp("ui"))
 
 
 @pytest.fixture(scope="module")
@@ -73,32 +59,9 @@ def server(tmp_path_factory, test_image):
         os.environ[KEY_ENV] = old_key
 
 
-def _client(url: str):
-    # generous HTTP timeouts: on a busy 2-core machine the server can be slow to answer, never wrong
-    return gradio_client.Client(url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 300})
-
-
 @pytest.fixture()
 def client(server):
     return _client(server[0])
-
-
-def _ask(client, text: str, image: Path | None = None, **settings):
-    files = [gradio_client.handle_file(str(image))] if image else []
-    chat, box, overlay, legend, downloads, status = client.predict(
-        {"text": text, "files": files}, api_name="/ask", **settings
-    )
-    return {"chat": chat, "box": box, "overlay": overlay, "legend": legend, "downloads": downloads, "status": status}
-
-
-def _texts(message: dict) -> str:
-    return " ".join(part.get("text", "") for part in message["content"] if part.get("type") == "text")
-
-
-def _turn(chat: list[dict]) -> list[dict]:
-    """The last turn's messages: from the last user message on."""
-    last_user = max(i for i, m in enumerate(chat) if m["role"] == "user")
-    return chat[last_user:]
 
 
 def test_upload_ask_and_download_masks(client, test_image):
@@ -117,7 +80,7 @@ def test_upload_ask_and_download_masks(client, test_image):
     width, height = Image.open(test_image).size
     assert Image.open(out["overlay"]).size == (width, height)
     zip_path, json_path = out["downloads"]
-    assert Path(zip_path).name.endswith("_masks.zip") and Path(json_path).name == "result.json"
+    assert Path(zip_path).name == "masks.zip" and Path(json_path).name == "result.json"
     saved = json.loads(Path(json_path).read_text())
     assert saved["answer"] == answer and saved["planner"]
     rows = out["legend"]["data"]
@@ -284,7 +247,7 @@ def test_browser_session_upload_ask_see_overlay_and_download(server, test_image,
             page.locator("#final-overlay img").first.wait_for(timeout=600_000)
             download = page.locator("#downloads a[download='result.json']")
             download.first.wait_for(timeout=120_000)
-            assert page.locator("#downloads a[download$='_masks.zip']").count() == 1
+            assert page.locator("#downloads a[download='masks.zip']").count() == 1
             src = page.locator("#final-overlay img").first.get_attribute("src")
             assert src and "final_overlay" in src
             page.screenshot(path=str(ARTIFACTS / "ui_session.png"), full_page=True)

@@ -9,7 +9,7 @@ input box is always given back.
 from __future__ import annotations
 
 import shutil
-import tempfile
+import signal
 import threading
 import time
 import uuid
@@ -22,10 +22,13 @@ import gradio as gr
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from agent.ui.auth import LoopbackHostOnly, check_exposure
 from agent.ui.downloads import write_downloads
 from agent.ui.render import LEGEND_HEADERS, Transcript, final_overlay, legend_rows, save_png
+from agent.ui.retention import RunFiles
 from agent.ui.runner import AgentPool
-from agent.ui.settings import BACKENDS, KEY_ENV, UiSettings, key_status
+from agent.ui.settings import BACKENDS, KEY_ENV, UiSettings, is_loopback, key_status
+from agent.ui.uploads import UploadBox, UploadPolicy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 PLANNER_CHOICES = [("offline (no LLM, no key)", "offline"), ("OpenAI-compatible endpoint", "openai")]
@@ -38,10 +41,14 @@ class UiConfig(BaseModel):
     port: int = Field(7860, ge=0, le=65535)
     examples: list[Path] = Field(default_factory=list)
     max_upload_mb: float = Field(20.0, gt=0)
-    concurrency: int = Field(1, ge=1)
+    concurrency: int = Field(4, ge=1)
     queue_size: int = Field(16, ge=1)
     defaults: UiSettings = Field(default_factory=UiSettings)
-    workdir: Path | None = None  # where turns are written; a fresh temp folder by default
+    workdir: Path | None = None  # where the run's private folder is made; the system temp folder by default
+    auth: list[tuple[str, str]] = Field(default_factory=list, repr=False)  # USER:PASS pairs; none: no login
+    insecure: bool = False  # serve a non-loopback host without auth (another layer protects it)
+    debug: bool = False  # show Python errors in the browser
+    cache_ttl: int = Field(3600, ge=60, le=7 * 24 * 3600)  # seconds a chat's files outlive its last use
 
 
 @dataclass
@@ -99,36 +106,35 @@ def _readable(exc: BaseException) -> str:
 class ChatApp:
     """The handlers, kept apart from the layout so they are plain methods over plain values."""
 
-    def __init__(self, config: UiConfig, pool: AgentPool | None = None) -> None:
+    def __init__(self, config: UiConfig, pool: AgentPool | None = None, files: RunFiles | None = None) -> None:
         self.config = config
-        self.owns_root = config.workdir is None
-        self.root = Path(config.workdir or tempfile.mkdtemp(prefix="medsam3-ui-"))
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.pool = pool or AgentPool(self.root / "threads.sqlite", launch_base_url=config.defaults.base_url,
+        self.files = files or RunFiles(config.workdir)
+        self.root = self.files.root
+        self.pool = pool or AgentPool(self.files.checkpoint_db, launch_base_url=config.defaults.base_url,
                                       host=config.host)
         self.max_bytes = int(config.max_upload_mb * 1024 * 1024)
+        self.uploads = UploadPolicy([self.files.gradio_cache], find_examples(config.examples))
 
     def new_session(self) -> ChatSession:
-        return ChatSession(folder=Path(tempfile.mkdtemp(prefix="session-", dir=self.root)))
+        return ChatSession(folder=self.files.new_session_folder())
 
     def shutdown(self) -> None:
-        """Remove the turns' files (uploads, masks) when the server stops, if the folder is ours."""
-        if self.owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        """Remove every file of the run (uploads, Gradio's cache, turns, threads.sqlite) when the server stops."""
+        self.files.remove()
 
     def end_session(self, session: ChatSession | None) -> None:
-        """Forget a closed tab's thread and files (Gradio calls this when the tab's state expires)."""
+        """Forget a chat's thread (checkpoints, masks, image) and files: new chat, bin icon, or its state expired."""
         if isinstance(session, ChatSession):
             self.pool.forget(session.thread_id)
             shutil.rmtree(session.folder, ignore_errors=True)
 
     # --- validation ---------------------------------------------------------------
-    def _load_upload(self, path: str) -> tuple[np.ndarray, str]:
+    def _load_upload(self, file: Path) -> tuple[np.ndarray, str]:
+        """Read an upload that ``self.uploads`` allowed; named by its file name, as the user knows it."""
         from segmenter.image_io import load_image
 
-        file = Path(path)
         name = file.name
-        size = file.stat().st_size if file.exists() else 0
+        size = file.stat().st_size
         if size > self.max_bytes:
             raise ValueError(
                 f"{name} is {size / 1e6:.1f} MB, above the upload limit of {self.config.max_upload_mb:g} MB"
@@ -175,8 +181,9 @@ class ChatApp:
             if len(uploads) > 1:
                 raise ValueError("upload one image at a time")
             if uploads:
-                user_content.append(f"(uploaded {Path(uploads[0]).name})")  # shown if it cannot be read
-                image, name = self._load_upload(uploads[0])
+                file = self.uploads.check(uploads[0])  # before anything about the path is opened or shown
+                user_content.append(f"(uploaded {file.name})")  # shown if it cannot be read
+                image, name = self._load_upload(file)
                 user_content.pop()
                 if session.image is not None:
                     self.pool.forget(session.new_thread())
@@ -192,7 +199,8 @@ class ChatApp:
                 raise ValueError('type a question about the image, e.g. "find the polyps"')
             settings = UiSettings(
                 planner=planner, base_url=base_url, model=model, backend=backend,
-                max_rounds=int(max_rounds), score_threshold=float(score_threshold),
+                max_rounds=max_rounds, score_threshold=score_threshold,  # pydantic checks them, echoing nothing
+                timeout=self.config.defaults.timeout, retries=self.config.defaults.retries,  # the operator's
             )
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -223,7 +231,8 @@ class ChatApp:
                 steps += 1
                 transcript.add(event)
                 if getattr(event, "kind", "") == "answer":
-                    result = (getattr(event, "data", None) or {}).get("result")
+                    # the answer event carries the result (``event.result``; older agents put it in ``data``)
+                    result = getattr(event, "result", None) or (getattr(event, "data", None) or {}).get("result")
                 yield state(busy_box, f"Working ... step {steps}: {getattr(event, 'kind', '')}")
         except Exception as exc:  # noqa: BLE001  (endpoint down, bad reply, missing backend: say so, stay usable)
             transcript.error(_readable(exc))
@@ -240,8 +249,7 @@ class ChatApp:
             rows = legend_rows(result, session.image.shape)
             overlay = str(save_png(final_overlay(session.image, result), turn_dir / "final_overlay.png"))
             legend = rows
-            stem = f"{Path(session.image_name).stem or 'image'}_turn{session.turn}"
-            files = write_downloads(result, turn_dir, stem).files()
+            files = write_downloads(result, turn_dir).files()
         except Exception as exc:  # noqa: BLE001  (the answer is shown; only the files failed)
             transcript.error(f"could not prepare the downloads: {_readable(exc)}")
             yield final()
@@ -254,22 +262,28 @@ class ChatApp:
         return [], gr.MultimodalTextbox(value=None, interactive=True), None, [], None, self.new_session(), ""
 
 
-def build_app(config: UiConfig, pool: AgentPool | None = None) -> tuple[gr.Blocks, ChatApp]:
+def build_app(config: UiConfig, pool: AgentPool | None = None,
+              files: RunFiles | None = None) -> tuple[gr.Blocks, ChatApp]:
     """The Blocks layout and its wiring; ``launch_app`` starts it with the queue and upload limit."""
-    app = ChatApp(config, pool)
+    files = files or RunFiles(config.workdir)
+    files.point_gradio_here()  # before any component exists: each keeps the cache folder it was built with
+    app = ChatApp(config, pool, files)
     d = config.defaults
     examples = find_examples(config.examples)
-    # delete_cache: Gradio's copies of uploads and results go after 6 hours (checked hourly) and at shutdown
-    with gr.Blocks(title="MedSAM3 Agent", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
+    ttl = config.cache_ttl
+    # delete_cache: Gradio's uploads and its copies of results go once older than the TTL (checked every
+    # few minutes), and all of them at shutdown
+    with gr.Blocks(title="MedSAM3 Agent", analytics_enabled=False, delete_cache=(min(ttl, 300), ttl)) as demo:
         gr.Markdown(
             "## MedSAM3 Agent\nUpload a medical image (PNG, JPEG, TIFF), ask what to find, watch the agent "
             "work, and download the masks. Follow-up questions refine the last answer."
         )
-        session = gr.State(None, delete_callback=app.end_session)
+        # a chat unused for the TTL is forgotten (thread, masks, image, files); a closed tab's after Gradio's hour
+        session = gr.State(None, delete_callback=app.end_session, time_to_live=ttl)
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Conversation", height=560, elem_id="chat", buttons=["copy"])
-                box = gr.MultimodalTextbox(
+                box = UploadBox(
                     placeholder='Upload an image and ask, e.g. "find the polyps"',
                     file_types=["image", ".tif", ".tiff", ".dcm"], file_count="single",
                     sources=["upload"], elem_id="ask-box", show_label=False,
@@ -310,7 +324,7 @@ def build_app(config: UiConfig, pool: AgentPool | None = None) -> tuple[gr.Block
 
 
 class RunningUi:
-    """A served UI: its URL, its handlers, and ``close()``."""
+    """A served UI: its URL, its handlers, and ``close()`` (which removes every file of the run)."""
 
     def __init__(self, demo: gr.Blocks, app: ChatApp, server: Any, thread: threading.Thread | None, url: str) -> None:
         self.demo, self.app, self.server, self.thread, self.url = demo, app, server, thread, url
@@ -323,17 +337,20 @@ class RunningUi:
         self.app.shutdown()
 
 
-def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool = True,
-               preload: bool = False) -> RunningUi:
-    """Serve the app (queued, with the upload limit) with uvicorn; ``preload`` builds the default Agent first.
+class _Stop(BaseException):
+    """SIGTERM or SIGINT, raised once uvicorn has shut down (it re-raises the signal it caught)."""
 
-    Served through ``gr.mount_gradio_app`` rather than ``Blocks.launch``: launch gives up when its
-    3-second probe of the page times out, which happens on a busy CPU while the server is fine.
-    """
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop(signum)
+
+
+def _serve(config: UiConfig, pool: AgentPool | None, files: RunFiles, preload: bool) -> RunningUi:
+    """Build the app and its uvicorn server (not started)."""
     import uvicorn
     from fastapi import FastAPI
 
-    demo, app = build_app(config, pool)
+    demo, app = build_app(config, pool, files)
     if preload:
         app.pool.agent(config.defaults)
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
@@ -341,28 +358,66 @@ def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool =
         FastAPI(), demo, path="/",
         server_name=config.host, server_port=config.port,
         max_file_size=int(config.max_upload_mb * 1024 * 1024),
-        allowed_paths=[str(p) for p in find_examples(config.examples)],
-        show_error=True, ssr_mode=False, mcp_server=False, footer_links=["api"],
+        auth=list(config.auth) or None,
+        show_error=config.debug, ssr_mode=False, mcp_server=False, footer_links=["api"],
         run_history=False,  # never keep patients' images in the browser's storage
         # system fonts: the default theme fetches Google Fonts, which a closed network cannot reach
         theme=gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                 font_mono=["ui-monospace", "monospace"]),
     )
-    server = uvicorn.Server(uvicorn.Config(web, host=config.host, port=config.port, log_level="warning"))
+    if is_loopback(config.host) and not config.auth and not config.insecure:
+        web = LoopbackHostOnly(web)  # no login: only this machine's own names (no DNS rebinding from a web page)
+    # a bounded graceful shutdown: an open event stream must not keep SIGTERM from cleaning up
+    server = uvicorn.Server(uvicorn.Config(web, host=config.host, port=config.port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
     host = f"[{config.host}]" if ":" in config.host else config.host
-    url = f"http://{host}:{config.port}/"
-    if block:
-        print(f"MedSAM3 Agent UI on {url} (Ctrl+C stops it)", flush=True)
+    return RunningUi(demo, app, server, None, f"http://{host}:{config.port}/")
+
+
+def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool = True,
+               preload: bool = False) -> RunningUi | None:
+    """Serve the app (queued, with the upload limit) with uvicorn; ``preload`` builds the default Agent first.
+
+    Served through ``gr.mount_gradio_app`` rather than ``Blocks.launch``: launch gives up when its
+    3-second probe of the page times out, which happens on a busy CPU while the server is fine.
+    With ``block``, the run's folder is removed however the server stops: normal exit, Ctrl+C or
+    SIGTERM (uvicorn shuts down gracefully, then the signal ends ``server.run`` here); it returns
+    None when a signal came before the server was up.
+    """
+    check_exposure(config.host, bool(config.auth), config.insecure)
+    if not block:
+        files = RunFiles(config.workdir)
         try:
-            server.run()
-        finally:
-            app.shutdown()
-        return RunningUi(demo, app, server, None, url)
-    thread = threading.Thread(target=server.run, name="medsam3-ui", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the UI server did not start on {url}")
-        time.sleep(0.05)
-    return RunningUi(demo, app, server, thread, url)
+            ui = _serve(config, pool, files, preload)
+            ui.thread = threading.Thread(target=ui.server.run, name="medsam3-ui", daemon=True)
+            ui.thread.start()
+            deadline = time.monotonic() + 120
+            while not ui.server.started:
+                if not ui.thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the UI server did not start on {ui.url}")
+                time.sleep(0.05)
+        except BaseException:
+            files.remove()
+            raise
+        return ui
+
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in stop_signals}  # also while the model loads
+    files = ui = None
+    try:
+        files = RunFiles(config.workdir)
+        ui = _serve(config, pool, files, preload)
+        print(f"MedSAM3 Agent UI on {ui.url} (Ctrl+C stops it)", flush=True)
+        ui.server.run()  # uvicorn catches the signal, shuts down, restores _raise_stop and re-raises the signal
+    except _Stop:
+        print("stopping: removing the run's files", flush=True)
+    finally:
+        for sig in stop_signals:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        if ui is not None:
+            ui.demo.close()
+        if files is not None:
+            files.remove()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return ui

@@ -23,11 +23,14 @@ class UiSettings(BaseModel):
     model_config = {"frozen": True}
 
     planner: Literal["offline", "openai"] = "offline"
-    base_url: str = ""
-    model: str = ""
+    base_url: str = Field("", max_length=2000)
+    model: str = Field("", max_length=200)
     backend: Literal["lite", "sam3", "remote"] = "lite"
     max_rounds: int = Field(3, ge=1, le=10)
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # set at launch, not in the panel: one MLLM request may take timeout x (retries + 1) at most
+    timeout: float = Field(60.0, gt=0, le=600)
+    retries: int = Field(1, ge=0, le=5)
 
     @field_validator("base_url", "model")
     @classmethod
@@ -38,7 +41,7 @@ class UiSettings(BaseModel):
     @classmethod
     def _http(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint base URL must start with http:// or https://, got {value!r}")
+            raise ValueError("endpoint base URL must start with http:// or https://")  # not echoed: any text
         return value.rstrip("/")
 
     def describe(self) -> str:
