@@ -71,18 +71,25 @@ class AgentPool:
     def forget(self, thread_id: str, *, wait: float = 120.0) -> bool:
         """Drop a thread's checkpoints, masks and image (a new chat, a closed tab); a no-op before any turn ran.
 
-        Waits up to ``wait`` seconds for a running turn of the thread to end (then deletes anyway, so an
-        abandoned turn cannot keep the data); returns whether the thread was idle when deleted.
+        While a turn of the thread runs, the deletion waits for it in the background (up to ``wait``
+        seconds, then deletes anyway, so an abandoned turn cannot keep the data) and this returns False
+        at once: the New chat button never waits for a slow MLLM call.
         """
         with self._build_lock:
             agent = next(iter(self._agents.values()), None)
         if agent is None:
             return True
-        with self._threads.hold(thread_id, timeout=wait) as idle:
+        if self._threads.busy(thread_id):
+            threading.Thread(target=self._delete, args=(agent, thread_id, wait), daemon=True).start()
+            return False
+        self._delete(agent, thread_id, wait)
+        return True
+
+    def _delete(self, agent: Any, thread_id: str, wait: float) -> None:
+        with self._threads.hold(thread_id, timeout=wait):
             # every Agent here shares the checkpoint file and its tables (Agent.forget would wait without a limit)
             agent.checkpointer.delete_thread(thread_id)
             agent.store.delete_thread(thread_id)
-        return idle
 
     def stream(self, settings: UiSettings, question: str, image: np.ndarray, thread_id: str) -> Iterator[Any]:
         """The agent's step events for one turn; other threads' turns run meanwhile."""

@@ -92,7 +92,7 @@ def _error_for_a_bad_slider(url: str) -> str:
     return json.dumps(data)
 
 
-def test_python_errors_reach_the_browser_only_with_debug(tmp_path):
+def test_python_errors_are_shown_to_users_only_with_debug(tmp_path):
     with serve_ui(workdir=tmp_path) as ui:
         hidden = _error_for_a_bad_slider(ui.url)
     assert PROBE not in hidden and "Traceback" not in hidden

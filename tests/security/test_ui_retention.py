@@ -137,6 +137,25 @@ def test_new_chat_deletes_the_thread_image_masks_and_files_and_nothing_names_the
     assert not session.exists()
 
 
+def test_clearing_a_chat_while_its_turn_runs_does_not_wait_and_deletes_once_the_turn_ends(served, tmp_path):
+    from agent.ui.settings import UiSettings
+
+    pool, db = served.app.pool, served.app.files.checkpoint_db
+    image = load_image(draw_polyp(tmp_path / "scan.png", noise_seed=11))
+    list(pool.stream(UiSettings(), "find the polyps", image, "busy"))
+    key = image_key(image)
+    with pool._threads.hold("busy"):  # as while a turn of the thread runs (a slow MLLM call)
+        started = time.monotonic()
+        assert pool.forget("busy") is False  # deferred, not waited for
+        assert time.monotonic() - started < 5
+        assert _rows(db, "SELECT count(*) FROM agent_images WHERE key = ?", key) == 1
+    deadline = time.monotonic() + 60
+    while _rows(db, "SELECT count(*) FROM agent_images WHERE key = ?", key) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _rows(db, "SELECT count(*) FROM agent_images WHERE key = ?", key) == 0
+    assert _rows(db, "SELECT count(*) FROM checkpoints WHERE thread_id = 'busy'") == 0
+
+
 def test_the_checkpoint_keeps_a_hash_not_the_path_and_a_follow_up_reuses_the_stored_image(segmenter, tmp_path):
     from agent import Agent
 
