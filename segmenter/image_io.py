@@ -7,20 +7,41 @@ Grey, RGB and RGBA, 8 or 16 bit, are accepted. 16-bit and float data are windowe
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 64_000_000  # 8k x 8k; refuse decompression bombs and accidental volumes
 
-ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
+ImageInput = str | Path | bytes | np.ndarray | Image.Image
 
 
 class ImageError(ValueError):
     """The image could not be used; the message says why."""
+
+
+class ImageTooLarge(ImageError):
+    """The image has more pixels than the caller's budget (the HTTP service answers 413)."""
+
+
+def _check_size(width: int, height: int, max_pixels: int, name: str = "") -> None:
+    prefix = f"{name}: " if name else ""
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{prefix}image is {width}x{height} = {width * height} pixels, "
+                            f"above the limit of {max_pixels}")
+    if width == 0 or height == 0:
+        raise ImageError(f"{prefix}image has no pixels ({width}x{height})")
+
+
+def _reason(exc: Exception) -> str:
+    """A decoder's complaint without object reprs (``<_io.BytesIO object at 0x...>``) and never long."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unknown or unsupported image format"
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(exc))
+    return f"{exc.__class__.__name__}: {text[:200]}"
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -39,12 +60,14 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return (np.clip((data - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
 
 
-def to_rgb_array(array: np.ndarray) -> np.ndarray:
+def to_rgb_array(array: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any 2D grey or HxWx{1,3,4} array -> HxWx3 uint8."""
     if not isinstance(array, np.ndarray):
         raise ImageError(f"expected a numpy array, got {type(array).__name__}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
+    if array.ndim in (2, 3):
+        _check_size(array.shape[1], array.shape[0], max_pixels)  # before any conversion copies it
     if array.ndim == 2:
         grey = _to_uint8(array)
         rgb = np.repeat(grey[:, :, None], 3, axis=2)
@@ -52,57 +75,51 @@ def to_rgb_array(array: np.ndarray) -> np.ndarray:
         rgb = _to_uint8(array[:, :, :3])
     else:
         raise ImageError(f"expected a 2D grey or HxWx3/4 colour image, got an array of shape {array.shape}")
-    h, w = rgb.shape[:2]
-    if h == 0 or w == 0:
-        raise ImageError(f"image has no pixels ({w}x{h})")
-    if h * w > MAX_PIXELS:
-        raise ImageError(f"image is {w}x{h} = {h * w} pixels, above the limit of {MAX_PIXELS}")
     return np.ascontiguousarray(rgb)
 
 
-def _from_pil(image: Image.Image) -> np.ndarray:
-    if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"image is {image.width}x{image.height}, above the limit of {MAX_PIXELS} pixels")
-    if image.width == 0 or image.height == 0:
-        raise ImageError(f"image has no pixels ({image.width}x{image.height})")
+def _from_pil(image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    _check_size(image.width, image.height, max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return to_rgb_array(np.asarray(image))
+        return to_rgb_array(np.asarray(image), max_pixels)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("L", "LA"):
-        return to_rgb_array(np.asarray(image.convert("L")))
-    return to_rgb_array(np.asarray(image.convert("RGB")))
+        return to_rgb_array(np.asarray(image.convert("L")), max_pixels)
+    return to_rgb_array(np.asarray(image.convert("RGB")), max_pixels)
 
 
-def _open(source: Path | io.BytesIO, name: str) -> np.ndarray:
+def _open(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice it; we refuse those ourselves below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(source)
+            image = Image.open(source)  # reads the header only (PNG IHDR, JPEG SOF, TIFF IFD)
         with image:
-            if image.width * image.height > MAX_PIXELS:  # refuse before decoding a single pixel
-                raise ImageError(f"{name}: image is {image.width}x{image.height}, above the limit of {MAX_PIXELS} pixels")
+            _check_size(image.width, image.height, max_pixels, name)  # before decoding a single pixel
             image.load()
-            return _from_pil(image)
+            return _from_pil(image, max_pixels)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: image is too large ({exc})") from exc
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: image has more pixels than the limit of {max_pixels}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+        raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
 
 
-def load_image(image: ImageInput) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB array; raise ImageError naming the problem otherwise."""
+def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Return an HxWx3 uint8 RGB array; raise ImageError naming the problem otherwise.
+
+    ``max_pixels`` is checked from the file's header, before any pixel is decoded (ImageTooLarge).
+    """
     if isinstance(image, np.ndarray):
-        return to_rgb_array(image)
+        return to_rgb_array(image, max_pixels)
     if isinstance(image, Image.Image):
-        return _from_pil(image)
+        return _from_pil(image, max_pixels)
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise ImageError("image bytes are empty")
-        return _open(io.BytesIO(image), "image bytes")
+        return _open(io.BytesIO(image), "image bytes", max_pixels)
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.exists():
@@ -111,5 +128,5 @@ def load_image(image: ImageInput) -> np.ndarray:
             raise ImageError(f"{path}: is a folder, not an image file")
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: file is empty")
-        return _open(path, str(path))
+        return _open(path, str(path), max_pixels)
     raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, bytes, numpy array or PIL image")

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
+# Phrases come from users (and over HTTP from anyone with access): keep the most recent ones only.
+# 4096 vectors of 1.5 kB plus phrases of at most 200 characters: under 8 MB.
+CACHE_PHRASES = 4096
+
 
 class TextEmbedder:
-    """Embeds phrases to unit 384-d vectors; loads the bundled model on first use and caches results."""
+    """Embeds phrases to unit 384-d vectors; loads the bundled model on first use and keeps an LRU of results."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", cache_phrases: int = CACHE_PHRASES) -> None:
         self.device = device
+        self.cache_phrases = cache_phrases
         self._model = None
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """Phrases cached now."""
+        return len(self._cache)
 
     def load(self):
         if self._model is None:
@@ -35,10 +45,16 @@ class TextEmbedder:
         keys = [p.strip().lower() for p in phrases]
         with self._lock:
             todo = sorted({k for k in keys if k not in self._cache})
+            found = {k: self._cache[k] for k in keys if k in self._cache}
             if todo:
                 vectors = self.load().encode(todo, normalize_embeddings=True, convert_to_numpy=True)
-                self._cache.update({k: v.astype(np.float32) for k, v in zip(todo, vectors)})
-            return np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, 384), np.float32)
+                found.update({k: v.astype(np.float32) for k, v in zip(todo, vectors)})
+            for k in dict.fromkeys(keys):  # most recently asked last; the oldest go first
+                self._cache[k] = found[k]
+                self._cache.move_to_end(k)
+            while len(self._cache) > self.cache_phrases:
+                self._cache.popitem(last=False)
+            return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 384), np.float32)
 
 
 _shared: TextEmbedder | None = None

@@ -12,8 +12,17 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Caps on one prompt, shared by the Python API and the HTTP service (whose wire models reuse these
+# classes): generous for any clinical question, small enough that no request can be huge.
+MAX_BOXES = 64
+MAX_POINTS = 64
+MAX_CONCEPT_CHARS = 200
+MAX_PROMPTS = 64  # prompts in one service request
+
 
 class Box(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN/inf would become a meaningless box
+
     x0: float
     y0: float
     x1: float
@@ -44,6 +53,8 @@ class Box(BaseModel):
 
 
 class Point(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     x: float
     y: float
     positive: bool = True  # False marks background
@@ -52,9 +63,9 @@ class Point(BaseModel):
 class Prompt(BaseModel):
     """What to segment: a concept phrase, boxes, points, or a concept plus a box."""
 
-    concept: str | None = None
-    boxes: list[Box] = Field(default_factory=list)
-    points: list[Point] = Field(default_factory=list)
+    concept: str | None = Field(None, max_length=MAX_CONCEPT_CHARS)
+    boxes: list[Box] = Field(default_factory=list, max_length=MAX_BOXES)
+    points: list[Point] = Field(default_factory=list, max_length=MAX_POINTS)
 
     @field_validator("concept")
     @classmethod
@@ -64,8 +75,10 @@ class Prompt(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("concept phrase is empty")
-        if len(value) > 200:
-            raise ValueError("concept phrase is longer than 200 characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from JSON "\ud800": no text model can take it
+            raise ValueError("concept phrase is not valid Unicode text") from None
         return value
 
     @model_validator(mode="after")

@@ -88,6 +88,7 @@ class LiteBackend(SegmenterBackend):
         min_area: int = 16,
         bf16: bool | None = None,
         cache_images: int = 4,
+        cache_mb: float = 512.0,
     ) -> None:
         self.device = torch.device(device)
         self.net = load_model(weights).to(self.device)
@@ -98,7 +99,8 @@ class LiteBackend(SegmenterBackend):
         self.bf16 = self.device.type == "cpu" if bf16 is None else bf16
         self.catalog = load_catalog()
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
-        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(cache_images)
+        # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count
+        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(int(cache_mb * 2**20), max_items=cache_images)
         self._current: _Encoded | None = None
         self._encode_count = 0
         self._last_encode_ms = 0.0
@@ -125,6 +127,7 @@ class LiteBackend(SegmenterBackend):
     def _full(self, enc: _Encoded) -> tuple[torch.Tensor, Letterbox]:
         if enc.full is None:
             enc.full = self._encode(enc.image)
+            self._cache.fit()  # the entry just grew
         return enc.full
 
     def _tiles(self, enc: _Encoded, tile: int):
@@ -133,6 +136,7 @@ class LiteBackend(SegmenterBackend):
             enc.tiles[tile] = [
                 (win, *self._encode(enc.image[win[0] : win[2], win[1] : win[3]])) for win in tile_windows(h, w, tile)
             ]
+            self._cache.fit()
         return enc.tiles[tile]
 
     # --- prompts -----------------------------------------------------------------

@@ -74,7 +74,8 @@ class Sam3Backend(SegmenterBackend):
             postprocess = PostProcess.model_validate({**settings.postprocess_settings().model_dump(), **postprocess})
         self.postprocess = postprocess or settings.postprocess_settings()
         self._concepts = settings.concepts or load_catalog().names
-        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(settings.cache_images)
+        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(int(settings.cache_mb * 2**20),
+                                                               max_items=settings.cache_images)
         self._current: _Encoded | None = None
         self._encode_count = 0
 
@@ -114,6 +115,7 @@ class Sam3Backend(SegmenterBackend):
             pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
             enc.features = self.net.get_vision_features(pixel_values=pixels.to(self.device, self.dtype))
             self._encode_count += 1
+            self._cache.fit()  # the entry just grew by its features
         return enc.features
 
     @staticmethod

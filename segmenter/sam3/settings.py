@@ -43,6 +43,7 @@ class Sam3Settings(BaseModel):
     postprocess: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(8, ge=1, description="prompts decoded together on one image")
     cache_images: int = Field(4, ge=1)
+    cache_mb: float = Field(2048, gt=0, description="budget for cached images and their features (GPU memory on cuda)")
     concepts: list[str] | None = Field(None, description="concept names to advertise; default: the project's catalog")
 
     def postprocess_settings(self) -> PostProcess:
