@@ -1,18 +1,23 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - create .venv, install (CPU pins), segment and answer a question offline
-#   make test   - create .venv, install with test extras, run the test suite
+#   make demo   - create .venv, install (CPU pins) with the extras the README's commands use, answer a question offline
+#   make test   - the same, plus the test extra, then the test suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 DEMO_IMAGE ?= $(firstword $(wildcard $(DATA)/kvasir_seg/images/cju0u82z3cuma0835wlxrnrjv.jpg) runs/demo_input.png)
 
-$(BIN)/medsam3-agent: pyproject.toml constraints/cpu.txt
+# the core plus [ui] (medsam3-agent ui), [serve] (serve-segmenter) and [eval] (eval, bench)
+$(VENV)/.installed-app: pyproject.toml constraints/cpu.txt
 	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[ui,serve,eval]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-app
 	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[test]'
 	touch $@
 
-install: $(BIN)/medsam3-agent
+install: $(VENV)/.installed-app
 
 runs/demo_input.png: scripts/demo_image.py
 	mkdir -p runs && $(BIN)/python scripts/demo_image.py $@
@@ -21,7 +26,7 @@ demo: install $(if $(filter runs/demo_input.png,$(DEMO_IMAGE)),runs/demo_input.p
 	$(BIN)/medsam3-agent run "$(DEMO_IMAGE)" "find the polyps" --out runs/demo
 	@echo "wrote runs/demo (overlay.png, masks, result.json)"
 
-test: install
+test: $(VENV)/.installed-test
 	bash scripts/install_browser.sh  # Debian's Chromium for the UI's browser test; skipped there if it cannot be had
 	$(BIN)/python -m pytest -q
 

@@ -8,7 +8,6 @@ makes each run's set-image-then-segment one step, so they share it safely).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 from typing_extensions import Self
 
+from agent.config import Settings
 from agent.errors import AgentError
 from agent.graph import build_graph, recursion_limit
 from agent.locks import KeyedLocks
@@ -32,13 +32,11 @@ from tools.overlay import render_overlay
 from tools.schemas import Candidate
 
 
-def endpoint_configured() -> bool:
-    """An OpenAI-compatible endpoint is configured when OPENAI_BASE_URL or OPENAI_MODEL is set."""
-    return bool(os.environ.get("OPENAI_BASE_URL", "").strip() or os.environ.get("OPENAI_MODEL", "").strip())
+def build_planner(planner: Any = "auto", settings: Settings | None = None, **llm_options: Any) -> Planner:
+    """A planner from a name ("auto", "offline", "openai"), a chat client, or a Planner.
 
-
-def build_planner(planner: Any = "auto", **llm_options: Any) -> Planner:
-    """A planner from a name ("auto", "offline", "openai"), a chat client, or a Planner."""
+    "auto" follows ``Settings.planner_for`` (base URL or model given, in ``llm_options`` or ``settings``).
+    """
     if isinstance(planner, Planner):
         return planner
     from agent.mllm.base import ChatClient
@@ -47,8 +45,9 @@ def build_planner(planner: Any = "auto", **llm_options: Any) -> Planner:
         from agent.planners.mllm import MLLMPlanner
 
         return MLLMPlanner(planner)
-    if planner == "auto":
-        planner = "openai" if endpoint_configured() or llm_options else "offline"
+    settings = settings if settings is not None else Settings()
+    if isinstance(planner, str):
+        planner = settings.planner_for(planner, base_url=llm_options.get("base_url"), model=llm_options.get("model"))
     if planner == "offline":
         from agent.planners.offline import OfflinePlanner
 
@@ -57,7 +56,7 @@ def build_planner(planner: Any = "auto", **llm_options: Any) -> Planner:
         from agent.mllm.openai_client import OpenAIClient
         from agent.planners.mllm import MLLMPlanner
 
-        return MLLMPlanner(OpenAIClient.from_env(**llm_options))
+        return MLLMPlanner(OpenAIClient.from_env(settings, **llm_options))
     raise ValueError(f"unknown planner {planner!r}; choose offline, openai, or pass a Planner / chat client")
 
 
@@ -79,11 +78,13 @@ class Agent:
         checkpoint_db: str | Path | None = None,
         llm_options: dict[str, Any] | None = None,
         segmenter_options: dict[str, Any] | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        """``settings``: the environment's endpoint, model and key (read now when not given)."""
         if not isinstance(max_rounds, int) or max_rounds < 0:
             raise ValueError(f"max_rounds must be a whole number >= 0, got {max_rounds!r}")
         self.max_rounds = max_rounds
-        self.planner = build_planner(planner, **(llm_options or {}))
+        self.planner = build_planner(planner, settings, **(llm_options or {}))
         self.segmenter = _build_segmenter(segmenter, segmenter_options or {})
         self.checkpoint_db = Path(checkpoint_db) if checkpoint_db else None
         if self.checkpoint_db is not None:

@@ -18,7 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question", help='e.g. "find the polyps"')
     parser.add_argument("--out", type=Path, required=True, help="folder for overlay.png, masks/ and result.json")
     parser.add_argument("--planner", choices=["auto", "offline", "openai"], default="auto",
-                        help="auto (default): openai when OPENAI_BASE_URL or OPENAI_MODEL is set, else offline")
+                        help="auto (default): openai when a base URL or a model is given (flag or OPENAI_BASE_URL / "
+                             "OPENAI_MODEL), else offline")
     parser.add_argument("--segmenter", default="lite", help="segmenter backend: lite (default), sam3 or remote")
     parser.add_argument("--model", default=None, help="MLLM model name (else OPENAI_MODEL)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (else OPENAI_BASE_URL); the "
@@ -31,28 +32,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the answer")
 
 
-def main(args: argparse.Namespace) -> int:
-    from agent import Agent
-    from agent.errors import AgentError
-
+def checked_image(args: argparse.Namespace) -> str | None:
+    """The image to send (None: the thread's own), after the checks that need no model loaded."""
     if args.thread_id and args.checkpoint_db is None:
         raise ValueError("--thread-id needs --checkpoint-db: without it the thread would not outlive this command")
     if args.max_rounds < 0:
         raise ValueError(f"--max-rounds must be >= 0, got {args.max_rounds}")
-    llm: dict = {}
-    if args.planner in ("openai", "auto") and (args.model or args.base_url):
-        llm = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
-        llm["timeout"] = args.timeout
-    elif args.planner == "openai":
-        llm = {"timeout": args.timeout}
-    planner = "openai" if (args.planner == "auto" and llm) else args.planner
-    image = None if (args.thread_id and args.image == "-") else args.image
+    image: str | None = None if (args.thread_id and args.image == "-") else args.image
     if image is not None and Path(image).is_dir():
         raise ValueError(f"{image}: is a folder, not an image file")
     if image is not None and not Path(image).is_file():
         raise FileNotFoundError(f"{image}: no such image file")
+    return image
+
+
+def main(args: argparse.Namespace) -> int:
+    from agent import Agent
+    from agent.config import Settings
+    from agent.errors import AgentError
+
+    image = checked_image(args)
+    settings = Settings()  # the environment, read once for this run
+    planner = settings.planner_for(args.planner, base_url=args.base_url, model=args.model)
+    llm = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
+    llm = {**llm, "timeout": args.timeout} if planner == "openai" else {}
     agent = Agent(planner=planner, segmenter=args.segmenter, max_rounds=args.max_rounds,
-                  checkpoint_db=args.checkpoint_db, llm_options=llm or None)
+                  checkpoint_db=args.checkpoint_db, llm_options=llm or None, settings=settings)
     with agent:
         try:
             for event in agent.stream(args.question, image=image, thread_id=args.thread_id):

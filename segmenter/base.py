@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -133,6 +133,15 @@ class SegmenterBackend(ABC):
         return getattr(self, "_encode_count", 0)
 
 
+@runtime_checkable
+class PresenceGated(Protocol):
+    """A backend that drops a concept's masks below a presence threshold, settable per call."""
+
+    presence_threshold: float
+
+    def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult: ...
+
+
 def build_backend(name: str = "lite", **options: Any) -> SegmenterBackend:
     """Backends by name: ``lite`` (offline default), ``sam3`` and ``remote`` when installed."""
     if name == "lite":
@@ -207,14 +216,10 @@ class Segmenter:
             for p in prompt.points:
                 if not (0 <= p.x < w and 0 <= p.y < h):
                     raise ValueError(f"point ({p.x}, {p.y}) lies outside the {w}x{h} image")
-            if presence_threshold is None or not hasattr(self.backend, "presence_threshold"):
-                return self.backend.segment(prompt)
-            saved = self.backend.presence_threshold
-            self.backend.presence_threshold = float(presence_threshold)
-            try:
-                return self.backend.segment(prompt)
-            finally:
-                self.backend.presence_threshold = saved
+            if presence_threshold is not None and isinstance(self.backend, PresenceGated):
+                # an argument of this call: the shared backend's own threshold is never changed
+                return self.backend.segment(prompt, presence_threshold=float(presence_threshold))
+            return self.backend.segment(prompt)
 
     def handle(self, image: ImageInput | None = None, *, presence_threshold: float | None = None) -> SegmenterHandle:
         """A handle for one run (or one user's settings) that shares this Segmenter's backend and lock."""

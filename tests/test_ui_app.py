@@ -42,21 +42,14 @@ def test_image(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, test_image):
-    """The UI on a free loopback port, with a (fake) key in the environment that must never show."""
+    """The UI on a free loopback port, with a (fake) launch key that must never show."""
     from agent.ui.app import UiConfig, launch_app
-    from agent.ui.settings import KEY_ENV
 
-    old_key = os.environ.get(KEY_ENV)
-    os.environ[KEY_ENV] = SECRET
     config = UiConfig(port=_free_port(), examples=[test_image], max_upload_mb=MAX_UPLOAD_MB,
-                      workdir=tmp_path_factory.mktemp("ui_work"))
+                      workdir=tmp_path_factory.mktemp("ui_work"), api_key=SECRET)
     ui = launch_app(config, block=False, preload=True)
     yield ui.url, ui.app
     ui.close()
-    if old_key is None:
-        os.environ.pop(KEY_ENV, None)
-    else:
-        os.environ[KEY_ENV] = old_key
 
 
 @pytest.fixture()

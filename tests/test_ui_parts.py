@@ -113,18 +113,17 @@ def test_settings_validate_and_describe():
             UiSettings(**bad)
 
 
-def test_api_key_is_never_shown_and_only_sent_where_the_operator_allows(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-real-key")
-    assert "sk-test" not in key_status() and "(set)" in key_status()
+def test_api_key_is_never_shown_and_only_sent_where_the_operator_allows():
+    key = "sk-test-not-a-real-key"
+    assert KEY_ENV in key_status(True) and "(set)" in key_status(True)
     launch = "https://api.example.org/v1"
     # a loopback-only UI: the visitor is the operator, any endpoint gets the key
-    assert key_for("http://127.0.0.1:8000/v1", launch_base_url="", host="127.0.0.1") == "sk-test-not-a-real-key"
+    assert key_for("http://127.0.0.1:8000/v1", key, launch_base_url="", host="127.0.0.1") == key
     # a UI open to the network: only the endpoint chosen at launch gets it
-    assert key_for(launch + "/", launch_base_url=launch, host="0.0.0.0") == "sk-test-not-a-real-key"
-    assert key_for("http://attacker.example/v1", launch_base_url=launch, host="0.0.0.0") is None
-    monkeypatch.delenv(KEY_ENV)
-    assert key_for(launch, launch_base_url=launch, host="127.0.0.1") is None
-    assert "not set" in key_status()
+    assert key_for(launch + "/", key, launch_base_url=launch, host="0.0.0.0") == key
+    assert key_for("http://attacker.example/v1", key, launch_base_url=launch, host="0.0.0.0") is None
+    assert key_for(launch, None, launch_base_url=launch, host="127.0.0.1") is None
+    assert "not set" in key_status(False)
 
 
 def test_cli_defaults_bind_loopback_and_read_examples(tmp_path, monkeypatch):

@@ -1,17 +1,18 @@
 """OpenAI-compatible chat completions (OpenAI, Gemini's compatible endpoint, vLLM, Ollama) via `openai`.
 
-Configuration: arguments, else ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``OPENAI_MODEL``.
+Configuration: arguments only; ``from_env(settings)`` fills them from ``agent.config.Settings``
+(``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``OPENAI_MODEL``, read once by whoever built the settings).
 Retries with exponential backoff on 429 / 5xx / timeouts are the ``openai`` client's own
 (``max_retries``); what still fails becomes one ``PlannerError`` naming the endpoint and cause.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import openai
 
+from agent.config import Settings
 from agent.errors import PlannerError
 from agent.mllm.base import ChatClient, LLMReply, ToolsUnsupported, parse_native_call, parse_text_tool_calls
 
@@ -29,13 +30,13 @@ class OpenAIClient(ChatClient):
         temperature: float = 0.0,
         max_tokens: int = 1024,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
-        self.model = (model or os.environ.get("OPENAI_MODEL") or "").strip()
+        self.base_url = (base_url or "").strip() or None
+        self.model = (model or "").strip()
         if not self.model:
             raise ValueError("the OpenAI-compatible planner needs a model name: pass model= or set OPENAI_MODEL")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "none"  # vLLM / Ollama need no key
+        key = api_key or "none"  # vLLM / Ollama need no key
         self.timeout = timeout
         self.max_retries = max_retries
         self.native_tools = native_tools
@@ -44,8 +45,9 @@ class OpenAIClient(ChatClient):
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> OpenAIClient:
-        return cls(**overrides)
+    def from_env(cls, settings: Settings, **overrides: Any) -> OpenAIClient:
+        """A client for the settings' endpoint, model and key; ``overrides`` (a run's flags) win."""
+        return cls(**{**settings.llm_options(), **overrides})
 
     @property
     def where(self) -> str:

@@ -6,11 +6,15 @@ Heavy imports (gradio, torch) happen in ``main`` so ``medsam3-agent --help`` sta
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from agent.config import Settings
 from agent.ui.auth import AUTH_ENV
+
+if TYPE_CHECKING:
+    from agent.ui.app import UiConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +27,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="turns that run at once (the segmenter still takes one at a time); the rest queue")
     parser.add_argument("--queue-size", type=int, default=16, help="turns that may wait before new ones are refused")
     parser.add_argument("--planner", choices=["offline", "openai"], default=None,
-                        help="default planner (default: openai when OPENAI_BASE_URL and OPENAI_MODEL are set)")
+                        help="default planner (default: openai when a base URL or a model is given, by flag or "
+                             "OPENAI_BASE_URL / OPENAI_MODEL, else offline)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
     parser.add_argument("--model", default=None, help="endpoint model name (default: $OPENAI_MODEL)")
     parser.add_argument("--backend", default="lite", choices=["lite", "sam3", "remote"], help="segmenter backend")
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--score-threshold", type=float, default=0.5)
-    parser.add_argument("--no-preload", action="store_true", help="load the segmenter on the first question, not at start")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="load the segmenter on the first question, not at start")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per MLLM request (default 60)")
     parser.add_argument("--retries", type=int, default=1, help="retries of a failed MLLM request (default 1)")
     parser.add_argument("--cache-ttl", type=int, default=3600, metavar="SECONDS",
@@ -44,21 +50,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     access.add_argument("--debug", action="store_true", help="show Python errors in the browser")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, settings: Settings | None = None) -> UiConfig:
+    """The UI's launch config from its flags and ``settings`` (the environment, read here when not given)."""
     from agent.ui.app import UiConfig
     from agent.ui.auth import load_credentials
     from agent.ui.settings import UiSettings
 
-    base_url = args.base_url if args.base_url is not None else os.environ.get("OPENAI_BASE_URL", "")
-    model = args.model if args.model is not None else os.environ.get("OPENAI_MODEL", "")
-    planner = args.planner or ("openai" if base_url and model else "offline")
+    settings = settings if settings is not None else Settings()
+    base_url = args.base_url if args.base_url is not None else settings.openai_base_url
+    model = args.model if args.model is not None else settings.openai_model
+    planner = settings.planner_for(args.planner or "auto", base_url=base_url, model=model)
+    auth_env = {AUTH_ENV: settings.medsam3_ui_auth.get_secret_value()} if settings.medsam3_ui_auth else {}
     defaults = UiSettings(planner=planner, base_url=base_url, model=model, backend=args.backend,
                           max_rounds=args.max_rounds, score_threshold=args.score_threshold,
                           timeout=args.timeout, retries=args.retries)
     return UiConfig(host=args.host, port=args.port, examples=list(args.examples), max_upload_mb=args.max_upload_mb,
                     concurrency=args.concurrency, queue_size=args.queue_size, defaults=defaults,
-                    auth=load_credentials(args.auth, args.auth_file), insecure=args.insecure, debug=args.debug,
-                    cache_ttl=args.cache_ttl)
+                    auth=load_credentials(args.auth, args.auth_file, env=auth_env), insecure=args.insecure,
+                    debug=args.debug, cache_ttl=args.cache_ttl, api_key=settings.openai_api_key)
 
 
 def main(args: argparse.Namespace) -> int:

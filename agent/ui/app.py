@@ -20,7 +20,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from agent.ui.auth import LoopbackHostOnly, check_exposure
 from agent.ui.downloads import write_downloads
@@ -49,6 +49,7 @@ class UiConfig(BaseModel):
     insecure: bool = False  # serve a non-loopback host without auth (another layer protects it)
     debug: bool = False  # show Python errors in the browser
     cache_ttl: int = Field(3600, ge=60, le=7 * 24 * 3600)  # seconds a chat's files outlive its last use
+    api_key: SecretStr | None = None  # $OPENAI_API_KEY at launch (agent.config.Settings); never shown
 
 
 @dataclass
@@ -110,8 +111,9 @@ class ChatApp:
         self.config = config
         self.files = files or RunFiles(config.workdir)
         self.root = self.files.root
+        key = config.api_key.get_secret_value() if config.api_key else None
         self.pool = pool or AgentPool(self.files.checkpoint_db, launch_base_url=config.defaults.base_url,
-                                      host=config.host)
+                                      host=config.host, api_key=key)
         self.max_bytes = int(config.max_upload_mb * 1024 * 1024)
         self.uploads = UploadPolicy([self.files.gradio_cache], find_examples(config.examples))
 
@@ -307,7 +309,8 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                     planner = gr.Radio(PLANNER_CHOICES, value=d.planner, label="Planner")
                     base_url = gr.Textbox(d.base_url, label="Endpoint base URL", placeholder="http://127.0.0.1:8000/v1")
                     model = gr.Textbox(d.model, label="Model", placeholder="e.g. Qwen2.5-VL-7B-Instruct")
-                    gr.Markdown(key_status() + f" Set `{KEY_ENV}` before starting the UI; it is never shown here.")
+                    gr.Markdown(key_status(config.api_key is not None)
+                                + f" Set `{KEY_ENV}` before starting the UI; it is never shown here.")
                     backend = gr.Dropdown(list(BACKENDS), value=d.backend, label="Segmenter backend")
                     max_rounds = gr.Slider(1, 10, value=d.max_rounds, step=1, label="Round limit")
                     score_threshold = gr.Slider(0.0, 1.0, value=d.score_threshold, step=0.05,

@@ -21,10 +21,12 @@ from agent.ui.settings import UiSettings, key_for
 
 
 class AgentPool:
-    def __init__(self, checkpoint_db: Path, *, launch_base_url: str = "", host: str = "127.0.0.1") -> None:
+    def __init__(self, checkpoint_db: Path, *, launch_base_url: str = "", host: str = "127.0.0.1",
+                 api_key: str | None = None) -> None:
         self.checkpoint_db = Path(checkpoint_db)
         self.launch_base_url = launch_base_url
         self.host = host
+        self._api_key = api_key  # the operator's, read at launch; ``key_for`` decides where it may go
         self._agents: dict[tuple, Any] = {}
         self._segmenters: dict[str, Any] = {}
         self._build_lock = threading.Lock()
@@ -41,8 +43,8 @@ class AgentPool:
     def _llm_options(self, settings: UiSettings) -> dict[str, Any]:
         if not settings.base_url or not settings.model:
             raise ValueError("the OpenAI-compatible planner needs an endpoint base URL and a model name (see Settings)")
-        key = key_for(settings.base_url, launch_base_url=self.launch_base_url, host=self.host)
-        # "none", not None: OpenAIClient falls back to $OPENAI_API_KEY when given None
+        key = key_for(settings.base_url, self._api_key, launch_base_url=self.launch_base_url, host=self.host)
+        # "none" for "no key": vLLM / Ollama need none, and the launch key must not go where key_for said no
         return {"base_url": settings.base_url, "model": settings.model, "api_key": key or "none",
                 "timeout": settings.timeout, "max_retries": settings.retries}
 

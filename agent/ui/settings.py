@@ -1,13 +1,13 @@
 """What the UI's settings panel holds, validated at the boundary, and where the API key comes from.
 
-The key is read from the environment only: the UI shows whether it is set, never its value, and
-sends it only to an endpoint the operator chose (see ``key_for``).
+The key comes from the environment only (``agent.config.Settings``, read once at launch): the UI
+shows whether it is set, never its value, and sends it only to an endpoint the operator chose
+(see ``key_for``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -52,13 +52,9 @@ class UiSettings(BaseModel):
         )
 
 
-def key_is_set() -> bool:
-    return bool(os.environ.get(KEY_ENV, "").strip())
-
-
-def key_status() -> str:
+def key_status(key_set: bool) -> str:
     """What the settings panel says about the key: whether it is set, never the value."""
-    if key_is_set():
+    if key_set:
         return f"API key: read from `{KEY_ENV}` (set)."
     return f"API key: `{KEY_ENV}` is not set; endpoints that need no key (vLLM, Ollama) still work."
 
@@ -72,15 +68,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def key_for(base_url: str, *, launch_base_url: str, host: str) -> str | None:
-    """The key to send to ``base_url``, or None.
+def key_for(base_url: str, key: str | None, *, launch_base_url: str, host: str) -> str | None:
+    """The key (the operator's ``key``, from the environment) to send to ``base_url``, or None.
 
     A UI reachable from other machines must not let a visitor point the planner at their own
     server and receive the operator's key, so there the key only goes to the endpoint set at
     launch. On a loopback-only UI the visitor is the operator, and any endpoint gets it.
     """
-    key = os.environ.get(KEY_ENV, "").strip() or None
-    if key is None:
+    if not key:
         return None
     if is_loopback(host) or (launch_base_url and base_url.rstrip("/") == launch_base_url.rstrip("/")):
         return key

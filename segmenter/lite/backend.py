@@ -146,7 +146,8 @@ class LiteBackend(SegmenterBackend):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "device": str(self.device), "model": "MedSAM3-Lite (LiteMedSAM + concept head)"}
 
-    def segment(self, prompt: Prompt) -> SegmentationResult:
+    def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult:
+        """``presence_threshold``: this call's, else the backend's own (a shared backend is never changed)."""
         if self._current is None:
             raise RuntimeError("no image set: call set_image(image) first")
         enc = self._current
@@ -155,7 +156,8 @@ class LiteBackend(SegmenterBackend):
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if prompt.concept is not None:
                 prob, presence = self._concept_prob(enc, prompt)
-                instances = self._instances(prob, presence) if presence >= self.presence_threshold else []
+                gate = self.presence_threshold if presence_threshold is None else presence_threshold
+                instances = self._instances(prob, presence) if presence >= gate else []
             else:
                 instances, presence = self._geometry_instances(enc, prompt), 1.0
         total = (time.perf_counter() - start) * 1000

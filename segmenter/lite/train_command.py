@@ -7,12 +7,11 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from segmenter.lite.dataset import DEFAULT_DATASETS
-
     parser.add_argument("--data", type=Path, required=True, help="folder with <dataset>/manifest.jsonl")
     parser.add_argument("--out", type=Path, default=Path("runs/lite"), help="weights, model card, train state")
     parser.add_argument("--cache", type=Path, default=Path(".cache/lite"), help="embedding cache (resumable)")
-    parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated dataset folders (default: the seven MedSAM3-Lite is trained on)")
     parser.add_argument("--max-per-dataset", type=int, default=260, help="cap on train items per dataset (0: all)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -26,6 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from segmenter.lite.dataset import DEFAULT_DATASETS  # here, not in configure: it loads the model code
     from segmenter.lite.train import TrainConfig, run_training
 
     if args.threads:
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
         data=args.data,
         out=args.out,
         cache=args.cache,
-        datasets=[d for d in args.datasets.split(",") if d],
+        datasets=[d for d in args.datasets.split(",") if d] if args.datasets else list(DEFAULT_DATASETS),
         max_per_dataset=args.max_per_dataset or None,
         epochs=args.epochs,
         batch_size=args.batch_size,
