@@ -27,8 +27,8 @@ from agent.state import turn_input
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
 from segmenter.base import Segmenter, SegmenterBackend, image_key
 from segmenter.image_io import ImageInput, load_image
+from segmenter.overlay import render_overlay
 from segmenter.types import Box, Instance
-from tools.overlay import render_overlay
 from tools.schemas import Candidate
 
 

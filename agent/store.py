@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tools import rle
+from segmenter import rle
 
 DEFAULT_MEMORY_BYTES = 256 * 1024 * 1024  # MemoryMaskStore's budget: images and masks together
 

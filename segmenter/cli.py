@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from segmenter import Point, Segmenter
-    from tools.overlay import render_overlay
+    from segmenter.overlay import render_overlay
 
     boxes = [_numbers(b, (4,), "box") for b in args.box]
     points = []

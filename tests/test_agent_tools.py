@@ -13,9 +13,8 @@ from agent.mllm.base import decode_data_url, image_data_url, parse_native_call, 
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.store import MemoryMaskStore, SqliteMaskStore
 from prompts import load_prompt
-from segmenter import Segmenter
+from segmenter import Segmenter, rle
 from segmenter.types import Instance
-from tools import rle
 from tools.answer import report_no_mask, select_masks
 from tools.examine import examine_masks
 from tools.registry import TOOLS, openai_tools, parse_call, text_tool_list

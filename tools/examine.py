@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.overlay import render_overlay, zoom_crop
+from segmenter.overlay import render_overlay, zoom_crop
 from tools.schemas import Candidate, ExamineMasksArgs, ExamineOutcome, ToolError
 
 MAX_CROPS = 8  # crops per call: each is an image an MLLM must read

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tools.overlay import render_overlay
+from segmenter.overlay import render_overlay
 
 LEGEND_HEADERS = ["#", "concept", "instance", "score", "area (px)", "area (%)"]
 

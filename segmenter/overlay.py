@@ -1,6 +1,6 @@
 """Overlays (set-of-marks): numbered masks in distinct colours on the image, and zoomed crops.
 
-Used by the CLI, the agent's inspect step (the images an MLLM looks at) and the UI.
+Used by the segment command, the agent's examine tool (the images an MLLM looks at) and the UI.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def zoom_crop(image: np.ndarray, mask: np.ndarray, label: str = "", margin: floa
         raise ValueError("cannot crop around an empty mask")
     h, w = mask.shape
     bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    x0 = max(0, int(xs.min() - margin * bw)); x1 = min(w, int(xs.max() + 1 + margin * bw))
-    y0 = max(0, int(ys.min() - margin * bh)); y1 = min(h, int(ys.max() + 1 + margin * bh))
+    x0, x1 = max(0, int(xs.min() - margin * bw)), min(w, int(xs.max() + 1 + margin * bw))
+    y0, y1 = max(0, int(ys.min() - margin * bh)), min(h, int(ys.max() + 1 + margin * bh))
     crop = render_overlay(image[y0:y1, x0:x1], [mask[y0:y1, x0:x1]], [label] if label else None, alpha=0.3)
     s = size / max(crop.shape[:2])
-    return cv2.resize(crop, (max(1, int(crop.shape[1] * s)), max(1, int(crop.shape[0] * s))), interpolation=cv2.INTER_LINEAR)
+    out_size = (max(1, int(crop.shape[1] * s)), max(1, int(crop.shape[0] * s)))
+    return cv2.resize(crop, out_size, interpolation=cv2.INTER_LINEAR)
