@@ -25,7 +25,8 @@ from agent.planners.base import Planner, RunContext
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.state import turn_input
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
-from segmenter.base import Segmenter, SegmenterBackend, image_key
+from segmenter.base import SegmenterBackend, image_key
+from segmenter.facade import Segmenter
 from segmenter.image_io import ImageInput, load_image
 from segmenter.overlay import render_overlay
 from segmenter.types import Box, Instance

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from evals.cases import EvalCase
-from segmenter.base import Segmenter
+from segmenter.facade import Segmenter
 from segmenter.types import Box
 
 Mode = Literal["direct", "box", "agent"]

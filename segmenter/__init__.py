@@ -1,10 +1,13 @@
 """Segmentation backends behind one interface. ``Segmenter()`` is MedSAM3-Lite, offline on CPU."""
 
-from segmenter.base import Segmenter, SegmenterBackend, build_backend
+from segmenter.backends import BACKENDS, build_backend
+from segmenter.base import SegmenterBackend
+from segmenter.facade import Segmenter, SegmenterHandle
 from segmenter.image_io import ImageError, load_image
 from segmenter.types import Box, Instance, Point, Prompt, SegmentationResult
 
 __all__ = [
+    "BACKENDS",
     "Box",
     "ImageError",
     "Instance",
@@ -13,6 +16,7 @@ __all__ = [
     "SegmentationResult",
     "Segmenter",
     "SegmenterBackend",
+    "SegmenterHandle",
     "build_backend",
     "load_image",
 ]

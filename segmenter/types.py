@@ -7,7 +7,7 @@ boxes are ``[x0, y0, x1, y1]`` with inclusive-exclusive semantics irrelevant at 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -153,6 +153,3 @@ class SegmentationResult(BaseModel):
             ],
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
-
-
-BackendName = Literal["lite", "sam3", "remote"]

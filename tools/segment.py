@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segmenter.base import Segmenter
+from segmenter.facade import Segmenter
 from segmenter.types import Box, Point, Prompt, SegmentationResult
 from tools.schemas import Candidate, SegmentConceptArgs, SegmentGeometryArgs, SegmentOutcome, ToolError
 
@@ -64,7 +64,7 @@ def segment_geometry(segmenter: Segmenter, args: SegmentGeometryArgs, *, next_id
     """
     h, w = segmenter.image.shape[:2]
     try:
-        boxes = [Box.from_list(b).clipped(w, h) for b in args.boxes]
+        boxes = [Box.from_list(b) for b in args.boxes]  # the Segmenter clips them to the image
         points = [Point(x=p.x, y=p.y, positive=p.positive) for p in args.points]
         prompt = Prompt(concept=args.concept, boxes=boxes, points=points)
         result = segmenter.segment(prompt=prompt)

@@ -13,7 +13,7 @@ from agent.errors import PlannerError  # noqa: F401  (re-exported)
 from agent.results import StepEvent
 from agent.state import AgentState, Decision
 from agent.store import MaskStore
-from segmenter.base import Segmenter
+from segmenter.facade import Segmenter
 from tools.examine import candidates_overlay
 from tools.schemas import Candidate
 
