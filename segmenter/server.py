@@ -2,23 +2,49 @@
 
 The agent then uses it with the ``remote`` backend (``MEDSAM3_SEGMENTER_URL=http://host:N``), so the
 model runs on a GPU host and the agent anywhere.
+
+The bearer token comes from ``$MEDSAM3_SEGMENTER_TOKEN`` or ``--token-file``, never from the command
+line (every user of the machine can read a process's arguments). Listening beyond this machine
+without a token is refused unless ``--insecure`` says so explicitly.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import stat
+from pathlib import Path
+
+from segmenter.service.limits import ServiceLimits
 
 TOKEN_ENV = "MEDSAM3_SEGMENTER_TOKEN"
+MIN_TOKEN_CHARS = 16
+_DEFAULTS = ServiceLimits()
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["lite", "sam3"], default="lite", help="model to serve (default lite)")
     parser.add_argument("--port", type=int, required=True, help="TCP port (0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--token", default=None, help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV})")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload accepted (default 20)")
-    parser.add_argument("--max-images", type=int, default=32, help="uploaded images kept in memory (default 32)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help=f"file holding the bearer token clients must send (default: ${TOKEN_ENV}); "
+                             f"at least {MIN_TOKEN_CHARS} characters")
+    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused with a pointer, see read_token
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without a token (anyone who can reach it may use it)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_mb,
+                        help=f"largest image upload accepted (default {_DEFAULTS.max_upload_mb:g})")
+    limits.add_argument("--max-megapixels", type=float, default=_DEFAULTS.max_megapixels,
+                        help=f"largest decoded image, checked from its header (default {_DEFAULTS.max_megapixels:g}:"
+                             " 48 MB as RGB)")
+    limits.add_argument("--max-store-mb", type=float, default=_DEFAULTS.max_store_mb,
+                        help=f"memory for uploaded images kept for later prompts, least recently used dropped "
+                             f"first (default {_DEFAULTS.max_store_mb:g})")
+    limits.add_argument("--max-decodes", type=int, default=_DEFAULTS.max_decodes,
+                        help=f"uploads read and decoded at once; others wait, then get 503 "
+                             f"(default {_DEFAULTS.max_decodes})")
     lite = parser.add_argument_group("lite backend")
     lite.add_argument("--weights", default=None, help="MedSAM3-Lite weights (default: the shipped ones)")
     sam3 = parser.add_argument_group("sam3 backend")
@@ -42,6 +68,52 @@ def build(args: argparse.Namespace):
     )
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or the name localhost: reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token from --token-file, else $MEDSAM3_SEGMENTER_TOKEN; None when neither is given."""
+    if args.token is not None:
+        raise ValueError(f"--token is not accepted: command-line arguments are visible to every user of this "
+                         f"machine (ps). Put the token in ${TOKEN_ENV} or in a file passed with --token-file")
+    if args.token_file is not None:
+        path = args.token_file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--token-file {path}: cannot read it ({exc.__class__.__name__})") from None
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(f"warning: --token-file {path} is readable by other users; chmod 600 it")
+        source = f"--token-file {path}"
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        source = f"${TOKEN_ENV}"
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+        raise ValueError(f"the token from {source} must be at least {MIN_TOKEN_CHARS} printable characters without "
+                         "spaces (e.g. `openssl rand -hex 16`)")
+    return token
+
+
+def service_limits(args: argparse.Namespace) -> ServiceLimits:
+    from pydantic import ValidationError
+
+    try:
+        return ServiceLimits(max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
+                             max_store_mb=args.max_store_mb, max_decodes=args.max_decodes)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ValueError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     import socket
 
@@ -49,24 +121,31 @@ def main(args: argparse.Namespace) -> int:
 
     from segmenter.service.app import create_app
 
-    if args.max_upload_mb <= 0:
-        raise ValueError("--max-upload-mb must be positive")
-    token = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
-        print(f"warning: serving on {args.host} without a token; anyone who can reach it may use it")
+    limits = service_limits(args)
+    token = read_token(args)
+    loopback = is_loopback(args.host)
+    if token is None and not loopback:
+        if not args.insecure:
+            raise ValueError(f"refusing to serve on {args.host} without a token: anyone who can reach it could send "
+                             f"images and read masks. Set ${TOKEN_ENV} or pass --token-file (and put TLS in front, "
+                             f"see docs/security.md), or pass --insecure if this network is yours alone")
+        print(f"warning: serving on {args.host} without a token (--insecure); anyone who can reach it may use it")
     backend = build(args)
-    app = create_app(backend, token=token, max_upload_mb=args.max_upload_mb, max_images=args.max_images)
+    # a tokenless loopback server answers only to loopback Host names (DNS rebinding); --insecure turns that off
+    app = create_app(backend, token=token, limits=limits, check_host=token is None and loopback)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
     except OSError as exc:
+        sock.close()
         raise RuntimeError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
     sock.listen(128)  # listen before announcing: clients that connect early wait in the backlog
     port = sock.getsockname()[1]
     info = backend.info()
-    print(f"serving {info.get('backend')} on {info.get('device', 'cpu')} at http://{args.host}:{port}", flush=True)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {info.get('backend')} on {info.get('device', 'cpu')} at http://{shown}:{port}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
     return 0

@@ -6,36 +6,27 @@ backend or a tiny random-weight SAM 3; the client is the `remote` backend over h
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
-
 import httpx
 import numpy as np
 import pytest
 from sam3_tiny import tiny_model, tiny_processor
+from service_helpers import disc_image, serve_segmenter_cli
 
 from segmenter import Box, Point, Prompt, Segmenter, build_backend
 from segmenter.remote import RemoteBackend, RemoteError
 from segmenter.sam3 import PostProcess, Sam3Backend
 from segmenter.service.app import create_app, fit_prompt, serve_in_background
 from segmenter.service.client import encode_png
+from segmenter.service.limits import ServiceLimits
 from segmenter.service.wire import Rle, decode_mask, encode_mask
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-the-tests"
+PNG = {"Content-Type": "image/png"}
 
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    """A dark frame with a bright disc and some texture: something for a box or a click to find."""
-    rng = np.random.default_rng(1)
-    h, w = 180, 240
-    yy, xx = np.mgrid[:h, :w]
-    img = (rng.random((h, w, 3)) * 40).astype(np.uint8)
-    disc = (yy - 90) ** 2 + (xx - 110) ** 2 < 45**2
-    img[disc] = np.array([220, 150, 140], dtype=np.uint8)
-    return img
+    return disc_image()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +36,7 @@ def lite(segmenter):
 
 @pytest.fixture(scope="module")
 def server(lite):
-    with serve_in_background(create_app(lite, token=TOKEN, max_upload_mb=1.0)) as url:
+    with serve_in_background(create_app(lite, token=TOKEN, limits=ServiceLimits(max_upload_mb=1.0))) as url:
         yield url
 
 
@@ -113,7 +104,7 @@ def test_wrong_or_missing_token_is_refused(server, image):
     with pytest.raises(RemoteError, match="refused the token"):
         RemoteBackend(server, token="wrong")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        response = httpx.post(f"{server}/v1/images", content=encode_png(image), headers=headers)
+        response = httpx.post(f"{server}/v1/images", content=encode_png(image), headers={**headers, **PNG})
         assert response.status_code == 401, headers
         assert response.headers["www-authenticate"] == "Bearer"
 
@@ -124,19 +115,19 @@ def test_oversized_upload_is_refused(server):
     remote = RemoteBackend(server, token=TOKEN)
     with pytest.raises(RemoteError, match="too large"):
         remote.set_image(noise)
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {TOKEN}", **PNG}
 
     def chunks():  # no Content-Length: the server counts while it reads
         for _ in range(20):
             yield b"\0" * 100_000
 
     response = httpx.post(f"{server}/v1/images", content=chunks(), headers=auth)
-    assert response.status_code == 413 and "limit of 1.0 MB" in response.json()["detail"]
+    assert response.status_code == 413 and "limit of 1 MB" in response.json()["detail"]
 
 
 def test_bad_uploads_and_prompts_get_clear_errors(server, image):
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    response = httpx.post(f"{server}/v1/images", content=b"this is not an image", headers=auth)
+    response = httpx.post(f"{server}/v1/images", content=b"this is not an image", headers={**auth, **PNG})
     assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
     response = httpx.post(f"{server}/v1/images/0123456789abcdef/segment", json={"prompts": [{"concept": "polyp"}]},
                           headers=auth)
@@ -150,7 +141,8 @@ def test_bad_uploads_and_prompts_get_clear_errors(server, image):
 
 
 def test_dropped_images_are_uploaded_again(lite, image):
-    with serve_in_background(create_app(lite, max_images=1)) as url:
+    store = ServiceLimits(max_store_mb=1.5 * image.nbytes / 2**20)  # room for one image, not two
+    with serve_in_background(create_app(lite, limits=store)) as url:
         first, second = RemoteBackend(url), RemoteBackend(url)
         first.set_image(image)
         second.set_image(np.ascontiguousarray(image[:, ::-1]))  # evicts the first image on the server
@@ -187,36 +179,13 @@ def test_sam3_backend_served_in_batches(image):
     assert backend.encode_count == 1
 
 
-def test_serve_segmenter_command(tmp_path):
+def test_serve_segmenter_command():
     """The CLI as a user starts it: free port, token from the environment, health and info answer."""
-    env = {**os.environ, "MEDSAM3_SEGMENTER_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "agent.cli", "serve-segmenter", "--backend", "lite", "--port", "0",
-           "--max-upload-mb", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving"):
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert ready.wait(300), "server did not start"
-        banner = next((x for x in lines if x.startswith("serving")), None)
-        assert banner is not None, "".join(lines)
-        url = banner.split(" at ")[-1].strip()
-        assert url.startswith("http://127.0.0.1:") and "medsam3-lite on cpu" in banner
+    with serve_segmenter_cli("--max-upload-mb", "2", env={"MEDSAM3_SEGMENTER_TOKEN": TOKEN}) as (_, url):
         assert httpx.get(f"{url}/health").status_code == 200
         assert httpx.get(f"{url}/v1/info").status_code == 401
         info = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        assert info["backend"] == "medsam3-lite" and info["max_upload_mb"] == 2.0
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        assert info["backend"] == "medsam3-lite" and info["max_upload_mb"] == 2.0 and info["max_megapixels"] == 16
 
 
 def test_agent_runs_end_to_end_with_the_remote_segmenter(server, lite, image, tmp_path, monkeypatch):

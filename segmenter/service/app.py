@@ -3,18 +3,23 @@
 Endpoints (all but ``/health`` need ``Authorization: Bearer <token>`` when the server has a token):
 
 - ``GET  /health``                        -> ``{"status": "ok"}`` (liveness, no details)
-- ``GET  /v1/info``                       -> backend, concepts, device, upload limit, backend details
-- ``POST /v1/images``                     body: the image file's bytes (PNG, JPEG, TIFF, ...) -> image id and size
-- ``POST /v1/images/{image_id}/segment``  body: ``{"prompts": [Prompt, ...]}`` -> results with COCO RLE masks
+- ``GET  /v1/info``                       -> backend, concepts, device, limits, backend details
+- ``POST /v1/images``                     body: the image file's bytes (PNG, JPEG, TIFF, ...), Content-Type
+                                             ``application/octet-stream`` or ``image/*`` -> image id and size
+- ``POST /v1/images/{image_id}/segment``  body: ``{"prompts": [Prompt, ...]}`` (``application/json``)
+                                             -> results with COCO RLE masks
 
-Uploads above the size limit get 413 before they are read in full; a wrong or missing token 401.
+Refusals are short and never echo the request: 400 bad Host (tokenless server) or unreadable image,
+401 wrong token, 413 body or image above the limits, 415 wrong Content-Type, 422 invalid prompt,
+503 every decode slot busy. ``limits.RequestGuard`` checks Host, type and size before any body is read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -22,40 +27,31 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from segmenter.base import SegmenterBackend, image_key
-from segmenter.image_io import ImageError, load_image
+from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
+from segmenter.image_io import ImageError, ImageTooLarge, load_image
+from segmenter.service.limits import RequestGuard, ServiceLimits
 from segmenter.service.wire import ImageInfo, SegmentRequest, SegmentResponse, ServerInfo, WireResult
 from segmenter.types import Prompt, SegmentationResult
 
 # module level, so FastAPI can resolve the annotation (this module uses postponed annotations)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+log = logging.getLogger(__name__)
 
 
-class ImageStore:
-    """Uploaded images by id, least recently used dropped first."""
+class ImageStore(EmbeddingCache[np.ndarray]):
+    """Uploaded images by id, least recently used dropped first once their bytes pass the budget."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, image: np.ndarray) -> str:
+    def add(self, image: np.ndarray) -> str:
+        if image.nbytes > self.max_bytes:
+            raise ImageTooLarge(f"the decoded image ({image.nbytes / 2**20:.0f} MB) is larger than the server's "
+                                f"image store ({self.max_bytes / 2**20:.0f} MB)")
         key = image_key(image)
-        with self._lock:
-            self._items[key] = image
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self.put(key, image)
         return key
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            image = self._items.get(key)
-            if image is not None:
-                self._items.move_to_end(key)
-            return image
 
 
 def fit_prompt(prompt: Prompt, width: int, height: int) -> Prompt:
@@ -66,18 +62,51 @@ def fit_prompt(prompt: Prompt, width: int, height: int) -> Prompt:
     return prompt.model_copy(update={"boxes": [b.clipped(width, height) for b in prompt.boxes]})
 
 
+def short(text: str, limit: int = 300) -> str:
+    """An error text fit to send: bounded, and encodable (a lone surrogate would break the JSON response)."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validation_detail(errors: list[dict]) -> str:
+    """pydantic's errors as one short line: where and what, never the offending input."""
+    parts = []
+    for error in errors[:3]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        what = str(error.get("msg", "invalid value"))
+        parts.append(f"{short(where, 80)}: {short(what, 160)}" if where else short(what, 160))
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
 def create_app(
     backend: SegmenterBackend,
     *,
     token: str | None = None,
-    max_upload_mb: float = 20.0,
-    max_images: int = 32,
+    limits: ServiceLimits | None = None,
+    check_host: bool | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="MedSAM3 Agent segmenter", version="1")
+    """The service around ``backend``. ``check_host`` (default: when there is no token) accepts only
+    loopback Host headers; turn it off only for a tokenless server deliberately exposed (``--insecure``)."""
+    limits = limits or ServiceLimits()
+    # no /docs, /redoc or /openapi.json: a private API, and the docs page would load scripts from a CDN
+    app = FastAPI(title="MedSAM3 Agent segmenter", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend = backend
-    app.state.images = ImageStore(max_images)
+    app.state.limits = limits
+    app.state.images = ImageStore(limits.store_bytes)
+    app.add_middleware(RequestGuard, limits=limits, check_host=token is None if check_host is None else check_host)
     backend_lock = threading.Lock()  # backends keep one current image: one request at a time
-    max_bytes = int(max_upload_mb * 1024 * 1024)
+    decode_slots = asyncio.Semaphore(limits.max_decodes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(list(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("segmenter request failed")  # the details stay in the server's log
+        return JSONResponse({"detail": f"internal error in the segmenter ({exc.__class__.__name__})"}, status_code=500)
+
     def authorize(credentials: Credentials) -> None:
         if token is None:
             return
@@ -96,32 +125,36 @@ def create_app(
             backend=str(details.get("backend", backend.name)),
             concepts=backend.concepts(),
             device=str(details.get("device", "unknown")),
-            max_upload_mb=max_upload_mb,
+            max_upload_mb=limits.max_upload_mb,
+            max_megapixels=limits.max_megapixels,
             details={k: v for k, v in details.items() if k not in ("concepts",)},
         )
 
     @app.post("/v1/images", dependencies=[Depends(authorize)])
     async def upload(request: Request) -> ImageInfo:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise HTTPException(413, f"upload of {int(declared)} bytes is above the server's limit of {max_upload_mb} MB")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise HTTPException(413, f"upload is above the server's limit of {max_upload_mb} MB")
+        # the slot covers reading and decoding: at most max_decodes bodies and decoded images in flight
         try:
-            image = await run_in_threadpool(load_image, bytes(body))
+            await asyncio.wait_for(decode_slots.acquire(), limits.decode_wait_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, "the server is busy decoding other uploads; retry shortly",
+                                headers={"Retry-After": "5"}) from None
+        try:
+            body = await request.body()  # RequestGuard stops it at the upload limit
+            image = await run_in_threadpool(load_image, body, limits.max_pixels)
+            key = app.state.images.add(image)
+        except ImageTooLarge as exc:
+            raise HTTPException(413, short(str(exc))) from None
         except ImageError as exc:
-            raise HTTPException(400, str(exc)) from None
-        key = app.state.images.put(image)
+            raise HTTPException(400, short(str(exc))) from None
+        finally:
+            decode_slots.release()
         return ImageInfo(image_id=key, height=image.shape[0], width=image.shape[1])
 
     @app.post("/v1/images/{image_id}/segment", dependencies=[Depends(authorize)])
     def segment(image_id: str, request: SegmentRequest) -> SegmentResponse:
         image = app.state.images.get(image_id)
-        if image is None:
-            raise HTTPException(404, f"unknown image id {image_id!r}: upload the image first (POST /v1/images)")
+        if image is None:  # the id is not echoed: it is the client's input
+            raise HTTPException(404, "unknown image id: upload the image first (POST /v1/images)")
         h, w = image.shape[:2]
         try:
             prompts = [fit_prompt(p, w, h) for p in request.prompts]
@@ -129,9 +162,9 @@ def create_app(
                 backend.set_image(image)
                 results = run_prompts(backend, prompts)
         except (ValueError, ImageError) as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, short(str(exc))) from None
         except RuntimeError as exc:  # e.g. CUDA out of memory: say so rather than a bare 500
-            raise HTTPException(500, f"segmenter failed: {exc}") from None
+            raise HTTPException(500, short(f"segmenter failed: {exc}")) from None
         return SegmentResponse(image_id=image_id, results=[WireResult.from_result(r) for r in results])
 
     return app

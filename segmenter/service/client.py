@@ -38,7 +38,7 @@ class RemoteBackend(SegmenterBackend):
         if not url:
             raise ValueError(f"the remote backend needs the server's URL: pass url=... or set {URL_ENV}")
         self.url = url.rstrip("/")
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        token = (token if token is not None else os.environ.get(TOKEN_ENV, "")).strip()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._info = ServerInfo.model_validate(self._request("GET", "/v1/info"))
@@ -65,7 +65,7 @@ class RemoteBackend(SegmenterBackend):
             raise RemoteError(f"segmenter server at {self.url} refused the token (401): {detail}; "
                               f"pass token=... or set {TOKEN_ENV}")
         if response.status_code == 413:
-            raise RemoteError(f"segmenter server at {self.url} refused the upload as too large (413): {detail}")
+            raise RemoteError(f"segmenter server at {self.url} refused the request as too large (413): {detail}")
         if response.status_code == 404:
             raise LookupError(str(detail))
         if response.status_code in (400, 422):

@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pydantic import BaseModel, Field
 
-from segmenter.types import Box, Instance, Prompt, SegmentationResult
+from segmenter.types import MAX_PROMPTS, Box, Instance, Prompt, SegmentationResult
 
 API_VERSION = 1
 
@@ -78,7 +78,7 @@ class WireResult(BaseModel):
 
 
 class SegmentRequest(BaseModel):
-    prompts: list[Prompt] = Field(min_length=1, max_length=64)
+    prompts: list[Prompt] = Field(min_length=1, max_length=MAX_PROMPTS)  # each capped by Prompt itself
 
 
 class SegmentResponse(BaseModel):
@@ -98,4 +98,5 @@ class ServerInfo(BaseModel):
     concepts: list[str]
     device: str
     max_upload_mb: float
+    max_megapixels: float | None = None  # servers before the pixel budget did not say
     details: dict = Field(default_factory=dict)  # the backend's own info(): model, dtype, LoRA, ...
