@@ -22,6 +22,7 @@ from segmenter.lite.model import (
     tile_windows,
     unletterbox_logits,
 )
+from segmenter.lite.precision import fast_bf16
 from segmenter.postprocess import split_instances
 from segmenter.text import shared_embedder
 from segmenter.types import Instance, Prompt, SegmentationResult
@@ -95,8 +96,8 @@ class LiteBackend(SegmenterBackend):
         self.presence_threshold = presence_threshold
         self.mask_threshold = mask_threshold
         self.min_area = min_area
-        # bf16 autocast halves CPU encoder time on CPUs with bf16 units; training used it too.
-        self.bf16 = self.device.type == "cpu" if bf16 is None else bf16
+        # bf16 autocast only where the CPU has bf16 units: emulated, it is ~20x slower (see precision.py)
+        self.bf16 = fast_bf16(self.device) if bf16 is None else bf16
         self.catalog = load_catalog()
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
         # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count

@@ -1,7 +1,7 @@
 """Training data for MedSAM3-Lite: manifests -> cached frozen-encoder embeddings.
 
-The TinyViT encoder is frozen, so each training image is encoded once (bf16 autocast, about
-1 s per image on 2 CPU cores) and its 256x64x64 embedding is kept as float16 in one ``.npz``
+The TinyViT encoder is frozen, so each training image is encoded once (bf16 autocast where the
+CPU has bf16 units, see precision.py) and its 256x64x64 embedding is kept as float16 in one ``.npz``
 per item together with its letterboxed masks. Caching is resumable: existing items are
 skipped. Concepts whose catalog entry has ``tile`` are cached as native-resolution tiles,
 exactly as the segmenter will see them at inference.
@@ -19,6 +19,7 @@ from PIL import Image
 
 from segmenter.catalog import load_catalog
 from segmenter.lite.model import MedSAM3Lite, letterbox, letterbox_mask, tile_windows
+from segmenter.lite.precision import fast_bf16
 
 # brain_tumor_3d_slices re-samples brain_mri's patients; pooling both would double-count them.
 DEFAULT_DATASETS = ["kvasir_seg", "isic2017", "busi", "drishti_gs1", "covid_cxr_lungs", "monuseg", "brain_mri"]
@@ -99,7 +100,7 @@ def build_cache(
                 masks[concept] = letterbox_mask(mask)
             tensors.append(tensor)
             metas.append((it, box, masks))
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16(torch.device("cpu"))):
             emb = net.image_encoder(torch.stack(tensors)).float().numpy().astype(np.float16)
         for (it, box, masks), e in zip(metas, emb):
             out = cache_dir / f"{it.key}.npz"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from segmenter.catalog import load_catalog
 from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items
 from segmenter.lite.model import MedSAM3Lite, load_litemedsam_weights
+from segmenter.lite.precision import fast_bf16
 from segmenter.text import shared_embedder
 
 TEMPLATES = ["{}", "{}", "the {}", "segment the {}", "{} in the image", "find the {}"]
@@ -191,7 +192,7 @@ def fit(cfg: TrainConfig, net: MedSAM3Lite, samples: list[CachedSample], log=pri
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * lr_scale
             box_t = torch.tensor(boxes, dtype=torch.float32)[:, None] if with_box else None
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16(torch.device("cpu"))):
                 logits, _, presence = net.decode_concept(emb, text, box_t)
             loss, mask_loss, presence_loss = _loss(logits, presence, target_t, torch.tensor(positive))
             opt.zero_grad(set_to_none=True)
@@ -309,7 +310,7 @@ def validate(net: MedSAM3Lite, samples: list[CachedSample]) -> dict:
     for s in samples:
         emb = torch.from_numpy(s.embedding[None]).float()
         own = {modality_of.get(c) for c in s.masks}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16(torch.device("cpu"))):
             sparse, dense = net.concept_prompt(text)
             logits, _, _ = net.concept_decoder(emb, pe, sparse, dense)
         h, w = s.new_size
@@ -387,7 +388,7 @@ the pooled image embedding that decides presence at inference. This file holds o
 - Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} (at most {cfg.max_per_dataset} items per
   dataset; monuseg as 256-px native tiles), {report["n_train_items"]} items; validation on the val split.
 - Training: {report["progress"]["steps"]} steps of batch {cfg.batch_size}, AdamW (decoder lr {cfg.lr},
-  head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on 2 CPU cores (bf16 autocast), then the presence gate on all (image, concept)
+  head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on 2 CPU cores ({"bf16 autocast" if fast_bf16(torch.device("cpu")) else "fp32"}), then the presence gate on all (image, concept)
   pairs, {report["gate_minutes"]} min;
   synonyms and templates of each concept as phrases, {cfg.negative_ratio:.0%} negatives
   (concepts of another modality; BUSI normal and tumour-free MRI count as negatives too),
