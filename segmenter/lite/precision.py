@@ -1,8 +1,9 @@
 """Whether bf16 autocast pays on this machine.
 
 On CPUs with native bf16 (AVX512-BF16 or AMX) bf16 autocast about halves the TinyViT encoder's
-time. Elsewhere PyTorch emulates it and it is about 20 times slower: 53 s against 2.7 s per
-1024x1024 encode on a 2-core AVX2 EPYC, measured with `LiteBackend(bf16=...)._encode`. So bf16 is on only where the CPU has the units.
+time. Elsewhere PyTorch emulates it and it is about 20 times slower: 53 s against 2.7 s to
+encode one 512x512 image on a 2-core AVX2 EPYC, measured with `LiteBackend(bf16=...)._encode`.
+So bf16 is on only where the CPU has the units.
 """
 
 from __future__ import annotations
