@@ -141,10 +141,3 @@ class PresenceGated(Protocol):
     presence_threshold: float
 
     def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult: ...
-
-
-# Kept only until segmenter/server.py imports build_backend from segmenter.backends (its edits are in flight).
-def build_backend(name: str = "lite", **options: Any) -> SegmenterBackend:
-    from segmenter.backends import build_backend as build
-
-    return build(name, **options)

@@ -58,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace):
-    from segmenter.base import build_backend
+    from segmenter.backends import build_backend
 
     if args.backend == "lite":
         return build_backend("lite", weights=args.weights)

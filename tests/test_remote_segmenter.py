@@ -10,15 +10,14 @@ import httpx
 import numpy as np
 import pytest
 from sam3_tiny import tiny_model, tiny_processor
+from segmenter.rle import Rle, decode, encode
+from segmenter.sam3 import PostProcess, Sam3Backend
+from segmenter.service.app import create_app, fit_prompt, serve_in_background
+from segmenter.service.client import RemoteBackend, RemoteError, encode_png
+from segmenter.service.limits import ServiceLimits
 from service_helpers import disc_image, serve_segmenter_cli
 
 from segmenter import Box, Point, Prompt, Segmenter, build_backend
-from segmenter.remote import RemoteBackend, RemoteError
-from segmenter.sam3 import PostProcess, Sam3Backend
-from segmenter.service.app import create_app, fit_prompt, serve_in_background
-from segmenter.service.client import encode_png
-from segmenter.service.limits import ServiceLimits
-from segmenter.service.wire import Rle, decode_mask, encode_mask
 
 TOKEN = "s3cret-token-for-the-tests"
 PNG = {"Content-Type": "image/png"}
@@ -64,9 +63,9 @@ def test_rle_round_trip_is_exact():
     masks = [rng.random((37, 53)) > 0.5, np.zeros((5, 7), bool), np.ones((9, 4), bool), (rng.random((1, 80)) > 0.3),
              (rng.random((64, 64)) > 0.9)[::2, 1::3]]  # a non-contiguous view
     for mask in masks:
-        rle = encode_mask(mask)
-        assert isinstance(rle.counts, str) and tuple(rle.size) == mask.shape
-        back = decode_mask(Rle.model_validate_json(rle.model_dump_json()))
+        rle = Rle.of(mask)
+        assert isinstance(rle.counts, str) and tuple(rle.size) == mask.shape and rle.model_dump(mode="json") == encode(mask)
+        back = decode(Rle.model_validate_json(rle.model_dump_json()))
         assert back.dtype == bool and np.array_equal(back, mask)
 
 
@@ -192,10 +191,9 @@ def test_agent_runs_end_to_end_with_the_remote_segmenter(server, lite, image, tm
     """`medsam3-agent run ... --segmenter remote` against a local server, and the same answer as in-process."""
     import json
 
-    from PIL import Image
-
     from agent import Agent
     from agent.cli import main as cli
+    from PIL import Image
 
     path = tmp_path / "frame.png"
     Image.fromarray(image).save(path)

@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
-from pycocotools import mask as mask_utils
 from pydantic import BaseModel, Field
-
+from segmenter.rle import Rle, decode
 from segmenter.types import MAX_PROMPTS, Box, Instance, Prompt, SegmentationResult
 
 API_VERSION = 1
-
-
-class Rle(BaseModel):
-    """COCO run-length encoding (column-major, as pycocotools writes it)."""
-
-    size: tuple[int, int]  # (height, width)
-    counts: str
-
-
-def encode_mask(mask: np.ndarray) -> Rle:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return Rle(size=tuple(rle["size"]), counts=rle["counts"].decode("ascii"))
-
-
-def decode_mask(rle: Rle) -> np.ndarray:
-    with warnings.catch_warnings():  # pycocotools' own numpy-2 copy= deprecation, not ours to fix
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mask = mask_utils.decode({"size": list(rle.size), "counts": rle.counts.encode("ascii")})
-    return mask.astype(bool)
 
 
 class WireInstance(BaseModel):
@@ -52,7 +29,7 @@ class WireResult(BaseModel):
         return cls(
             prompt=result.prompt,
             instances=[
-                WireInstance(rle=encode_mask(i.mask), score=i.score, box=i.box, area=i.area) for i in result.instances
+                WireInstance(rle=Rle.of(i.mask), score=i.score, box=i.box, area=i.area) for i in result.instances
             ],
             presence=result.presence,
             image_size=result.image_size,
@@ -63,7 +40,7 @@ class WireResult(BaseModel):
     def to_result(self) -> SegmentationResult:
         instances = []
         for inst in self.instances:
-            mask = decode_mask(inst.rle)
+            mask = decode(inst.rle)
             if mask.shape != tuple(self.image_size):
                 raise ValueError(f"server sent a {mask.shape} mask for a {self.image_size} image")
             instances.append(Instance(mask=mask, score=inst.score, box=inst.box, area=inst.area))
