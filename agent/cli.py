@@ -27,7 +27,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("evals.cli", "benchmark over segmentation / reasoning sets"),
     "bench": Command("evals.bench", "speed and memory benchmark"),
     "ui": Command("agent.ui", "start the Gradio chat UI"),
-    "serve-segmenter": Command("segmenter.server", "serve a segmenter backend over HTTP"),
+    "serve-segmenter": Command("segmenter.service.command", "serve a segmenter backend over HTTP"),
 }
 
 # top-level import name -> the optional extra (pyproject.toml) that installs it

@@ -63,6 +63,15 @@ def test_help_needs_no_optional_extra():
             sub.returncode == 2 and len(hint) == 1 and "pip install 'medsam3-agent[" in hint[0]), (name, sub.stderr)
 
 
+def test_serve_segmenter_help_needs_no_serve_extra():
+    """Its usage and limit defaults, not the install hint: fastapi/uvicorn/starlette load only in main."""
+    done = run_blocked(OPTIONAL, "serve-segmenter", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: medsam3-agent serve-segmenter" in done.stdout
+    text = " ".join(done.stdout.split())  # argparse wraps to the terminal's width
+    assert "--max-upload-mb" in text and "(default 20)" in text
+
+
 def test_the_core_install_answers_offline_without_any_extra(tmp_path):
     """`run` imports nothing from [ui], [serve] or [eval]: the lean core does the main job."""
     image = tmp_path / "x.png"

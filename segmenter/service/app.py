@@ -11,7 +11,7 @@ Endpoints (all but ``/health`` need ``Authorization: Bearer <token>`` when the s
 
 Refusals are short and never echo the request: 400 bad Host (tokenless server) or unreadable image,
 401 wrong token, 413 body or image above the limits, 415 wrong Content-Type, 422 invalid prompt,
-503 every decode slot busy. ``limits.RequestGuard`` checks Host, type and size before any body is read.
+503 every decode slot busy. ``guard.RequestGuard`` checks Host, type and size before any body is read.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.image_io import ImageError, ImageTooLarge, load_image
-from segmenter.service.limits import RequestGuard, ServiceLimits
+from segmenter.service.guard import RequestGuard
+from segmenter.service.limits import ServiceLimits
 from segmenter.service.wire import ImageInfo, SegmentRequest, SegmentResponse, ServerInfo, WireResult
 from segmenter.types import Prompt, SegmentationResult
 

@@ -35,7 +35,7 @@ def test_non_loopback_bind_without_token_is_refused(host, capsys):
 
 def test_insecure_gets_past_the_refusal(monkeypatch, segmenter, capsys):
     """--insecure is the explicit way out: the command goes on to bind (which fails here: not our address)."""
-    monkeypatch.setattr("segmenter.server.build", lambda args: segmenter.backend)  # the session's loaded model
+    monkeypatch.setattr("segmenter.service.command.build", lambda args: segmenter.backend)  # the session's loaded model
     assert cli(["serve-segmenter", "--host", "192.0.2.1", "--port", "0", "--insecure"]) == 2
     captured = capsys.readouterr()
     assert "cannot listen on 192.0.2.1" in captured.err and "refusing" not in captured.err

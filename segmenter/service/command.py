@@ -6,6 +6,9 @@ model runs on a GPU host and the agent anywhere.
 The bearer token comes from ``$MEDSAM3_SEGMENTER_TOKEN`` or ``--token-file``, never from the command
 line (every user of the machine can read a process's arguments). Listening beyond this machine
 without a token is refused unless ``--insecure`` says so explicitly.
+
+Only ``main`` imports the [serve] extra (fastapi, uvicorn), before anything else: ``--help`` works
+without it, and a missing extra is one line before any model loads.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segmenter.service.limits import ServiceLimits
+from segmenter.service.limits import ServiceLimits  # pydantic only: the defaults shown in --help
+
+if TYPE_CHECKING:
+    from segmenter.base import SegmenterBackend
 
 TOKEN_ENV = "MEDSAM3_SEGMENTER_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -26,7 +33,8 @@ _DEFAULTS = ServiceLimits()
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["lite", "sam3"], default="lite", help="model to serve (default lite)")
     parser.add_argument("--port", type=int, required=True, help="TCP port (0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--token-file", type=Path, default=None,
                         help=f"file holding the bearer token clients must send (default: ${TOKEN_ENV}); "
                              f"at least {MIN_TOKEN_CHARS} characters")
@@ -48,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lite = parser.add_argument_group("lite backend")
     lite.add_argument("--weights", default=None, help="MedSAM3-Lite weights (default: the shipped ones)")
     sam3 = parser.add_argument_group("sam3 backend")
-    sam3.add_argument("--config", default=None, help="SAM 3 settings file (YAML/JSON: model, lora, device, dtype, postprocess)")
+    sam3.add_argument("--config", default=None,
+                      help="SAM 3 settings file (YAML/JSON: model, lora, device, dtype, postprocess)")
     sam3.add_argument("--model", default=None, help="transformers SAM 3 folder or hub id (overrides the file)")
     sam3.add_argument("--lora", default=None, help="MedSAM3 LoRA file in the native sam3 format")
     sam3.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (MedSAM3 v1: 16)")
@@ -57,7 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sam3.add_argument("--dtype", default=None, choices=["auto", "bf16", "fp16", "fp32"])
 
 
-def build(args: argparse.Namespace):
+def build(args: argparse.Namespace) -> SegmenterBackend:
     from segmenter.backends import build_backend
 
     if args.backend == "lite":
