@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from agent.config import Settings
 from agent.ui.auth import AUTH_ENV
+from segmenter.backends import BACKENDS
 
 if TYPE_CHECKING:
     from agent.ui.app import UiConfig
@@ -31,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "OPENAI_BASE_URL / OPENAI_MODEL, else offline)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
     parser.add_argument("--model", default=None, help="endpoint model name (default: $OPENAI_MODEL)")
-    parser.add_argument("--backend", default="lite", choices=["lite", "sam3", "remote"], help="segmenter backend")
+    parser.add_argument("--backend", default="lite", choices=list(BACKENDS), help="segmenter backend")
     parser.add_argument("--max-rounds", type=int, default=3)
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--no-preload", action="store_true",

@@ -12,9 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from segmenter import backends
+
 KEY_ENV = "OPENAI_API_KEY"
 PLANNERS = ("offline", "openai")
-BACKENDS = ("lite", "sam3", "remote")
+BACKENDS = tuple(backends.BACKENDS)  # the segmenter's name table: one list of names
 
 
 class UiSettings(BaseModel):
@@ -25,7 +27,7 @@ class UiSettings(BaseModel):
     planner: Literal["offline", "openai"] = "offline"
     base_url: str = Field("", max_length=2000)
     model: str = Field("", max_length=200)
-    backend: Literal["lite", "sam3", "remote"] = "lite"
+    backend: str = "lite"
     max_rounds: int = Field(3, ge=1, le=10)
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     # set at launch, not in the panel: one MLLM request may take timeout x (retries + 1) at most
@@ -36,6 +38,13 @@ class UiSettings(BaseModel):
     @classmethod
     def _strip(cls, value: str | None) -> str:
         return (value or "").strip()
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"segmenter backend must be one of {', '.join(BACKENDS)}")  # not echoed: any text
+        return value
 
     @field_validator("base_url")
     @classmethod
