@@ -22,10 +22,11 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,6 +81,107 @@ def validation_detail(errors: list[dict]) -> str:
     return "; ".join(parts) + more
 
 
+@dataclass
+class Service:
+    """What the endpoints share (``app.state.service``): the model, its budgets, token and uploaded images."""
+
+    backend: SegmenterBackend
+    limits: ServiceLimits
+    token: str | None
+    images: ImageStore
+    decode_slots: asyncio.Semaphore  # uploads read and decoded at once
+    backend_lock: threading.Lock = field(default_factory=threading.Lock)  # backends keep one current image
+
+
+def current_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+# module level, so FastAPI can resolve the annotation (this module uses postponed annotations)
+CurrentService = Annotated[Service, Depends(current_service)]
+
+
+def authorize(service: CurrentService, credentials: Credentials) -> None:
+    if service.token is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), service.token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": validation_detail(list(errors))}, status_code=422)
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("segmenter request failed")  # the details stay in the server's log
+    return JSONResponse({"detail": f"internal error in the segmenter ({exc.__class__.__name__})"}, status_code=500)
+
+
+router = APIRouter()
+AUTHORIZED = [Depends(authorize)]
+
+
+@router.get("/health")
+def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/v1/info", dependencies=AUTHORIZED)
+def info(service: CurrentService) -> ServerInfo:
+    backend, limits = service.backend, service.limits
+    details = backend.info()
+    return ServerInfo(
+        backend=str(details.get("backend", backend.name)),
+        concepts=backend.concepts(),
+        device=str(details.get("device", "unknown")),
+        max_upload_mb=limits.max_upload_mb,
+        max_megapixels=limits.max_megapixels,
+        details={k: v for k, v in details.items() if k not in ("concepts",)},
+    )
+
+
+@router.post("/v1/images", dependencies=AUTHORIZED)
+async def upload(request: Request, service: CurrentService) -> ImageInfo:
+    # the slot covers reading and decoding: at most max_decodes bodies and decoded images in flight
+    try:
+        await asyncio.wait_for(service.decode_slots.acquire(), service.limits.decode_wait_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(503, "the server is busy decoding other uploads; retry shortly",
+                            headers={"Retry-After": "5"}) from None
+    try:
+        body = await request.body()  # RequestGuard stops it at the upload limit
+        image = await run_in_threadpool(load_image, body, service.limits.max_pixels)
+        key = service.images.add(image)
+    except ImageTooLarge as exc:
+        raise HTTPException(413, short(str(exc))) from None
+    except ImageError as exc:
+        raise HTTPException(400, short(str(exc))) from None
+    finally:
+        service.decode_slots.release()
+    return ImageInfo(image_id=key, height=image.shape[0], width=image.shape[1])
+
+
+@router.post("/v1/images/{image_id}/segment", dependencies=AUTHORIZED)
+def segment(image_id: str, request: SegmentRequest, service: CurrentService) -> SegmentResponse:
+    image = service.images.get(image_id)
+    if image is None:  # the id is not echoed: it is the client's input
+        raise HTTPException(404, "unknown image id: upload the image first (POST /v1/images)")
+    h, w = image.shape[:2]
+    try:
+        prompts = [fit_prompt(p, w, h) for p in request.prompts]
+        with service.backend_lock:
+            service.backend.set_image(image)
+            results = run_prompts(service.backend, prompts)
+    except (ValueError, ImageError) as exc:
+        raise HTTPException(422, short(str(exc))) from None
+    except RuntimeError as exc:  # e.g. CUDA out of memory: say so rather than a bare 500
+        raise HTTPException(500, short(f"segmenter failed: {exc}")) from None
+    return SegmentResponse(image_id=image_id, results=[WireResult.from_result(r) for r in results])
+
+
 def create_app(
     backend: SegmenterBackend,
     *,
@@ -92,82 +194,13 @@ def create_app(
     limits = limits or ServiceLimits()
     # no /docs, /redoc or /openapi.json: a private API, and the docs page would load scripts from a CDN
     app = FastAPI(title="MedSAM3 Agent segmenter", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.backend = backend
-    app.state.limits = limits
-    app.state.images = ImageStore(limits.store_bytes)
+    app.state.service = Service(backend=backend, limits=limits, token=token, images=ImageStore(limits.store_bytes),
+                                decode_slots=asyncio.Semaphore(limits.max_decodes))
+    app.state.images = app.state.service.images  # read by the memory tests
     app.add_middleware(RequestGuard, limits=limits, check_host=token is None if check_host is None else check_host)
-    backend_lock = threading.Lock()  # backends keep one current image: one request at a time
-    decode_slots = asyncio.Semaphore(limits.max_decodes)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_detail(list(exc.errors()))}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("segmenter request failed")  # the details stay in the server's log
-        return JSONResponse({"detail": f"internal error in the segmenter ({exc.__class__.__name__})"}, status_code=500)
-
-    def authorize(credentials: Credentials) -> None:
-        if token is None:
-            return
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/v1/info", dependencies=[Depends(authorize)])
-    def info() -> ServerInfo:
-        details = backend.info()
-        return ServerInfo(
-            backend=str(details.get("backend", backend.name)),
-            concepts=backend.concepts(),
-            device=str(details.get("device", "unknown")),
-            max_upload_mb=limits.max_upload_mb,
-            max_megapixels=limits.max_megapixels,
-            details={k: v for k, v in details.items() if k not in ("concepts",)},
-        )
-
-    @app.post("/v1/images", dependencies=[Depends(authorize)])
-    async def upload(request: Request) -> ImageInfo:
-        # the slot covers reading and decoding: at most max_decodes bodies and decoded images in flight
-        try:
-            await asyncio.wait_for(decode_slots.acquire(), limits.decode_wait_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(503, "the server is busy decoding other uploads; retry shortly",
-                                headers={"Retry-After": "5"}) from None
-        try:
-            body = await request.body()  # RequestGuard stops it at the upload limit
-            image = await run_in_threadpool(load_image, body, limits.max_pixels)
-            key = app.state.images.add(image)
-        except ImageTooLarge as exc:
-            raise HTTPException(413, short(str(exc))) from None
-        except ImageError as exc:
-            raise HTTPException(400, short(str(exc))) from None
-        finally:
-            decode_slots.release()
-        return ImageInfo(image_id=key, height=image.shape[0], width=image.shape[1])
-
-    @app.post("/v1/images/{image_id}/segment", dependencies=[Depends(authorize)])
-    def segment(image_id: str, request: SegmentRequest) -> SegmentResponse:
-        image = app.state.images.get(image_id)
-        if image is None:  # the id is not echoed: it is the client's input
-            raise HTTPException(404, "unknown image id: upload the image first (POST /v1/images)")
-        h, w = image.shape[:2]
-        try:
-            prompts = [fit_prompt(p, w, h) for p in request.prompts]
-            with backend_lock:
-                backend.set_image(image)
-                results = run_prompts(backend, prompts)
-        except (ValueError, ImageError) as exc:
-            raise HTTPException(422, short(str(exc))) from None
-        except RuntimeError as exc:  # e.g. CUDA out of memory: say so rather than a bare 500
-            raise HTTPException(500, short(f"segmenter failed: {exc}")) from None
-        return SegmentResponse(image_id=image_id, results=[WireResult.from_result(r) for r in results])
-
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(Exception, unexpected)
+    app.include_router(router)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
+
 from segmenter.rle import Rle, decode
 from segmenter.types import MAX_PROMPTS, Box, Instance, Prompt, SegmentationResult
 
