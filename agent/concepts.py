@@ -253,7 +253,3 @@ class ConceptPicker:
 def default_picker() -> ConceptPicker:
     return ConceptPicker()
 
-
-def pick_concepts(question: str, image: np.ndarray | None = None,
-                  presence: Callable[[str], float] | None = None) -> ConceptPick:
-    return default_picker().pick(question, image, presence)

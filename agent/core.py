@@ -21,16 +21,15 @@ from agent.config import Settings
 from agent.errors import AgentError
 from agent.graph import build_graph, recursion_limit
 from agent.locks import KeyedLocks
-from agent.planners.base import Planner, RunContext
+from agent.planners.base import Planner, RunContext, ThreadMasks
 from agent.results import AgentResult, ConceptMask, StepEvent
-from agent.state import turn_input
+from agent.state import AgentState, turn_input
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
 from segmenter.base import SegmenterBackend, image_key
 from segmenter.facade import Segmenter
 from segmenter.image_io import ImageInput, load_image
 from segmenter.overlay import render_overlay
 from segmenter.types import Box, Instance
-from tools.schemas import Candidate
 
 
 def build_planner(planner: Any = "auto", settings: Settings | None = None, **llm_options: Any) -> Planner:
@@ -113,15 +112,15 @@ class Agent:
         """
         result = None
         for event in self.stream(question, image=image, thread_id=thread_id):
-            if event.kind == "answer" and "result" in event.data:
-                result = event.data["result"]
+            if event.kind == "answer" and event.result is not None:
+                result = event.result
         if result is None:  # stream always ends with the answer or raises; this guards the contract
             raise RuntimeError("the agent finished without a result")
         return result
 
     def stream(self, question: str, image: ImageInput | None = None,
                thread_id: str | None = None) -> Iterator[StepEvent]:
-        """Step events as they happen; the last has kind "answer" and ``data["result"]``."""
+        """Step events as they happen; the last has kind "answer" and the run's ``result``."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question is empty")
         question = question.strip()
@@ -176,7 +175,8 @@ class Agent:
 
     def _stream(self, question: str, image: ImageInput | None, thread_id: str | None) -> Iterator[StepEvent]:
         thread = thread_id or f"run-{uuid.uuid4().hex}"
-        config = {"configurable": {"thread_id": thread}, "recursion_limit": recursion_limit(self.max_rounds)}
+        config = {"configurable": {"thread_id": thread},
+                  "recursion_limit": recursion_limit(self.max_rounds, self.planner.max_steps)}
         prior = self.thread_state(thread) if thread_id else {}
         array = self._image_for(image, prior, thread)
         key = image_key(array)
@@ -194,8 +194,7 @@ class Agent:
         )
         trace: list[StepEvent] = []
         final: dict[str, Any] = {}
-        ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, store=self.store,
-                         thread_id=thread, emit_fn=lambda event: None)
+        ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, masks=ThreadMasks(self.store, thread))
         try:
             for mode, chunk in self.graph.stream(state, config, context=ctx, stream_mode=["custom", "values"]):
                 if mode == "custom" and isinstance(chunk, StepEvent):
@@ -215,27 +214,26 @@ class Agent:
             if thread_id is None:  # a one-off run: nothing will continue it
                 self.checkpointer.delete_thread(thread)
                 self.store.delete_thread(thread)
-        done = StepEvent(kind="answer", text=result.answer, node="answer", image=result.overlay,
-                         data={"result": result, "ids": final.get("selection", [])}, ms=final.get("answer_ms", 0.0))
+        done = StepEvent(kind="answer", text=result.answer, node="answer", image=result.overlay, result=result,
+                         data={"ids": list(final.get("selection", []))}, ms=final.get("answer_ms", 0.0))
         result.trace.append(done)
         yield done
 
     def _result(self, final: dict[str, Any], image: np.ndarray, ctx: RunContext, trace: list[StepEvent],
                 thread_id: str | None, error: AgentError | None = None) -> AgentResult:
+        state = AgentState.model_validate(final)  # the last state the graph streamed (plain values)
         if error is not None:  # a failed run: its trace (tool results included), no answer and no masks
             return AgentResult(
-                question=final.get("question", ""), answer="", planner=self.planner.label,
-                concepts_tried=list(final.get("concepts_tried", [])), masks=[], image_size=image.shape[:2],
-                overlay=image, trace=list(trace), thread_id=thread_id, rounds=int(final.get("round", 0)),
+                question=state.question, answer="", planner=self.planner.label,
+                concepts_tried=state.concepts_tried, masks=[], image_size=image.shape[:2],
+                overlay=image, trace=list(trace), thread_id=thread_id, rounds=state.round,
                 status="error", error=str(error),
             )
-        if final.get("status") != "done":
+        if state.status != "done":
             raise RuntimeError("the agent's graph stopped before answering")
-        by_id = {c["id"]: Candidate.model_validate(c) for c in final.get("candidates", [])}
         groups: dict[str, list[Instance]] = {}
-        for mask_id in final.get("selection", []):
-            cand = by_id[mask_id]
-            mask = ctx.mask(mask_id)
+        for cand in state.by_id(state.selection):
+            mask = ctx.masks.get(cand.id)  # the candidate's mask, from the mask store
             if not mask.any():
                 continue
             groups.setdefault(cand.concept, []).append(
@@ -246,7 +244,7 @@ class Agent:
         ordered = [inst.mask for m in masks for inst in m.instances]
         overlay = render_overlay(image, ordered, [str(n) for n in range(1, len(ordered) + 1)])
         return AgentResult(
-            question=final["question"], answer=final.get("answer", ""), planner=self.planner.label,
-            concepts_tried=list(final.get("concepts_tried", [])), masks=masks, image_size=(h, w), overlay=overlay,
-            trace=list(trace), thread_id=thread_id, rounds=int(final.get("round", 0)),
+            question=state.question, answer=state.answer, planner=self.planner.label,
+            concepts_tried=state.concepts_tried, masks=masks, image_size=(h, w), overlay=overlay,
+            trace=list(trace), thread_id=thread_id, rounds=state.round,
         )

@@ -1,8 +1,12 @@
-"""The LangGraph state machine: plan -> segment -> inspect -> (refine -> segment)* -> answer.
+"""The LangGraph state machine: plan -> tools -> inspect -> (tools -> inspect)* -> answer.
 
-Nodes read the run's image, segmenter, planner and mask store from the run context
+``plan`` and ``inspect`` ask the planner for a ``Decision``: tool calls, or finish. ``tools`` runs
+every pending call through ``tools.executor`` (the only place tools run) and goes on to
+``inspect`` after a segment round, or back to the step that made the calls otherwise (to read an
+examine's crops, a finishing call's selection, a presence probe, or an invalid call to correct).
+``answer`` words the result. ``round`` counts segment rounds; after ``1 + max_rounds`` of them
+inspect must finish. Nodes get the run's image, segmenter, planner and masks from the run context
 (``context=`` of ``graph.stream``), which is never checkpointed; the state holds ids and text.
-``round`` counts segment rounds; after ``1 + max_rounds`` of them inspect must finish.
 """
 
 from __future__ import annotations
@@ -10,175 +14,161 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent.planners.base import PlannerView, RunContext
-from agent.state import MAX_EXCHANGES, AgentState, Decision, PlannedCall
-from tools.registry import TOOLS, parse_call
-from tools.schemas import ToolError
-from tools.segment import segment_concept, segment_geometry
+from agent.state import AgentState, Phase, PreviousAnswer, update
+from tools.context import ToolContext
+from tools.executor import is_segment_round, recorded, run_calls
+from tools.schemas import ToolCall, ToolResult
 
 
 def _view(state: AgentState, runtime: Runtime[RunContext], node: str) -> PlannerView:
-    ctx = runtime.context
-    writer = get_stream_writer()
-    ctx.emit_fn = writer  # events stream out through LangGraph's custom stream
-    return PlannerView(state=state, ctx=ctx, node=node)
+    return PlannerView(state=state, ctx=runtime.context, node=node, write=runtime.stream_writer)
 
 
-def _merge_memory(state: AgentState, decision: Decision) -> dict[str, Any]:
-    return {**(state.get("memory") or {}), **decision.memory}
+def _listed(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [recorded(c).model_dump(exclude_defaults=True) for c in calls]
 
 
-def _calls_text(calls: list[PlannedCall]) -> str:
-    return ", ".join(f"{c.name}({c.arguments})" for c in calls)
+def _calls_text(calls: list[ToolCall]) -> str:
+    return ", ".join(f"{c.name}({c.arguments})" for c in map(recorded, calls))
+
+
+def _decide(state: AgentState, runtime: Runtime[RunContext], phase: Phase) -> dict:
+    view = _view(state, runtime, phase)
+    planner = runtime.context.planner
+    start = time.perf_counter()
+    decision = planner.plan(view) if phase == "plan" else planner.inspect(view)
+    ms = (time.perf_counter() - start) * 1000
+    if phase == "plan":
+        text = decision.note or (f"plan: {_calls_text(decision.calls)}" if decision.calls
+                                 else "plan: nothing to segment")
+        view.emit("plan", text, data={"calls": _listed(decision.calls), "finish": decision.finish}, ms=ms)
+    else:
+        text = decision.note or (f"keep {decision.ids or 'nothing'}" if decision.finish
+                                 else f"refine: {_calls_text(decision.calls)}")
+        view.emit("verdict", text, data={"finish": decision.finish, "ids": decision.ids,
+                                          "calls": _listed(decision.calls)}, ms=ms)
+    fields: dict[str, Any] = {"decision": decision, "pending": decision.calls, "phase": phase}
+    if decision.memory is not None:
+        fields["memory"] = decision.memory
+    return update(**fields)
 
 
 def plan_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    view = _view(state, runtime, "plan")
-    start = time.perf_counter()
-    decision = runtime.context.planner.plan(view)
-    ms = (time.perf_counter() - start) * 1000
-    text = decision.note or (f"plan: {_calls_text(decision.calls)}" if decision.calls else "plan: nothing to segment")
-    view.emit("plan", text, data={"calls": [c.model_dump() for c in decision.calls], "finish": decision.finish},
-              ms=ms)
-    return {"pending": [c.model_dump() for c in decision.calls], "decision": decision.model_dump(),
-            "memory": _merge_memory(state, decision)}
-
-
-def segment_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    view = _view(state, runtime, "segment")
-    ctx = runtime.context
-    candidates = list(state.get("candidates", []))
-    presence = dict(state.get("presence", {}))
-    tried = list(state.get("concepts_tried", []))
-    next_id = state.get("next_id", 1)
-    round_ = state.get("round", 0) + 1
-    results = []
-    for raw in state.get("pending", []):
-        call = PlannedCall.model_validate(raw)
-        view.emit("tool_call", f"{call.name} {call.arguments}", data={"name": call.name, "arguments": call.arguments})
-        start = time.perf_counter()
-        try:
-            spec, args = parse_call(call.name, call.arguments)
-            if spec.kind != "segment":
-                raise ToolError(f"{call.name} is not a segmentation tool")
-            if spec.name == "segment_concept":
-                outcome = segment_concept(ctx.segmenter, args, next_id=next_id, round_=round_, label=call.label)
-            else:
-                outcome = segment_geometry(ctx.segmenter, args, next_id=next_id, round_=round_, label=call.label,
-                                           parents=call.parents)
-        except ToolError as exc:
-            ms = (time.perf_counter() - start) * 1000
-            view.emit("tool_result", f"error: {exc}", data={"name": call.name, "error": str(exc)}, ms=ms)
-            results.append({"call_id": call.call_id, "name": call.name, "text": f"error: {exc}", "error": True})
-            continue
-        ms = (time.perf_counter() - start) * 1000
-        new = [c.model_copy(update={"turn": view.turn}) for c in outcome.candidates]
-        ctx.keep_masks(outcome.masks)
-        candidates += [c.model_dump() for c in new]
-        next_id += len(new)
-        presence[outcome.prompt] = round(outcome.presence, 4)
-        phrase = getattr(args, "concept", None)
-        if phrase and phrase not in tried:
-            tried.append(phrase)
-        view.emit("tool_result", outcome.text, ms=ms,
-                  data={"name": call.name, "presence": outcome.presence, "ids": [c.id for c in new],
-                        "concept": outcome.concept})
-        results.append({"call_id": call.call_id, "name": call.name, "text": outcome.text, "error": False})
-    update = {"candidates": candidates, "presence": presence, "concepts_tried": tried, "next_id": next_id,
-              "round": round_, "pending": [], "last_results": results}
-    turn_candidates = [c for c in candidates if c.get("turn") == view.turn]
-    if turn_candidates:
-        from tools.schemas import Candidate
-
-        shown = [Candidate.model_validate(c) for c in turn_candidates]
-        view.emit("overlay", f"round {round_}: {len(shown)} candidate(s), labelled by id", image=view.overlay(shown),
-                  data={"ids": [c.id for c in shown], "round": round_})
-    return update
+    return _decide(state, runtime, "plan")
 
 
 def inspect_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    view = _view(state, runtime, "inspect")
-    start = time.perf_counter()
-    decision = runtime.context.planner.inspect(view)
-    ms = (time.perf_counter() - start) * 1000
-    if decision.finish:
-        text = decision.note or f"keep {decision.ids or 'nothing'}"
+    return _decide(state, runtime, "inspect")
+
+
+def _announce(view: PlannerView, call: ToolCall) -> None:
+    data: dict[str, Any] = {"name": call.name, "arguments": call.arguments}
+    if call.probe:
+        data["probe"] = True
+    view.emit("tool_call", f"{call.name or '?'} {call.arguments}" + (" (presence probe)" if call.probe else ""),
+              data=data)
+
+
+def _report(view: PlannerView, result: ToolResult) -> None:
+    name = result.call.name
+    if not result.ok:
+        text = result.error if result.status == "not_run" else f"error: {result.error}"
+        view.emit("tool_result", text or "", data={"name": name, "error": result.error}, ms=result.ms)
+    elif result.kind == "segment":
+        data = {"name": name, "presence": result.presence, "ids": [c.id for c in result.candidates],
+                "concept": result.concept}
+        view.emit("tool_result", result.text, data={**data, "probe": True} if result.call.probe else data,
+                  ms=result.ms)
+    elif result.kind == "examine":
+        view.emit("tool_result", result.text, data={"name": name, "ids": result.ids}, ms=result.ms)
+        for mask_id, crop in zip(result.ids, result.images, strict=True):
+            view.emit("overlay", f"crop of #{mask_id}", image=crop, data={"ids": [mask_id], "crop": True})
     else:
-        text = decision.note or f"refine: {_calls_text(decision.calls)}"
-    view.emit("verdict", text, data={"finish": decision.finish, "ids": decision.ids,
-                                      "calls": [c.model_dump() for c in decision.calls]}, ms=ms)
-    return {"decision": decision.model_dump(), "memory": _merge_memory(state, decision)}
+        ids = result.selection.ids if result.selection else []
+        view.emit("tool_result", result.text, data={"name": name, "ids": ids}, ms=result.ms)
 
 
-def refine_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    view = _view(state, runtime, "refine")
-    start = time.perf_counter()
-    decision = runtime.context.planner.refine(view, Decision.model_validate(state["decision"]))
-    ms = (time.perf_counter() - start) * 1000
-    view.emit("plan", decision.note or f"refine: {_calls_text(decision.calls)}",
-              data={"calls": [c.model_dump() for c in decision.calls]}, ms=ms)
-    return {"pending": [c.model_dump() for c in decision.calls], "memory": _merge_memory(state, decision)}
+def tools_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """Run every pending call (through ``tools.executor``), stream each call and result, keep what they found."""
+    view = _view(state, runtime, "tools")
+    run = runtime.context
+    ctx = ToolContext(image=run.image, segmenter=run.segmenter, masks=run.masks, candidates=state.candidates,
+                      shown=view.candidates() or view.previous_candidates(), next_id=state.next_id,
+                      round=state.round + 1, turn=state.turn)
+    results = run_calls(state.pending, ctx, on_call=lambda call: _announce(view, call),
+                        on_result=lambda result: _report(view, result))
+    run.batch_images = [image for result in results for image in result.images]
+    presence, tried = dict(state.presence), list(state.concepts_tried)
+    for result in results:
+        if result.kind == "segment" and result.ok and not result.call.probe and result.presence is not None:
+            presence[result.prompt or ""] = round(result.presence, 4)
+            if result.phrase and result.phrase not in tried:
+                tried.append(result.phrase)
+    segment_round = is_segment_round(state.pending)
+    round_ = state.round + 1 if segment_round else state.round
+    shown = [c for c in ctx.candidates if c.turn == state.turn]
+    if segment_round and shown:
+        view.emit("overlay", f"round {round_}: {len(shown)} candidate(s), labelled by id", image=view.overlay(shown),
+                  data={"ids": [c.id for c in shown], "round": round_})
+    return update(candidates=ctx.candidates, presence=presence, concepts_tried=tried, next_id=ctx.next_id,
+                  round=round_, pending=[], results=results)
 
 
 def answer_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     view = _view(state, runtime, "answer")
     planner = runtime.context.planner
-    decision = Decision.model_validate(state.get("decision") or {})
+    decision = state.decision
     start = time.perf_counter()
     if not decision.finish:
         decision = planner.fallback(view)
         view.emit("verdict", decision.note or "round limit reached", data={"finish": True, "ids": decision.ids})
-    known = {c["id"] for c in state.get("candidates", [])}
-    ids = [i for i in decision.ids if i in known]
-    decision = decision.model_copy(update={"ids": ids})
+    known = {c.id for c in state.candidates}
+    decision = decision.model_copy(update={"ids": [i for i in decision.ids if i in known]})
     text = planner.answer(view, decision)
     ms = (time.perf_counter() - start) * 1000
-    concepts = sorted({c["concept"] for c in state.get("candidates", []) if c["id"] in ids})
-    return {
-        "selection": ids, "answer": text, "status": "done", "decision": decision.model_dump(),
-        "previous": {"question": state["question"], "ids": ids, "answer": text, "concepts": concepts,
-                     "turn": view.turn},
-        "exchanges": (state.get("exchanges") or [])[-MAX_EXCHANGES:],
-        "answer_ms": ms,
-    }
+    concepts = sorted({c.concept for c in state.by_id(decision.ids)})
+    previous = PreviousAnswer(question=state.question, ids=decision.ids, answer=text, concepts=concepts,
+                              turn=state.turn)
+    return update(selection=decision.ids, answer=text, status="done", decision=decision, previous=previous,
+                  answer_ms=ms)
 
 
-def _after_plan(state: AgentState) -> str:
-    return "answer" if (state.get("decision") or {}).get("finish") else "segment"
-
-
-def _after_inspect(state: AgentState) -> str:
-    decision = state.get("decision") or {}
-    if decision.get("finish"):
+def _after_decision(state: AgentState) -> str:
+    decision = state.decision
+    if decision.finish:
         return "answer"
-    if decision.get("calls") and state.get("round", 0) <= state.get("max_rounds", 3):
-        return "refine"
-    return "answer"
+    if state.phase == "plan":
+        return "tools"  # with no calls, an empty segment round: inspect then judges that nothing was found
+    if not decision.calls:
+        return "answer"  # inspect gave up: the planner's fallback
+    if is_segment_round(decision.calls) and state.round > state.max_rounds:
+        return "answer"  # the round limit: the planner's fallback
+    return "tools"
 
 
-def build_graph(checkpointer: Any = None):
+def _after_tools(state: AgentState) -> str:
+    return "inspect" if is_segment_round([r.call for r in state.results]) else state.phase
+
+
+def build_graph(checkpointer: Any = None) -> Any:
     graph = StateGraph(AgentState, context_schema=RunContext)
     graph.add_node("plan", plan_node)
-    graph.add_node("segment", segment_node)
+    graph.add_node("tools", tools_node)
     graph.add_node("inspect", inspect_node)
-    graph.add_node("refine", refine_node)
     graph.add_node("answer", answer_node)
     graph.add_edge(START, "plan")
-    graph.add_conditional_edges("plan", _after_plan, {"segment": "segment", "answer": "answer"})
-    graph.add_edge("segment", "inspect")
-    graph.add_conditional_edges("inspect", _after_inspect, {"refine": "refine", "answer": "answer"})
-    graph.add_edge("refine", "segment")
+    graph.add_conditional_edges("plan", _after_decision, {"tools": "tools", "answer": "answer"})
+    graph.add_conditional_edges("inspect", _after_decision, {"tools": "tools", "answer": "answer"})
+    graph.add_conditional_edges("tools", _after_tools, {"plan": "plan", "inspect": "inspect"})
     graph.add_edge("answer", END)
     return graph.compile(checkpointer=checkpointer)
 
 
-def recursion_limit(max_rounds: int) -> int:
-    """LangGraph's step cap: plan, answer and 3 nodes per round, with slack."""
-    return 8 + 3 * (max_rounds + 1)
-
-
-__all__ = ["TOOLS", "build_graph", "recursion_limit"]
+def recursion_limit(max_rounds: int, max_steps: int) -> int:
+    """LangGraph's step cap: each of plan and the 1 + max_rounds inspects may send ``max_steps`` batches
+    (a planner visit and a tools visit each) and decide once more; then answer, and some slack."""
+    return (2 * max_steps + 1) * (max_rounds + 2) + 6

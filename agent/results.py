@@ -27,10 +27,11 @@ class StepEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     node: str = ""
     ms: float = 0.0
+    result: Annotated[AgentResult | None, Field(exclude=True, repr=False)] = None  # on the last event ("answer")
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready, without the image or non-JSON data."""
-        data = {k: v for k, v in self.data.items() if k != "result" and _jsonable(v)}
+        data = {k: v for k, v in self.data.items() if _jsonable(v)}
         return {"kind": self.kind, "node": self.node, "text": self.text, "ms": round(self.ms, 1), "data": data,
                 "has_image": self.image is not None}
 
@@ -97,7 +98,7 @@ class AgentResult(BaseModel):
     def found(self) -> bool:
         return any(m.instances for m in self.masks)
 
-    def to_json(self, paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    def to_json(self, paths: dict[Any, str] | None = None) -> dict[str, Any]:
         paths = paths or {}
         return {
             "status": self.status,
@@ -151,3 +152,6 @@ class AgentResult(BaseModel):
                 _save_mask(inst.mask, out / paths[("instance", i, j)])
         (out / "result.json").write_text(json.dumps(self.to_json(paths), indent=2) + "\n")
         return out
+
+
+StepEvent.model_rebuild()  # its ``result`` refers to AgentResult, defined after it

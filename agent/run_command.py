@@ -63,8 +63,8 @@ def main(args: argparse.Namespace) -> int:
             for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
                 if not args.quiet and event.kind != "answer":
                     print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
-                if event.kind == "answer":
-                    result = event.data["result"]
+                if event.result is not None:  # the last event, "answer"
+                    result = event.result
         except AgentError as exc:
             if exc.partial is not None:  # keep what ran before the failure; no answer, no masks
                 try:

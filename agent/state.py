@@ -1,85 +1,90 @@
-"""The graph's typed state: small, JSON-safe values only.
+"""The graph's state, typed: LangGraph parses it into ``AgentState`` once per node.
 
-Masks never enter the state (a checkpointer writes the state at every step): candidates carry
-an id, and their pixels live in a ``MaskStore`` keyed by (thread, id). The image is referenced
-by its path (or stored once in the mask store), never copied into the state.
+Nodes return their updates through ``update()``, which turns models into plain JSON values: the
+checkpointer writes plain data only (no pickled classes), and a thread resumes in a new process.
+Masks never enter the state: candidates carry an id, and their pixels live in a ``MaskStore``
+keyed by (thread, id). The image is referenced by its content hash, never copied into the state.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from pydantic_core import to_jsonable_python
 
+from tools.schemas import Candidate, ToolCall, ToolResult
 
-class PlannedCall(BaseModel):
-    """A tool call a planner wants run (by the segment node, or answered inside inspect)."""
-
-    name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
-    call_id: str | None = None  # the MLLM's tool-call id (native calls), echoed in the tool message
-    label: str | None = None  # the concept the results count for (a synonym or box prompt of it)
-    parents: list[int | None] | None = None  # for box refinements: the candidate each box came from
-
-
-class Exchange(BaseModel):
-    """One planner reply and what its tool calls returned (the MLLM's bounded memory)."""
-
-    phase: str
-    text: str = ""
-    calls: list[PlannedCall] = Field(default_factory=list)
-    native: bool = True
-    results: list[str] = Field(default_factory=list)
+Phase = Literal["plan", "inspect"]
 
 
 class Decision(BaseModel):
-    """What a planner decided at plan / inspect / refine."""
+    """What a planner decided at plan or inspect: tool calls to run, or finish with a selection."""
 
-    calls: list[PlannedCall] = Field(default_factory=list)  # segment calls to run next
+    calls: list[ToolCall] = Field(default_factory=list)  # for the tools node
     finish: bool = False
     ids: list[int] = Field(default_factory=list)  # the selection, when finishing
     answer: str = ""  # the planner's own answer text, when finishing (may be empty)
     note: str = ""  # a short reason, shown in the trace
-    memory: dict[str, Any] = Field(default_factory=dict)  # planner memory to merge into the state
+    memory: BaseModel | None = Field(default=None, exclude=True)  # the planner's notes for its next step
 
 
-class AgentState(TypedDict, total=False):
-    # the conversation (kept across turns of a thread)
-    turn: int
+class PreviousAnswer(BaseModel):
+    """The last turn of the thread, for follow-up questions."""
+
     question: str
-    image_ref: str | None  # "store:<key>": the mask store holds the image by content hash (never a path)
-    image_key: str
-    image_size: list[int]  # [height, width]
-    candidates: list[dict]  # tools.schemas.Candidate dumps, every candidate of the thread
-    next_id: int
-    previous: dict[str, Any]  # the last turn: question, ids, answer, concepts
+    ids: list[int] = Field(default_factory=list)
+    answer: str = ""
+    concepts: list[str] = Field(default_factory=list)
+    turn: int = 0
+
+
+class AgentState(BaseModel):
+    # the conversation (kept across turns of a thread)
+    turn: int = 1
+    question: str = ""
+    image_ref: str | None = None  # "store:<key>": the mask store holds the image by content hash (never a path)
+    image_key: str = ""
+    image_size: list[int] = Field(default_factory=list)  # [height, width]
+    candidates: list[Candidate] = Field(default_factory=list)  # every candidate of the thread
+    next_id: int = 1
+    previous: PreviousAnswer | None = None
     # this turn
-    round: int
-    max_rounds: int
-    planner: str
-    pending: list[dict]  # PlannedCall dumps
-    presence: dict[str, float]  # prompt description -> presence score
-    concepts_tried: list[str]
-    exchanges: list[dict]  # Exchange dumps (bounded)
-    decision: dict  # the last Decision dump
-    memory: dict[str, Any]  # the planner's own small notes (JSON-safe)
-    last_results: list[dict]  # what the last segment node's calls returned (text), for the MLLM's next message
-    selection: list[int]
-    answer: str
-    answer_ms: float
-    status: Literal["running", "done"]
+    round: int = 0  # segment rounds run; after 1 + max_rounds of them inspect must finish
+    max_rounds: int = 3
+    planner: str = ""
+    phase: Phase = "plan"  # the planner step whose calls are pending (the tools node returns to it)
+    pending: list[ToolCall] = Field(default_factory=list)
+    results: list[ToolResult] = Field(default_factory=list)  # what the last batch of calls returned
+    presence: dict[str, float] = Field(default_factory=dict)  # prompt description -> presence score
+    concepts_tried: list[str] = Field(default_factory=list)
+    decision: Decision = Field(default_factory=Decision)  # the last one
+    memory: dict[str, Any] = Field(default_factory=dict)  # the planner's notes (its own model, dumped)
+    selection: list[int] = Field(default_factory=list)
+    answer: str = ""
+    answer_ms: float = 0.0
+    status: Literal["running", "done"] = "running"
+
+    def this_turn(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.turn == self.turn]
+
+    def by_id(self, ids: list[int]) -> list[Candidate]:
+        known = {c.id: c for c in self.candidates}
+        return [known[i] for i in ids if i in known]
 
 
-MAX_EXCHANGES = 12
+def update(**fields: Any) -> dict[str, Any]:
+    """A node's state update as plain JSON values (models dumped), the only form the checkpoint holds."""
+    return {name: to_jsonable_python(value) for name, value in fields.items()}
 
 
-def turn_input(question: str, *, turn: int, max_rounds: int, planner: str, image_ref: str | None,
-               image_key: str, image_size: list[int], previous: dict[str, Any] | None,
-               keep_candidates: list[dict], next_id: int) -> AgentState:
+def turn_input(question: str, *, turn: int, max_rounds: int, planner: str, image_ref: str, image_key: str,
+               image_size: list[int], previous: dict[str, Any] | None, keep_candidates: list[dict],
+               next_id: int) -> dict[str, Any]:
     """The state a new turn starts from: the thread's candidates and last answer, nothing else."""
-    return AgentState(
-        turn=turn, question=question, image_ref=image_ref, image_key=image_key, image_size=image_size,
-        candidates=keep_candidates, next_id=next_id, previous=previous or {}, round=0, max_rounds=max_rounds,
-        planner=planner, pending=[], presence={}, concepts_tried=[], exchanges=[], decision={}, memory={},
-        last_results=[], selection=[], answer="", answer_ms=0.0, status="running",
-    )
+    state = AgentState.model_validate({
+        "turn": turn, "question": question, "image_ref": image_ref, "image_key": image_key, "image_size": image_size,
+        "candidates": keep_candidates, "next_id": next_id, "previous": previous or None, "max_rounds": max_rounds,
+        "planner": planner,
+    })
+    return update(**dict(state))

@@ -14,13 +14,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from evals.cases import EvalCase
 from segmenter.facade import Segmenter
 from segmenter.types import Box
+
+if TYPE_CHECKING:
+    from agent.core import Agent
 
 Mode = Literal["direct", "box", "agent"]
 MODES: tuple[str, ...] = ("direct", "box", "agent")
@@ -104,8 +107,8 @@ def predict_box(
     return mask, {"presence": round(presence, 4), "n_instances": instances, "n_boxes": len(boxes)}
 
 
-def predict_agent(agent: Any, image: np.ndarray, case: EvalCase) -> tuple[np.ndarray, dict[str, Any]]:
-    """Ask the agent (``agent.Agent`` contract: ``run(question, image=...)`` -> result with ``union_mask()``)."""
+def predict_agent(agent: Agent, image: np.ndarray, case: EvalCase) -> tuple[np.ndarray, dict[str, Any]]:
+    """Ask the agent the case's question; its result's union mask is the prediction."""
     question = question_for(case)
     start = time.perf_counter()
     result = agent.run(question, image=image)
@@ -114,9 +117,9 @@ def predict_agent(agent: Any, image: np.ndarray, case: EvalCase) -> tuple[np.nda
         raise ValueError(f"agent returned a {mask.shape} mask for a {image.shape[:2]} image")
     return mask, {
         "question": question,
-        "answer": str(getattr(result, "answer", ""))[:500],
-        "planner": getattr(result, "planner", None),
-        "concepts_tried": list(getattr(result, "concepts_tried", []) or []),
-        "n_instances": sum(len(m.instances) for m in getattr(result, "masks", []) or []),
+        "answer": result.answer[:500],
+        "planner": result.planner,
+        "concepts_tried": result.concepts_tried,
+        "n_instances": sum(len(m.instances) for m in result.masks),
         "agent_seconds": round(time.perf_counter() - start, 3),
     }

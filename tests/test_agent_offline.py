@@ -43,7 +43,7 @@ def test_find_the_polyps_writes_overlay_masks_and_result_json(offline, tmp_path)
     assert result.union_mask().shape == image.shape[:2] and result.overlay.shape == image.shape
     assert all(m.concept == "polyp" for m in result.masks)
     nodes = [e.node for e in result.trace]
-    assert nodes.index("plan") < nodes.index("segment") < nodes.index("inspect") < nodes.index("answer")
+    assert nodes.index("plan") < nodes.index("tools") < nodes.index("inspect") < nodes.index("answer")
     out = result.save(tmp_path / "run")
     data = json.loads((out / "result.json").read_text())
     assert data["answer"] == result.answer and data["planner"] == "offline" and data["concepts_tried"]
@@ -181,6 +181,48 @@ def test_bad_input_is_a_clear_error(fundus, tmp_path):
 
 def test_stream_ends_with_the_result(fundus):
     events = list(oracle_agent([fundus]).stream("Segment the optic cup.", image=fundus["image"]))
-    assert events[-1].kind == "answer" and events[-1].data["result"].answer == events[-1].text
+    assert events[-1].kind == "answer" and events[-1].result is not None and events[-1].result.answer == events[-1].text
     assert {"plan", "tool_call", "tool_result", "overlay", "verdict"} <= {e.kind for e in events}
     assert all(e.ms >= 0 for e in events)
+
+
+def unsure_image() -> np.ndarray:
+    """A drawn disc whose modality the image statistics cannot tell, and where no finding is expected."""
+    from agent.modality import guess_modality
+
+    yy, xx = np.mgrid[:240, :320]
+    disc = (yy - 120) ** 2 + (xx - 160) ** 2 < 50**2
+    for seed in range(2000):
+        rng = np.random.default_rng(seed)
+        background, foreground = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        image = np.where(disc[..., None], foreground, background).astype(np.uint8)
+        guess = guess_modality(image)
+        if guess.confidence < 0.5 and guess.modality in ("fundus", "histopathology", "x-ray"):
+            return image
+    raise AssertionError("no drawn disc left the modality guess unsure")
+
+
+def test_presence_probes_run_as_tool_calls_in_the_trace(tmp_path):
+    image = unsure_image()
+    yy, xx = np.mgrid[:240, :320]
+    tumour = (yy - 120) ** 2 + (xx - 160) ** 2 < 50**2  # the drawn disc
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(tumour.astype(np.uint8) * 255).save(tmp_path / "tumour.png")
+    backend = OracleBackend({str(tmp_path / "img.png"): {"brain tumor": str(tmp_path / "tumour.png")}})
+    agent = Agent(planner="offline", segmenter=Segmenter(backend))
+    # "tumor" may mean any finding (polyp, skin lesion, breast or brain tumour); the image cannot say which, the
+    # segmenter's presence scores do
+    result = agent.run("Segment the tumor.", image=tmp_path / "img.png")
+    calls = [e for e in result.trace if e.kind == "tool_call" and e.data.get("probe")]
+    probed = [e for e in result.trace if e.kind == "tool_result" and e.data.get("probe")]
+    findings = ["brain tumor", "breast tumor", "polyp", "skin lesion"]
+    assert sorted(e.data["arguments"]["concept"] for e in calls) == findings
+    assert {e.data["concept"]: e.data["presence"] for e in probed} == {c: 0.95 if c == "brain tumor" else 0.05
+                                                                         for c in findings}
+    assert all(e.node == "tools" and e.data["ids"] == [] for e in probed)  # a probe keeps no candidate
+    assert result.concepts_tried == ["brain tumor"] and [m.concept for m in result.masks] == ["brain tumor"]
+    assert "most present in the image (presence 0.95)" in result.answer
+    assert dice(result.union_mask(), tumour) > 0.99
+    first, second = [e for e in result.trace if e.kind == "plan"]  # asks for the probes, then plans with them
+    assert [c["probe"] for c in first.data["calls"]] == [True] * 4
+    assert [c["arguments"] for c in second.data["calls"]] == [{"concept": "brain tumor"}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,16 +11,16 @@ from agent_helpers import OracleBackend
 from PIL import Image
 
 from agent.mllm.base import decode_data_url, image_data_url, parse_native_call, parse_text_tool_calls
+from agent.planners.base import ThreadMasks
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.store import MemoryMaskStore, SqliteMaskStore
 from prompts import load_prompt
 from segmenter import Segmenter, rle
 from segmenter.types import Instance
-from tools.answer import report_no_mask, select_masks
-from tools.examine import examine_masks
+from tools.context import ToolContext
+from tools.executor import NOT_RUN_AFTER_SEGMENTS, is_segment_round, run_calls, run_tool
 from tools.registry import TOOLS, openai_tools, parse_call, text_tool_list
-from tools.schemas import Candidate, ExamineMasksArgs, ReportNoMaskArgs, SegmentGeometryArgs, SelectMasksArgs, ToolError
-from tools.segment import segment_geometry
+from tools.schemas import Selection, ToolCall, ToolError
 
 
 def disc(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
@@ -102,11 +103,12 @@ def test_images_travel_losslessly_as_data_urls():
     assert np.array_equal(decode_data_url(url), image)
 
 
-# --- tools over a segmenter ------------------------------------------------------------------------
+# --- tools over a segmenter, through the one executor ---------------------------------------------
 
 
 @pytest.fixture()
-def oracle_segmenter(tmp_path):
+def oracle_tools(tmp_path):
+    """A tool context over an oracle segmenter on a drawn 160x120 image with one 'polyp' disc."""
     image = np.full((120, 160, 3), 60, dtype=np.uint8)
     mask = disc(120, 160, 60, 80, 25)
     image[mask] = (200, 120, 100)
@@ -114,43 +116,94 @@ def oracle_segmenter(tmp_path):
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     seg = Segmenter(OracleBackend({str(tmp_path / "img.png"): {"polyp": str(tmp_path / "mask.png")}}))
     seg.set_image(tmp_path / "img.png")
-    return seg, mask
+    return ToolContext(image=seg.image, segmenter=seg, masks=ThreadMasks(MemoryMaskStore(), "t")), mask
 
 
-def test_box_outside_the_image_is_a_tool_error_naming_the_size(oracle_segmenter):
-    seg, _ = oracle_segmenter
-    with pytest.raises(ToolError, match=r"outside the 160x120 image.*160x120 pixels"):
-        segment_geometry(seg, SegmentGeometryArgs(boxes=[[200, 130, 260, 190]]))
-    with pytest.raises(ToolError, match="outside"):
-        segment_geometry(seg, SegmentGeometryArgs(points=[{"x": 500, "y": 5}]))
+def test_every_tool_runs_through_run_tool(oracle_tools):
+    ctx, mask = oracle_tools
+    ctx.next_id = 7
+    found = run_tool(ToolCall(name="segment_concept", arguments={"concept": " polyp "}), ctx)
+    assert found.ok and found.kind == "segment" and [c.id for c in found.candidates] == [7]
+    assert found.phrase == "polyp" and found.presence > 0.5 and "#7 'polyp'" in found.text
+    assert np.array_equal(ctx.masks.get(7), mask)  # the tool put the mask in the thread's store
+    ctx.add(found.candidates)
+    boxed = run_tool(ToolCall(name="segment_geometry", arguments={"boxes": [[40, 20, 400, 400]]},
+                              credited_concept="polyp", parents=[7]), ctx)
+    assert [(c.id, c.concept, c.parent) for c in boxed.candidates] == [(8, "polyp", 7)]
+    assert np.array_equal(ctx.masks.get(8), mask)  # the box was clipped to the image
+    ctx.add(boxed.candidates)
+    ctx.shown = ctx.candidates
+    shown = run_tool(ToolCall(name="examine_masks", arguments={"mask_ids": [8]}), ctx)
+    assert shown.kind == "examine" and shown.ids == [8] and "#8 'polyp'" in shown.text
+    assert max(shown.images[0].shape[:2]) == 384 and "images" not in shown.model_dump()  # crops stay out of state
+    chosen = run_tool(ToolCall(name="select_masks", arguments={"ids": [8, 8], "answer": " one "}), ctx)
+    assert chosen.kind == "finish" and chosen.selection == Selection(ids=[8], answer="one")
+    none = run_tool(ToolCall(name="report_no_mask", arguments={"answer": "none"}), ctx)
+    assert none.ok and none.selection == Selection(ids=[], answer="none")
+    assert {r.call.name for r in (found, boxed, shown, chosen, none)} == set(TOOLS)
 
 
-def test_box_partly_outside_is_clipped_and_numbered(oracle_segmenter):
-    seg, mask = oracle_segmenter
-    outcome = segment_geometry(seg, SegmentGeometryArgs(boxes=[[40, 20, 400, 400]], concept="polyp"), next_id=7)
-    assert [c.id for c in outcome.candidates] == [7]
-    assert outcome.candidates[0].concept == "polyp"
-    assert np.array_equal(outcome.masks[7], mask)
-    assert "#7 'polyp'" in outcome.text
+@pytest.mark.parametrize(
+    ("call", "status", "message"),
+    [
+        (ToolCall(name="zoom"), "invalid", "unknown tool 'zoom'"),
+        (ToolCall(name="segment_concept"), "invalid", "segment_concept: invalid arguments .*concept"),
+        (ToolCall(name="segment_concept", problem="the <tool> block is not valid JSON"), "invalid", "not valid JSON"),
+        (ToolCall(name="select_masks", arguments={"ids": [1]}, probe=True), "invalid", "cannot be a presence probe"),
+        (ToolCall(name="segment_geometry", arguments={"boxes": [[200, 130, 260, 190]]}), "failed",
+         r"outside the 160x120 image.*160x120 pixels"),
+        (ToolCall(name="segment_geometry", arguments={"points": [{"x": 500, "y": 5}]}), "failed", "outside"),
+        (ToolCall(name="select_masks", arguments={"ids": [5]}), "failed", r"unknown mask id\(s\) \[5\]"),
+        (ToolCall(name="examine_masks"), "failed", "no candidate masks to examine"),
+    ],
+)
+def test_tool_errors_come_back_as_results(oracle_tools, call, status, message):
+    ctx, _ = oracle_tools
+    result = run_tool(call, ctx)
+    assert result.status == status and not result.ok and re.search(message, result.error)
+    assert result.candidates == [] and result.selection is None and ctx.next_id == 1
 
 
-def test_select_examine_and_report():
-    image = np.zeros((100, 100, 3), dtype=np.uint8)
-    masks = {1: disc(100, 100, 30, 30, 10), 2: disc(100, 100, 70, 70, 15)}
-    cands = [Candidate(id=i, concept="polyp", score=0.5 + i / 10, box=[0, 0, 10, 10], area=int(m.sum()),
-                       prompt="'polyp'") for i, m in masks.items()]
-    assert select_masks(cands, SelectMasksArgs(ids=[2, 2], answer=" one ")).model_dump() == {"ids": [2],
-                                                                                             "answer": "one"}
-    with pytest.raises(ToolError, match=r"unknown mask id\(s\) \[5\]"):
-        select_masks(cands, SelectMasksArgs(ids=[5]))
-    assert report_no_mask(ReportNoMaskArgs(answer="none")).ids == []
-    shown = examine_masks(image, cands, masks, ExamineMasksArgs())
-    assert shown.ids == [2, 1]  # best score first
-    assert all(max(crop.shape[:2]) == 384 and crop.dtype == np.uint8 for crop in shown.images)
-    with pytest.raises(ToolError, match="unknown mask id"):
-        examine_masks(image, cands, masks, ExamineMasksArgs(ids=[9]))
-    with pytest.raises(ToolError, match="no candidate masks"):
-        examine_masks(image, [], {}, ExamineMasksArgs())
+def test_an_invalid_call_keeps_neither_huge_arguments_nor_a_long_problem(oracle_tools):
+    ctx, _ = oracle_tools
+    huge = ToolCall(name="segment_geometry", arguments={"boxes": [[float(v) for v in range(5000)]]}, call_id="c1")
+    result = run_tool(huge, ctx)
+    assert result.status == "invalid" and result.call.arguments == {} and result.call.call_id == "c1"
+    assert result.error.startswith("segment_geometry: invalid arguments") and len(result.error) < 400
+
+
+def test_a_presence_probe_keeps_nothing(oracle_tools):
+    ctx, _ = oracle_tools
+    probe = run_tool(ToolCall(name="segment_concept", arguments={"concept": "polyp"}, probe=True), ctx)
+    assert probe.ok and probe.presence > 0.5 and probe.candidates == [] and "presence probe" in probe.text
+    with pytest.raises(KeyError):
+        ctx.masks.get(1)
+    assert not is_segment_round([probe.call]) and is_segment_round([])
+
+
+def test_a_batch_that_segments_runs_nothing_else(oracle_tools):
+    ctx, _ = oracle_tools
+    calls = [ToolCall(name="select_masks", arguments={"ids": [1]}),
+             ToolCall(name="segment_concept", arguments={"concept": "polyp"}),
+             ToolCall(name="segment_geometry", arguments={"boxes": [[40, 20, 120, 100]]}),
+             ToolCall(name="zoom", arguments={"x": "y" * 5000})]
+    seen: list[str] = []
+    results = run_calls(calls, ctx, on_call=lambda call: seen.append(call.name))
+    assert [r.status for r in results] == ["not_run", "ok", "ok", "invalid"]
+    assert results[0].error == NOT_RUN_AFTER_SEGMENTS
+    assert [c.id for r in results for c in r.candidates] == [1, 2] and ctx.next_id == 3  # numbered across calls
+    assert seen == ["segment_concept", "segment_geometry", "zoom", "select_masks"] and is_segment_round(calls)
+    assert results[3].call.arguments == {}  # the invalid call's huge input is not kept
+
+
+def test_a_batch_without_segmentation_finishes_first_and_once(oracle_tools):
+    ctx, _ = oracle_tools
+    ctx.add(run_tool(ToolCall(name="segment_concept", arguments={"concept": "polyp"}), ctx).candidates)
+    calls = [ToolCall(name="examine_masks"), ToolCall(name="select_masks", arguments={"ids": [9]}),
+             ToolCall(name="report_no_mask"), ToolCall(name="select_masks", arguments={"ids": [1]})]
+    results = run_calls(calls, ctx)
+    assert [r.status for r in results] == ["not_run", "failed", "ok", "not_run"]
+    assert results[2].selection == Selection(ids=[]) and not is_segment_round(calls)
 
 
 # --- storage ----------------------------------------------------------------------------------------
@@ -174,7 +227,7 @@ def test_mask_stores_round_trip(kind, tmp_path):
     store.put_masks("t", {1: mask, 2: ~mask})
     assert np.array_equal(store.get_mask("t", 1), mask) and np.array_equal(store.get_mask("t", 2), ~mask)
     image = np.random.default_rng(2).integers(0, 255, (20, 30, 3), dtype=np.uint8)
-    store.put_image("k", image)
+    store.put_image("k", image, thread_id="t")
     assert np.array_equal(store.get_image("k"), image) and store.get_image("other") is None
     store.delete_thread("t")
     with pytest.raises(KeyError, match="mask #1 of thread 't'"):
@@ -204,7 +257,7 @@ def test_result_save_writes_binary_masks_at_image_size_and_relative_paths(tmp_pa
     union = np.asarray(Image.open(out / first["path"]))
     assert union.shape == (h, w) and set(np.unique(union)) <= {0, 255}
     assert np.array_equal(union > 0, a | b)
-    for inst, expected in zip(first["instances"], [a, b]):
+    for inst, expected in zip(first["instances"], [a, b], strict=True):
         assert np.array_equal(np.asarray(Image.open(out / inst["path"])) > 0, expected)
         assert len(inst["box"]) == 4 and 0 <= inst["score"] <= 1
     assert np.array_equal(result.union_mask(), a | b)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from tools.schemas import Candidate, ReportNoMaskArgs, Selection, SelectMasksArgs, ToolError
+from tools.context import ToolContext
+from tools.schemas import ReportNoMaskArgs, Selection, SelectMasksArgs, ToolCall, ToolError, ToolResult
 
 
-def select_masks(candidates: list[Candidate], args: SelectMasksArgs) -> Selection:
-    known = {c.id for c in candidates}
+def select_masks(args: SelectMasksArgs, ctx: ToolContext, call: ToolCall) -> ToolResult:
+    known = {c.id for c in ctx.candidates}
     unknown = [i for i in args.ids if i not in known]
     if unknown:
         raise ToolError(f"unknown mask id(s) {unknown}; current candidates are {sorted(known) or 'none'}")
-    return Selection(ids=list(dict.fromkeys(args.ids)), answer=args.answer.strip())
+    selection = Selection(ids=list(dict.fromkeys(args.ids)), answer=args.answer.strip())
+    return ToolResult(call=call, text=f"selected {selection.ids}", selection=selection)
 
 
-def report_no_mask(args: ReportNoMaskArgs) -> Selection:
-    return Selection(ids=[], answer=args.answer.strip())
+def report_no_mask(args: ReportNoMaskArgs, ctx: ToolContext, call: ToolCall) -> ToolResult:
+    selection = Selection(ids=[], answer=args.answer.strip())
+    return ToolResult(call=call, text="reported that nothing answers the question",
+                      selection=selection)

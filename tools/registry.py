@@ -1,29 +1,39 @@
-"""The tools a planner may call, by name: argument model, kind, and description (from prompts/)."""
+"""The tools a planner may call, by name: argument model, kind, the function that runs it, and its
+description (from prompts/)."""
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from prompts import load_prompt
+from tools.answer import report_no_mask, select_masks
+from tools.context import ToolContext
+from tools.examine import examine_masks
 from tools.schemas import (
     ExamineMasksArgs,
     ReportNoMaskArgs,
     SegmentConceptArgs,
     SegmentGeometryArgs,
     SelectMasksArgs,
+    ToolCall,
     ToolError,
+    ToolKind,
+    ToolResult,
 )
+from tools.segment import segment_concept, segment_geometry
 
-ToolKind = Literal["segment", "examine", "finish"]
+ToolFunction = Callable[[Any, ToolContext, ToolCall], ToolResult]  # (validated arguments, context, the call)
 
 
 class ToolSpec(BaseModel):
     name: str
     args_model: type[BaseModel]
     kind: ToolKind
+    run: ToolFunction
 
     @property
     def description(self) -> str:
@@ -39,11 +49,11 @@ class ToolSpec(BaseModel):
 TOOLS: dict[str, ToolSpec] = {
     spec.name: spec
     for spec in (
-        ToolSpec(name="segment_concept", args_model=SegmentConceptArgs, kind="segment"),
-        ToolSpec(name="segment_geometry", args_model=SegmentGeometryArgs, kind="segment"),
-        ToolSpec(name="examine_masks", args_model=ExamineMasksArgs, kind="examine"),
-        ToolSpec(name="select_masks", args_model=SelectMasksArgs, kind="finish"),
-        ToolSpec(name="report_no_mask", args_model=ReportNoMaskArgs, kind="finish"),
+        ToolSpec(name="segment_concept", args_model=SegmentConceptArgs, kind="segment", run=segment_concept),
+        ToolSpec(name="segment_geometry", args_model=SegmentGeometryArgs, kind="segment", run=segment_geometry),
+        ToolSpec(name="examine_masks", args_model=ExamineMasksArgs, kind="examine", run=examine_masks),
+        ToolSpec(name="select_masks", args_model=SelectMasksArgs, kind="finish", run=select_masks),
+        ToolSpec(name="report_no_mask", args_model=ReportNoMaskArgs, kind="finish", run=report_no_mask),
     )
 }
 

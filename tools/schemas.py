@@ -1,11 +1,14 @@
-"""Typed inputs and outputs of the planner's tools (what an MLLM's tool-call arguments must parse into)."""
+"""Typed inputs and outputs of the planner's tools: the arguments a call must parse into, the call itself
+(``ToolCall``) and what running it returned (``ToolResult``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ToolKind = Literal["segment", "examine", "finish"]
 
 
 class ToolError(ValueError):
@@ -37,7 +40,7 @@ class SegmentGeometryArgs(BaseModel):
 
     @field_validator("boxes")
     @classmethod
-    def _four(cls, boxes: list[list[float]]) -> list[list[float]]:
+    def _boxes_are_ordered_quads(cls, boxes: list[list[float]]) -> list[list[float]]:
         for box in boxes:
             if len(box) != 4:
                 raise ValueError(f"a box needs 4 numbers [x0, y0, x1, y1], got {box}")
@@ -46,7 +49,7 @@ class SegmentGeometryArgs(BaseModel):
         return boxes
 
     @model_validator(mode="after")
-    def _something(self) -> SegmentGeometryArgs:
+    def _needs_a_box_or_point(self) -> SegmentGeometryArgs:
         if not self.boxes and not self.points:
             raise ValueError("segment_geometry needs at least one box or point")
         if len(self.boxes) > 32:
@@ -83,29 +86,53 @@ class Candidate(BaseModel):
     parent: int | None = None  # the candidate a box-refinement started from
 
 
-class SegmentOutcome(BaseModel):
-    """What a segmentation tool returns: candidates, their masks, and a text summary for the planner."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    prompt: str
-    concept: str
-    presence: float
-    candidates: list[Candidate]
-    masks: Annotated[dict[int, np.ndarray], Field(repr=False)]
-    text: str
-
-
-class ExamineOutcome(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    ids: list[int]
-    images: Annotated[list[np.ndarray], Field(repr=False)]  # one zoomed crop per id
-    text: str
-
-
 class Selection(BaseModel):
     """The final choice: candidate ids that answer the question (empty = nothing found) and the answer text."""
 
     ids: list[int] = Field(default_factory=list)
     answer: str = ""
+
+
+class ToolCall(BaseModel):
+    """A call a planner wants run: a tool's name and its raw arguments (``run_tool`` validates them)."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    call_id: str | None = None  # the MLLM's tool-call id (native calls), echoed in its tool message
+    credited_concept: str | None = None  # the concept the candidates count for (the call may use a synonym or box)
+    parents: list[int | None] | None = None  # box refinements: the candidate each box came from
+    probe: bool = False  # presence only, nothing kept: the offline planner asking how present a concept is
+    problem: str | None = None  # why the planner could not read the call (bad JSON): not run, answered as invalid
+
+
+ResultStatus = Literal["ok", "invalid", "failed", "not_run"]
+
+
+class ToolResult(BaseModel):
+    """What one call returned. ``status``: ok; invalid (unreadable or schema-violating arguments, an unknown
+    tool); failed (valid, but the tool could not carry it out: an unknown mask id, a box outside the image);
+    not_run (skipped by the batch rule, ``error`` says why). ``text`` is the tool's own summary."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    call: ToolCall
+    kind: ToolKind | None = None  # None when the call could not be validated
+    status: ResultStatus = "ok"
+    text: str = ""
+    error: str | None = None
+    ms: float = 0.0
+    # segment_concept / segment_geometry (candidates' masks are in the mask store, keyed by id)
+    prompt: str | None = None  # the prompt as the segmenter saw it, e.g. "'polyp' + 1 box(es)"
+    phrase: str | None = None  # the concept phrase given to the segmenter (None: boxes or points alone)
+    concept: str | None = None  # the concept the candidates count for
+    presence: float | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    # examine_masks: the crops travel with the result but never into a checkpoint
+    ids: list[int] = Field(default_factory=list)
+    images: list[np.ndarray] = Field(default_factory=list, exclude=True, repr=False)
+    # select_masks / report_no_mask
+    selection: Selection | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"

@@ -1,12 +1,16 @@
-"""Segmentation tools: a concept phrase, or boxes / points (alone or with a concept)."""
+"""Segmentation tools: a concept phrase, or boxes / points (alone or with a concept).
+
+New candidates are numbered from ``ctx.next_id`` and their masks go to the thread's mask store;
+the result carries the candidates (ids, scores, boxes) and a text summary for the planner.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from segmenter.facade import Segmenter
 from segmenter.types import Box, Point, Prompt, SegmentationResult
-from tools.schemas import Candidate, SegmentConceptArgs, SegmentGeometryArgs, SegmentOutcome, ToolError
+from tools.context import ToolContext
+from tools.schemas import Candidate, SegmentConceptArgs, SegmentGeometryArgs, ToolCall, ToolError, ToolResult
 
 MAX_LISTED = 20  # candidates spelled out in the text summary; the rest are counted
 
@@ -22,55 +26,56 @@ def describe_candidates(candidates: list[Candidate], image_area: int) -> str:
     return "; ".join(lines)
 
 
-def _outcome(result: SegmentationResult, concept: str, next_id: int, round_: int,
-             parents: list[int | None] | None = None) -> SegmentOutcome:
+def _found(result: SegmentationResult, concept: str, phrase: str | None, call: ToolCall,
+           ctx: ToolContext) -> ToolResult:
+    """The segmenter's instances as numbered candidates (masks into the store); a probe keeps nothing."""
+    prompt = result.prompt.describe()
+    if call.probe:
+        return ToolResult(call=call, prompt=prompt, phrase=phrase, concept=concept, presence=result.presence,
+                          text=f"{prompt}: presence {result.presence:.2f} (a presence probe; nothing kept)")
     h, w = result.image_size
     candidates, masks = [], {}
     for k, inst in enumerate(result.instances):
-        cid = next_id + k
+        cid = ctx.next_id + k
         candidates.append(
             Candidate(
                 id=cid, concept=concept, score=round(inst.score, 4), box=[round(v, 1) for v in inst.box.as_list()],
-                area=inst.area, prompt=result.prompt.describe(), round=round_,
-                parent=parents[k] if parents and k < len(parents) else None,
+                area=inst.area, prompt=prompt, round=ctx.round, turn=ctx.turn,
+                parent=call.parents[k] if call.parents and k < len(call.parents) else None,
             )
         )
         masks[cid] = inst.mask
-    found = describe_candidates(candidates, h * w) if candidates else "nothing found"
-    text = f"{result.prompt.describe()}: presence {result.presence:.2f}; {len(candidates)} candidate(s): {found}"
-    return SegmentOutcome(prompt=result.prompt.describe(), concept=concept, presence=result.presence,
-                          candidates=candidates, masks=masks, text=text)
+    ctx.masks.put(masks)
+    listed = describe_candidates(candidates, h * w) if candidates else "nothing found"
+    text = f"{prompt}: presence {result.presence:.2f}; {len(candidates)} candidate(s): {listed}"
+    return ToolResult(call=call, prompt=prompt, phrase=phrase, concept=concept, presence=result.presence,
+                      candidates=candidates, text=text)
 
 
-def segment_concept(segmenter: Segmenter, args: SegmentConceptArgs, *, next_id: int = 1, round_: int = 0,
-                    label: str | None = None) -> SegmentOutcome:
-    """Every instance of ``args.concept`` on the segmenter's current image.
-
-    ``label`` names the concept the candidates count for when the phrase is a synonym of it.
-    """
+def segment_concept(args: SegmentConceptArgs, ctx: ToolContext, call: ToolCall) -> ToolResult:
+    """Every instance of ``args.concept`` on the image (credited to ``call.credited_concept`` when the
+    phrase is a synonym of it)."""
     try:
-        result = segmenter.segment(prompt=Prompt(concept=args.concept))
+        result = ctx.segmenter.segment(prompt=Prompt(concept=args.concept))
     except ValueError as exc:
         raise ToolError(str(exc)) from exc
-    return _outcome(result, label or args.concept, next_id, round_)
+    return _found(result, call.credited_concept or args.concept, args.concept, call, ctx)
 
 
-def segment_geometry(segmenter: Segmenter, args: SegmentGeometryArgs, *, next_id: int = 1, round_: int = 0,
-                     label: str | None = None, parents: list[int | None] | None = None) -> SegmentOutcome:
+def segment_geometry(args: SegmentGeometryArgs, ctx: ToolContext, call: ToolCall) -> ToolResult:
     """One mask per box (points refine each box), or one mask from points alone.
 
     Boxes partly outside the image are clipped; a box or point wholly outside is a ``ToolError``
     naming the image size, so a planner can correct itself.
     """
-    h, w = segmenter.image.shape[:2]
+    h, w = ctx.image.shape[:2]
     try:
         boxes = [Box.from_list(b) for b in args.boxes]  # the Segmenter clips them to the image
         points = [Point(x=p.x, y=p.y, positive=p.positive) for p in args.points]
-        prompt = Prompt(concept=args.concept, boxes=boxes, points=points)
-        result = segmenter.segment(prompt=prompt)
+        result = ctx.segmenter.segment(prompt=Prompt(concept=args.concept, boxes=boxes, points=points))
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
         raise ToolError(f"{exc} (the image is {w}x{h} pixels)") from exc
-    return _outcome(result, label or args.concept or "region", next_id, round_, parents)
+    return _found(result, call.credited_concept or args.concept or "region", args.concept, call, ctx)
 
 
 def masks_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,6 +4,11 @@ Context is bounded: every request holds the system prompt, one user message with
 the prompts tried and the current candidates, the last tool exchange (assistant tool calls, tool
 messages with the text results), and a user message with the latest overlay (tool messages are
 text-only, so images always go in a user message after them).
+
+The planner never runs a tool. A reply's tool calls go back to the graph as a ``Decision``; its
+tools node runs them and returns here (or to inspect, after a segment round), and the next step
+shows the model their results. ``MLLMMemory`` carries the reply, the model calls made in this
+step and the count of unusable replies from one graph step to the next.
 """
 
 from __future__ import annotations
@@ -11,43 +16,42 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import BaseModel
 
 from agent.errors import PlannerError
 from agent.mllm.base import ChatClient, LLMReply, ToolsUnsupported, image_data_url
 from agent.planners.base import Planner, PlannerView
-from agent.state import Decision, Exchange, PlannedCall
+from agent.state import Decision, Phase
 from prompts import concept_list, load_prompt
 from segmenter.catalog import load_catalog
-from tools.answer import report_no_mask, select_masks
-from tools.examine import examine_masks
-from tools.registry import openai_tools, parse_call, text_tool_list
-from tools.schemas import ToolError
+from tools.executor import brief, is_segment_round, run_order
+from tools.registry import openai_tools, text_tool_list
+from tools.schemas import ToolCall, ToolResult
 from tools.segment import describe_candidates
 
-NOT_RUN = "not run: segmentation calls in the same reply run first; call it again after seeing their results"
-BRIEF = 300  # characters of a problem sent back to the model or shown in the trace (a model's input can be huge)
-ECHO = 2000  # an invalid call's arguments longer than this (as JSON) are not echoed back or kept
+MAX_ARGUMENTS = 20_000  # characters of one call's arguments (as JSON) read; a longer call is invalid unread
 
 
-def brief(text: object, limit: int = BRIEF) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it was."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+class SentReply(BaseModel):
+    """A model reply whose tool calls went to the tools node."""
+
+    text: str = ""
+    native: bool = True  # native tool calls (else the text protocol)
+    cut_off: bool = False  # the reply stopped at the token limit
 
 
-@dataclass
-class _Step:
-    """What one reply with tool calls led to."""
+class MLLMMemory(BaseModel):
+    """What the planner carries from one graph step to the next."""
 
-    decision: Decision | None  # finish, or segment calls for the segment node
-    exchange: Exchange
-    images: list[np.ndarray]  # examine's crops, for the next request
-    problem: str | None = None  # why none of the reply's calls could be used; None when one was
+    reply: SentReply | None = None  # the last reply whose calls ran; the next request shows their results
+    steps: int = 0  # model calls made in this plan / inspect step
+    unusable: int = 0  # unusable replies in a row, across plan and inspect
+    problem: str = ""  # the last unusable reply's problem
 
 
 class MLLMPlanner(Planner):
@@ -85,13 +89,13 @@ class MLLMPlanner(Planner):
             return Decision(finish=True, ids=ids,
                             note=f"the model did not finish within the limits; keeping the last round's {len(ids)} "
                                  "candidate(s) unchecked")
-        presence = view.state.get("presence") or {}
-        still_segmenting = bool((view.state.get("decision") or {}).get("calls"))
+        presence = view.state.presence
+        still_segmenting = bool(view.state.decision.calls)
         if presence and still_segmenting:  # the round limit stopped it; every prompt it ran found nothing
             return Decision(finish=True, note=f"the model did not finish within the round limit; none of its "
                                               f"{len(presence)} prompt(s) found a candidate")
         # the model never concluded and nothing was segmented: "nothing found" would be a false negative
-        problem = view.memory.get("problem") or (view.state.get("decision") or {}).get("note") or \
+        problem = view.memory(MLLMMemory).problem or view.state.decision.note or \
             "no segmentation ran and it called neither select_masks nor report_no_mask"
         raise PlannerError(f"{self.label} gave no usable answer, so the run stopped without one; "
                            f"last problem: {problem}")
@@ -110,39 +114,60 @@ class MLLMPlanner(Planner):
         return f"{body} [answered by the MLLM planner: {self.client.model} via an OpenAI-compatible API]"
 
     # --- the conversation -------------------------------------------------------------------------
-    def _converse(self, view: PlannerView, phase: str) -> Decision:
-        images = self._images(view, phase)
-        history = self._last_exchange(view) if phase == "inspect" else []
-        # unusable replies in a row; the state's memory carries the count from plan on to inspect
-        unusable = int(view.memory.get("unusable", 0))
-        problem = str(view.memory.get("problem", ""))
-        for _ in range(self.max_steps):
-            reply = self._complete(view, lambda h=history, i=images: self._messages(view, h, i))
-            if reply.tool_calls:
-                step = self._act(view, reply, phase)
-                if step.decision is not None:
-                    memory = {"exchange": step.exchange.model_dump(), "unusable": 0, "problem": ""}
-                    return step.decision.model_copy(update={"memory": memory})
-                history = self._exchange_messages(step.exchange)
-                images = [images[0], *step.images] if images else step.images
-                if step.problem is None:  # an examine ran: usable, the model decides next
-                    unusable = 0
-                    continue
-                problem = step.problem
-            else:
-                problem = self._no_call_problem(reply)
-                history = [{"role": "assistant", "content": reply.text or reply.refusal or ""},
-                           {"role": "user", "content": load_prompt("malformed_reply")}]
-            if reply.finish_reason == "length":
+    def _converse(self, view: PlannerView, phase: Phase) -> Decision:
+        memory = view.memory(MLLMMemory)
+        reply = memory.reply  # the last reply, whose calls have just run (None at a turn's start)
+        if reply is not None:
+            finished = next((r for r in view.results if r.kind == "finish" and r.ok), None)
+            if finished is not None and finished.selection is not None:  # select_masks or report_no_mask
+                ids = finished.selection.ids
+                return Decision(finish=True, ids=ids, answer=finished.selection.answer, memory=MLLMMemory(),
+                                note=f"{self.label}: {finished.call.name} {ids}")
+        steps, unusable, problem = 0, memory.unusable, memory.problem  # unusable replies count on across steps
+        images = self._images(view, phase, announce=reply is None)
+        history: list[dict] = []
+        if reply is not None:
+            history = self._exchange_messages(reply, view.results)
+            if not is_segment_round([r.call for r in view.results]):  # back from an examine or failed calls
+                steps = memory.steps  # the same step goes on
+                images = [images[0], *view.ctx.batch_images]
+                unusable, problem = self._judge(view, reply, unusable, problem)
+        while steps < self.max_steps:
+            steps += 1
+            answer = self._complete(view, partial(self._messages, view, history, images))
+            if answer.tool_calls:
+                calls = self._calls(answer)
+                if is_segment_round(calls):  # a reply that segments is usable
+                    unusable, problem = 0, ""
+                sent = SentReply(text=answer.text, native=answer.native, cut_off=answer.finish_reason == "length")
+                return Decision(calls=calls, note=f"{self.label}: {', '.join(c.name or '?' for c in calls)}",
+                                memory=MLLMMemory(reply=sent, steps=steps, unusable=unusable, problem=problem))
+            problem = self._no_call_problem(answer)
+            history = [{"role": "assistant", "content": answer.text or answer.refusal or ""},
+                       {"role": "user", "content": load_prompt("malformed_reply")}]
+            if answer.finish_reason == "length":
                 problem += " (the reply was cut off at the token limit)"
-            unusable += 1
-            view.emit("error", f"unusable reply {unusable}/{self.max_unusable}: {problem}",
-                      data={"problem": problem})
-            if unusable >= self.max_unusable:
-                raise PlannerError(f"{self.label} gave {unusable} unusable replies in a row, so the run stopped "
-                                   f"without an answer; last problem: {problem}")
+            unusable = self._unusable(view, unusable + 1, problem)
         return Decision(note=f"no decision after {self.max_steps} model calls in {phase}",
-                        memory={"unusable": unusable, "problem": problem})
+                        memory=MLLMMemory(unusable=unusable, problem=problem))
+
+    def _judge(self, view: PlannerView, reply: SentReply, unusable: int, problem: str) -> tuple[int, str]:
+        """A reply without segmentation or finish is usable when an examine ran; else count it as unusable."""
+        if any(r.kind == "examine" and r.ok for r in view.results):
+            return 0, problem
+        failed = sorted((r for r in view.results if r.status in ("invalid", "failed")), key=run_order)
+        problem = brief("; ".join(dict.fromkeys(r.error or "" for r in failed)))
+        if reply.cut_off:
+            problem += " (the reply was cut off at the token limit)"
+        return self._unusable(view, unusable + 1, problem), problem
+
+    def _unusable(self, view: PlannerView, unusable: int, problem: str) -> int:
+        """Count an unusable reply: say so in the trace; too many in a row end the run."""
+        view.emit("error", f"unusable reply {unusable}/{self.max_unusable}: {problem}", data={"problem": problem})
+        if unusable >= self.max_unusable:
+            raise PlannerError(f"{self.label} gave {unusable} unusable replies in a row, so the run stopped "
+                               f"without an answer; last problem: {problem}")
+        return unusable
 
     @staticmethod
     def _no_call_problem(reply: LLMReply) -> str:
@@ -152,85 +177,33 @@ class MLLMPlanner(Planner):
             return "the endpoint's content filter blocked the reply"
         return f"the reply had no readable tool call: {brief((reply.text or '').strip(), 200)!r}"
 
-    def _act(self, view: PlannerView, reply: LLMReply, phase: str) -> _Step:
-        """Validate and sort the reply's calls; finish, hand segment calls on, or answer examine / errors."""
-        calls: list[PlannedCall] = []
-        results: list[str | None] = []
-        problems: list[str] = []
-        segments, finishes, examines = [], [], []
+    @staticmethod
+    def _calls(reply: LLMReply) -> list[ToolCall]:
+        """The reply's tool calls as typed calls; one that could not be read carries its problem."""
+        calls = []
         for request in reply.tool_calls:
             call_id = request.id or (f"call_{uuid.uuid4().hex[:12]}" if reply.native else None)
-            try:
-                if request.error:
-                    raise ToolError(request.error)
-                spec, args = parse_call(request.name, request.arguments)
-            except ToolError as exc:  # told to the model as an error it can correct; the call is not run
-                problem = brief(exc)
-                problems.append(problem)
-                small = len(json.dumps(request.arguments, default=str)) <= ECHO
-                call = PlannedCall(name=brief(request.name, 64), arguments=request.arguments if small else {},
-                                   call_id=call_id)
-                calls.append(call)
-                results.append(load_prompt("invalid_tool_call", problem=problem))
-                self._emit_call(view, call)
-                view.emit("tool_result", f"error: {problem}", data={"name": call.name, "error": problem})
-                continue
-            calls.append(PlannedCall(name=request.name, arguments=request.arguments, call_id=call_id))
-            results.append(None)
-            index = len(calls) - 1
-            {"segment": segments, "finish": finishes, "examine": examines}[spec.kind].append((index, spec, args))
-        exchange = Exchange(phase=phase, text=reply.text, calls=calls, native=reply.native, results=[])
-        if segments:
-            for index, _, _ in finishes + examines:
-                results[index] = NOT_RUN
-            exchange.results = [r or "" for r in results]  # the segment node supplies the segment results
-            return _Step(Decision(calls=[calls[i] for i, _, _ in segments],
-                                  note=f"{self.label}: {', '.join(calls[i].name for i, _, _ in segments)}"),
-                         exchange, [])
-        for index, spec, args in finishes:
-            self._emit_call(view, calls[index])
-            try:
-                selection = select_masks(view.all_candidates(), args) if spec.name == "select_masks" \
-                    else report_no_mask(args)
-            except ToolError as exc:
-                results[index] = self._tool_error(view, spec.name, exc, problems)
-                continue
-            exchange.results = [r or "" for r in results]
-            return _Step(Decision(finish=True, ids=selection.ids, answer=selection.answer,
-                                  note=f"{self.label}: {spec.name} {selection.ids}"), exchange, [])
-        extra_images: list[np.ndarray] = []
-        examined = False
-        for index, spec, args in examines:
-            self._emit_call(view, calls[index])
-            try:
-                cands = view.candidates() or view.by_id(view.previous.get("ids", []))
-                outcome = examine_masks(view.image, cands, view.masks(cands), args)
-            except ToolError as exc:
-                results[index] = self._tool_error(view, spec.name, exc, problems)
-                continue
-            examined = True
-            results[index] = outcome.text + " (the crops follow as images)"
-            view.emit("tool_result", outcome.text, data={"name": spec.name, "ids": outcome.ids})
-            for mask_id, crop in zip(outcome.ids, outcome.images):
-                view.emit("overlay", f"crop of #{mask_id}", image=crop, data={"ids": [mask_id], "crop": True})
-            extra_images += outcome.images
-        exchange.results = [r or "" for r in results]
-        problem = None if examined else brief("; ".join(dict.fromkeys(problems)))
-        return _Step(None, exchange, extra_images, problem)
+            name, arguments, problem = brief(request.name, 64), request.arguments, request.error  # a model's input
+            # may be huge: a long name is cut (no tool has one), long arguments are not read
+            size = len(json.dumps(arguments, default=str))
+            if problem is None and size > MAX_ARGUMENTS:
+                problem = f"{name}: invalid arguments ({size} characters of JSON; at most {MAX_ARGUMENTS} are read)"
+                arguments = {}
+            calls.append(ToolCall(name=name, arguments=arguments, call_id=call_id, problem=problem))
+        return calls
 
     @staticmethod
-    def _tool_error(view: PlannerView, name: str, exc: ToolError, problems: list[str]) -> str:
-        """A valid call the tool could not carry out (an unknown mask id): the result text for the model."""
-        problem = brief(exc)
-        problems.append(problem)
-        view.emit("tool_result", f"error: {problem}", data={"name": name, "error": problem})
-        return f"error: {problem}"
-
-    @staticmethod
-    def _emit_call(view: PlannerView, call: PlannedCall) -> None:
-        # segment calls are announced by the segment node that runs them; the rest here
-        view.emit("tool_call", f"{call.name or '?'} {call.arguments}", data={"name": call.name,
-                                                                            "arguments": call.arguments})
+    def _result_text(result: ToolResult) -> str:
+        """A call's result as the model reads it in the next request."""
+        if result.status == "invalid":
+            return load_prompt("invalid_tool_call", problem=result.error)
+        if result.status == "failed":
+            return f"error: {result.error}"
+        if result.status == "not_run":
+            return result.error or "not run"
+        if result.kind == "examine":
+            return result.text + " (the crops follow as images)"
+        return result.text
 
     def _complete(self, view: PlannerView, build: Callable[[], list[dict]]) -> LLMReply:
         tools = openai_tools() if self.client.native_tools else None
@@ -247,7 +220,7 @@ class MLLMPlanner(Planner):
         descriptions = {c.name: c.description for c in catalog.concepts}
         h, w = view.image.shape[:2]
         text = load_prompt("system", concepts=concept_list(names, descriptions), width=w, height=h,
-                           max_rounds=view.state.get("max_rounds", 3))
+                           max_rounds=view.state.max_rounds)
         if not self.client.native_tools:
             text += "\n\n" + load_prompt("text_tool_format", tool_list=text_tool_list())
         return text
@@ -255,21 +228,21 @@ class MLLMPlanner(Planner):
     def _context(self, view: PlannerView, image_note: str) -> str:
         prev = view.previous
         previous = ""
-        if prev:
-            chosen = view.by_id(prev.get("ids", []))
+        if prev is not None:
+            chosen = view.by_id(prev.ids)
             listed = describe_candidates(chosen, view.image_area) if chosen else "none"
-            previous = (f"Earlier in this conversation: question {prev.get('question')!r}; answer "
-                        f"{prev.get('answer', '')!r}; selected masks (ids can be selected again): {listed}")
+            previous = (f"Earlier in this conversation: question {prev.question!r}; answer "
+                        f"{prev.answer!r}; selected masks (ids can be selected again): {listed}")
         cands = view.candidates()
         counts: dict[str, int] = {}
         for c in cands:
             counts[c.prompt] = counts.get(c.prompt, 0) + 1
-        presence = view.state.get("presence") or {}
+        presence = view.state.presence
         tried = "; ".join(f"{p} (presence {v:.2f}, {counts.get(p, 0)} candidate(s))" for p, v in presence.items())
         return load_prompt(
             "context", question=view.question, previous=previous, tried=tried or "none",
             candidates=describe_candidates(cands, view.image_area) if cands else "none yet",
-            rounds_used=view.round, rounds_allowed=1 + int(view.state.get("max_rounds", 3)), images=image_note,
+            rounds_used=view.round, rounds_allowed=1 + view.state.max_rounds, images=image_note,
         )
 
     def _messages(self, view: PlannerView, history: list[dict], images: list[np.ndarray]) -> list[dict]:
@@ -291,47 +264,35 @@ class MLLMPlanner(Planner):
             return image
         return cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
 
-    def _images(self, view: PlannerView, phase: str) -> list[np.ndarray]:
+    def _images(self, view: PlannerView, phase: Phase, *, announce: bool) -> list[np.ndarray]:
+        """The step's first image: the current overlay, else (planning a follow-up) the previous answer's
+        masks, else the image itself."""
         cands = view.candidates()
         if cands:
-            return [view.overlay(cands)]  # the same pixels as the segment node's overlay event
-        previous = view.by_id(view.previous.get("ids", [])) if phase == "plan" else []
+            return [view.overlay(cands)]  # the same pixels as the tools node's overlay event
+        previous = view.previous_candidates() if phase == "plan" else []
         if previous:
             overlay = view.overlay(previous)
-            view.emit("overlay", "the previous answer's masks, labelled by id", image=overlay,
-                      data={"ids": [c.id for c in previous]})
+            if announce:
+                view.emit("overlay", "the previous answer's masks, labelled by id", image=overlay,
+                          data={"ids": [c.id for c in previous]})
             return [overlay]
         return [view.image]
 
-    def _last_exchange(self, view: PlannerView) -> list[dict]:
-        stored = (view.memory or {}).get("exchange")
-        if not stored:
-            return []
-        exchange = Exchange.model_validate(stored)
-        done = view.state.get("last_results") or []
-        by_id = {r["call_id"]: r.get("text", "") for r in done if r.get("call_id")}
-        unnamed = iter([r.get("text", "") for r in done if not r.get("call_id")])  # text-protocol calls, in order
-        results = []
-        for call, result in zip(exchange.calls, exchange.results + [""] * len(exchange.calls)):
-            if not result:
-                result = by_id.get(call.call_id, "") if call.call_id else next(unnamed, "")
-            results.append(result or "no result")
-        exchange.results = results
-        return self._exchange_messages(exchange)
-
-    @staticmethod
-    def _exchange_messages(exchange: Exchange) -> list[dict]:
-        if exchange.native and all(c.call_id for c in exchange.calls):
+    def _exchange_messages(self, reply: SentReply, results: list[ToolResult]) -> list[dict]:
+        """The reply's tool calls and what they returned, as the model reads them."""
+        calls = [r.call for r in results]
+        texts = [self._result_text(r) or "no result" for r in results]
+        if reply.native and all(c.call_id for c in calls):
             assistant: dict[str, Any] = {
-                "role": "assistant", "content": exchange.text or None,
+                "role": "assistant", "content": reply.text or None,
                 "tool_calls": [{"id": c.call_id, "type": "function",
                                 "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-                               for c in exchange.calls],
+                               for c in calls],
             }
-            tool_messages = [{"role": "tool", "tool_call_id": c.call_id, "content": r or "no result"}
-                             for c, r in zip(exchange.calls, exchange.results)]
+            tool_messages = [{"role": "tool", "tool_call_id": c.call_id, "content": text}
+                             for c, text in zip(calls, texts, strict=True)]
             return [assistant, *tool_messages]
-        lines = "\n".join(f"- {c.name}: {r or 'no result'}" for c, r in zip(exchange.calls, exchange.results))
-        return [{"role": "assistant", "content": exchange.text or ""},
+        lines = "\n".join(f"- {c.name}: {text}" for c, text in zip(calls, texts, strict=True))
+        return [{"role": "assistant", "content": reply.text or ""},
                 {"role": "user", "content": f"Tool results:\n{lines}"}]
-

@@ -1,27 +1,33 @@
 """The offline planner: no LLM. Concept catalog + sentence embeddings + the image's own statistics.
 
 plan     question -> concepts (``agent.concepts``); follow-ups ("now only the largest one", "also
-         the cup", "without the cup") work on the previous answer's masks.
+         the cup", "without the cup") work on the previous answer's masks. An ambiguous word the
+         image's modality cannot settle is settled by presence probes (tool calls like any other).
 inspect  without vision: presence scores, instance scores, dropping specks, low scorers,
          duplicates and extra copies of one-per-image structures; a concept named for a modality
-         the image is clearly not (polyps on a fundus photo) must be very present to count.
-refine   re-segment each kept instance with its own box (a tighter mask), or retry a synonym when
-         the presence score was borderline; then inspect again.
+         the image is clearly not (polyps on a fundus photo) must be very present to count. Then
+         another round: re-segment each kept instance with its own box (a tighter mask), or retry
+         a synonym when the presence score was borderline; then inspect again.
 answer   a templated sentence per concept, saying which planner wrote it.
+
+What it carries from step to step is ``OfflineMemory``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-from agent.concepts import ConceptPicker, default_picker
+from agent.concepts import ConceptPick, ConceptPicker, default_picker
+from agent.errors import PlannerError
 from agent.planners.base import Planner, PlannerView
-from agent.state import Decision, PlannedCall
+from agent.state import Decision
 from segmenter.catalog import load_catalog
-from tools.schemas import Candidate
+from tools.schemas import Candidate, ToolCall
 from tools.segment import masks_iou
 
 # Anatomy: how many of each structure one image can show. More candidates than this are noise.
@@ -31,7 +37,31 @@ MANY = {"cell nucleus"}  # hundreds per image: no per-instance box refinement
 MAX_BOX_REFINE = 5
 SIGNATURE = "[offline planner: concept catalog + sentence embeddings, no LLM]"
 
-Op = Literal["largest", "smallest", "best"]
+
+class PickNotes(BaseModel):
+    """What the concept picker made of the question (the answer explains readings that were not named)."""
+
+    how: dict[str, str] = Field(default_factory=dict)  # concept -> how it was chosen
+    phrases: dict[str, str] = Field(default_factory=dict)  # concept -> the question's words it came from
+    modality: str | None = None  # the image's modality, as guessed from its pixels
+    modality_confidence: float = 0.0  # rounded to 3 places
+
+
+class OfflineMemory(BaseModel):
+    """The offline planner's notes, from plan through inspect to the answer."""
+
+    probed: dict[str, float] = Field(default_factory=dict)  # plan: presence probes so far, concept -> presence
+    pick: PickNotes = Field(default_factory=PickNotes)
+    op: str | None = None  # a selection in the question: largest / smallest / best / number
+    number: int | None = None  # for op "number"
+    targets: list[str] = Field(default_factory=list)  # the concepts to segment
+    keep: list[int] = Field(default_factory=list)  # previous-answer ids an "also ..." question keeps
+    followup: str | None = None  # how a follow-up worked on the previous answer, when it did
+    stage: Literal["first", "boxes"] = "first"  # inspect: judge the first masks, or the box-refined ones
+    retried: list[str] = Field(default_factory=list)  # concepts already retried with a synonym
+    kept: list[int] = Field(default_factory=list)  # the ids kept before box refinement
+    dropped: dict[str, str] = Field(default_factory=dict)  # id -> why it was dropped
+    presence: dict[str, float] = Field(default_factory=dict)  # concept -> presence (max over its phrases)
 
 
 def parse_op(question: str) -> tuple[str | None, int | None]:
@@ -92,94 +122,121 @@ class OfflinePlanner(Planner):
 
     # --- plan -----------------------------------------------------------------------------------
     def plan(self, view: PlannerView) -> Decision:
+        """Pick the concepts and segment them. Where the picker needs presence scores it has not got,
+        this step asks for presence probes first (run by the tools node) and plans again with them."""
+        memory = view.memory(OfflineMemory)
+        probed = {**memory.probed, **self._probe_results(view)}
+        asked: list[str] = []
+        decision = self._plan(view, self._presence_lookup(probed, asked) if self.use_presence_to_resolve else None)
+        if not asked:
+            return decision
+        concepts = list(dict.fromkeys(asked))
+        calls = [ToolCall(name="segment_concept", arguments={"concept": c}, probe=True) for c in concepts]
+        return Decision(calls=calls, memory=OfflineMemory(probed=probed),
+                        note=f"presence probes for {concepts}: the question's words could mean either")
+
+    @staticmethod
+    def _probe_results(view: PlannerView) -> dict[str, float]:
+        found = {}
+        for result in view.results:
+            if not result.call.probe:
+                continue
+            concept = str(result.call.arguments.get("concept"))
+            if not result.ok or result.presence is None:
+                raise PlannerError(f"the presence probe for {concept!r} failed: {result.error}")
+            found[concept] = result.presence
+        return found
+
+    @staticmethod
+    def _presence_lookup(probed: dict[str, float], asked: list[str]) -> Callable[[str], float]:
+        """Presence from the probes run so far; a concept not probed yet is noted in ``asked`` (and reads 0:
+        the step is planned again once it is probed, so that value is never used)."""
+        def presence(concept: str) -> float:
+            if concept in probed:
+                return probed[concept]
+            asked.append(concept)
+            return 0.0
+
+        return presence
+
+    def _plan(self, view: PlannerView, presence: Callable[[str], float] | None) -> Decision:
         question = view.question
         op, number = parse_op(question)
         prev = view.previous
-        prev_cands = view.by_id(prev.get("ids", [])) if prev else []
-        presence = self._presence_fn(view) if self.use_presence_to_resolve else None
-        pick = self.picker.pick(question, view.image, presence, fallback=not prev)
+        prev_cands = view.previous_candidates()
+        pick = self.picker.pick(question, view.image, presence, fallback=prev is None)
         also = bool(re.search(r"\b(also|too|as well|add|additionally|plus|in addition)\b|^\s*and\b", question.lower()))
-        memory = {"pick": self._pick_summary(pick), "op": op, "number": number, "stage": "first", "keep": [],
-                  "targets": pick.concepts, "retried": []}
-        if prev:
+        memory = OfflineMemory(pick=self._notes(pick), op=op, number=number, targets=pick.concepts)
+        if prev is not None:
             prev_concepts = {c.concept for c in prev_cands}
             if not pick.concepts and not pick.excluded and op is None:
                 # nothing we recognise as a follow-up: read it as a new question
                 pick = self.picker.pick(question, view.image, presence, fallback=True)
-                memory.update(pick=self._pick_summary(pick), targets=pick.concepts)
+                memory.pick, memory.targets = self._notes(pick), pick.concepts
             elif not pick.concepts or (set(pick.concepts) <= prev_concepts and not also):
                 ids = [c.id for c in prev_cands if c.concept not in pick.excluded
                        and (not pick.concepts or c.concept in pick.concepts)]
                 ids = self._apply_op(view, ids, op, number)
                 what = f"{op}{' ' + str(number) if number else ''}" if op else "filter"
-                return Decision(finish=True, ids=ids, memory={**memory, "targets": pick.concepts, "followup": what},
+                memory.followup = what
+                return Decision(finish=True, ids=ids, memory=memory,
                                 note=f"follow-up on the previous answer ({what}): keep {ids}")
             if also:
-                memory["keep"] = [c.id for c in prev_cands if c.concept not in pick.excluded]
-                memory["targets"] = [c for c in pick.concepts if c not in prev_concepts]
-        targets = memory["targets"]
-        if not targets:
-            return Decision(finish=True, ids=memory["keep"], memory=memory, note="nothing to segment")
-        calls = [PlannedCall(name="segment_concept", arguments={"concept": c}, label=c) for c in targets]
-        how = "; ".join(f"{c}: {pick.how.get(c, 'named')}" for c in targets)
-        return Decision(calls=calls, memory=memory, note=f"concepts {targets} ({how})")
-
-    def _presence_fn(self, view: PlannerView):
-        def presence(concept: str) -> float:
-            return float(view.ctx.segmenter.segment(concept=concept).presence)
-
-        return presence
+                memory.keep = [c.id for c in prev_cands if c.concept not in pick.excluded]
+                memory.targets = [c for c in pick.concepts if c not in prev_concepts]
+        if not memory.targets:
+            return Decision(finish=True, ids=memory.keep, memory=memory, note="nothing to segment")
+        calls = [ToolCall(name="segment_concept", arguments={"concept": c}, credited_concept=c) for c in memory.targets]
+        how = "; ".join(f"{c}: {pick.how.get(c, 'named')}" for c in memory.targets)
+        return Decision(calls=calls, memory=memory, note=f"concepts {memory.targets} ({how})")
 
     @staticmethod
-    def _pick_summary(pick) -> dict:
-        data = pick.model_dump(exclude={"modality"})
+    def _notes(pick: ConceptPick) -> PickNotes:
+        notes = PickNotes(how=pick.how, phrases=pick.phrases)
         if pick.modality is not None:
-            data["modality"] = {"name": pick.modality.modality, "confidence": round(pick.modality.confidence, 3)}
-        return data
+            notes.modality, notes.modality_confidence = pick.modality.modality, round(pick.modality.confidence, 3)
+        return notes
 
-    # --- inspect / refine -------------------------------------------------------------------------
+    # --- inspect --------------------------------------------------------------------------------
     def inspect(self, view: PlannerView) -> Decision:
-        memory = view.memory
-        stage = memory.get("stage", "first")
+        memory = view.memory(OfflineMemory)
         cands = view.candidates()
-        presence = self._concept_presence(view)
-        if stage == "first":
-            retries = self._synonym_retries(view, cands, presence)
+        presence = self._concept_presence(view, memory)
+        if memory.stage == "first":
+            retries = self._synonym_retries(view, memory, cands, presence)
             if retries:
-                return Decision(calls=retries, memory={"stage": "first", "presence": presence,
-                                                       "retried": memory.get("retried", []) +
-                                                       [c.label for c in retries]},
+                retried = memory.retried + [str(c.credited_concept) for c in retries]
+                memory = memory.model_copy(update={"presence": presence, "retried": retried})
+                return Decision(calls=retries, memory=memory,
                                 note="nothing found although the concept may be present: retry with "
                                      f"{[c.arguments['concept'] for c in retries]}")
-        kept, dropped = self._clean(view, cands, presence)
-        if stage == "first" and self.box_refine != "off":
+        kept, dropped = self._clean(view, memory, cands, presence)
+        if memory.stage == "first" and self.box_refine != "off":
             calls = self._box_calls(view, kept)
             if calls:
-                return Decision(calls=calls, memory={"stage": "boxes", "kept": [c.id for c in kept],
-                                                     "presence": presence, "dropped": dropped},
+                update = {"stage": "boxes", "kept": [c.id for c in kept], "presence": presence, "dropped": dropped}
+                return Decision(calls=calls, memory=memory.model_copy(update=update),
                                 note=f"kept {[c.id for c in kept]}; re-segment each with its own box")
-        if stage == "boxes":
-            kept = self._swap_refined(view, cands, [c for c in cands if c.id in memory.get("kept", [])])
-            dropped = memory.get("dropped", {})
-        ids = self._apply_op(view, [c.id for c in kept], memory.get("op"), memory.get("number"))
-        ids = memory.get("keep", []) + [i for i in ids if i not in memory.get("keep", [])]
-        return Decision(finish=True, ids=ids, memory={"presence": presence, "dropped": dropped},
-                        note=f"keep {ids}" + (f"; dropped {dropped}" if dropped else ""))
-
-    def refine(self, view: PlannerView, decision: Decision) -> Decision:
-        what = ", ".join(f"{c.name}({c.arguments})" for c in decision.calls)
-        return Decision(calls=decision.calls, note=f"refine: {what}")
+        if memory.stage == "boxes":
+            kept = self._swap_refined(view, cands, [c for c in cands if c.id in memory.kept])
+            dropped = memory.dropped
+        ids = self._apply_op(view, [c.id for c in kept], memory.op, memory.number)
+        ids = memory.keep + [i for i in ids if i not in memory.keep]
+        memory = memory.model_copy(update={"presence": presence, "dropped": dropped})
+        note = f"keep {ids}" + (f"; dropped {dropped}" if dropped else "")
+        return Decision(finish=True, ids=ids, memory=memory, note=note)
 
     def fallback(self, view: PlannerView) -> Decision:
-        kept, _ = self._clean(view, view.candidates(), self._concept_presence(view))
-        ids = view.memory.get("keep", []) + [c.id for c in kept]
+        memory = view.memory(OfflineMemory)
+        kept, _ = self._clean(view, memory, view.candidates(), self._concept_presence(view, memory))
+        ids = memory.keep + [c.id for c in kept]
         return Decision(finish=True, ids=ids, note="round limit reached: keeping the cleaned candidates")
 
-    def _concept_presence(self, view: PlannerView) -> dict[str, float]:
+    def _concept_presence(self, view: PlannerView, memory: OfflineMemory) -> dict[str, float]:
         """Max presence per target concept over the phrases tried for it (box prompts excluded)."""
-        presence: dict[str, float] = dict(view.memory.get("presence") or {})
-        by_prompt = view.state.get("presence") or {}
-        for concept in view.memory.get("targets", []):
+        presence = dict(memory.presence)
+        by_prompt = view.state.presence
+        for concept in memory.targets:
             phrases = [concept, *self._synonyms(concept)]
             values = [v for p, v in by_prompt.items() if p.strip("'") in phrases]
             if values:
@@ -199,40 +256,42 @@ class OfflinePlanner(Planner):
                 return synonym
         return None
 
-    def _synonym_retries(self, view: PlannerView, cands: list[Candidate], presence: dict[str, float]) -> list:
+    def _synonym_retries(self, view: PlannerView, memory: OfflineMemory, cands: list[Candidate],
+                         presence: dict[str, float]) -> list[ToolCall]:
         """Nothing found although the concept seems present (or borderline): one more try with another name."""
         calls = []
-        for concept in view.memory.get("targets", []):
-            if concept in view.memory.get("retried", []) or any(c.concept == concept for c in cands):
+        for concept in memory.targets:
+            if concept in memory.retried or any(c.concept == concept for c in cands):
                 continue
             phrase = self._retry_phrase(concept)
             if presence.get(concept, 0.0) >= self.retry_presence and phrase is not None \
-                    and phrase not in view.state.get("concepts_tried", []) and not self._foreign(view, concept):
-                calls.append(PlannedCall(name="segment_concept", arguments={"concept": phrase}, label=concept))
+                    and phrase not in view.state.concepts_tried and not self._foreign(memory, concept):
+                calls.append(ToolCall(name="segment_concept", arguments={"concept": phrase}, credited_concept=concept))
         return calls
 
-    def _foreign(self, view: PlannerView, concept: str) -> str | None:
+    def _foreign(self, memory: OfflineMemory, concept: str) -> str | None:
         """The image's modality when it is confidently not the concept's (polyps asked of a fundus photo)."""
-        modality = (view.memory.get("pick") or {}).get("modality")
+        modality = memory.pick.modality
         found = self.catalog.get(concept)
-        if not modality or found is None or modality["confidence"] < self.modality_veto:
+        if not modality or found is None or memory.pick.modality_confidence < self.modality_veto:
             return None
-        return modality["name"] if modality["name"] != found.modality else None
+        return modality if modality != found.modality else None
 
-    def _clean(self, view: PlannerView, cands: list[Candidate],
+    def _clean(self, view: PlannerView, memory: OfflineMemory, cands: list[Candidate],
                presence: dict[str, float]) -> tuple[list[Candidate], dict[str, str]]:
         """Keep the believable instances of each target; say why the others were dropped."""
         kept: list[Candidate] = []
         dropped: dict[str, str] = {}
         first = [c for c in cands if c.parent is None]
-        for concept in view.memory.get("targets", []):
+        for concept in memory.targets:
             mine = sorted((c for c in first if c.concept == concept), key=lambda c: (-c.score, -c.area))
             if not mine:
                 continue
-            foreign = self._foreign(view, concept)
+            foreign = self._foreign(memory, concept)
             if foreign and presence.get(concept, 0.0) < self.veto_presence:
                 for c in mine:
-                    dropped[str(c.id)] = f"{concept} is not expected in {foreign} (presence {presence.get(concept, 0):.2f})"
+                    dropped[str(c.id)] = (f"{concept} is not expected in {foreign} "
+                                          f"(presence {presence.get(concept, 0):.2f})")
                 continue
             best, largest = mine[0].score, max(c.area for c in mine)
             survivors: list[Candidate] = []
@@ -250,7 +309,7 @@ class OfflinePlanner(Planner):
             kept += survivors
         return kept, dropped
 
-    def _box_calls(self, view: PlannerView, kept: list[Candidate]) -> list[PlannedCall]:
+    def _box_calls(self, view: PlannerView, kept: list[Candidate]) -> list[ToolCall]:
         h, w = view.image.shape[:2]
         calls = []
         for concept in dict.fromkeys(c.concept for c in kept):
@@ -258,10 +317,11 @@ class OfflinePlanner(Planner):
                 continue
             mine = [c for c in kept if c.concept == concept][:MAX_BOX_REFINE]
             for c in mine:
-                args = {"boxes": [_expand_box(c.box, w, h)]}
+                args: dict[str, Any] = {"boxes": [_expand_box(c.box, w, h)]}
                 if self.box_refine == "concept":
                     args["concept"] = concept
-                calls.append(PlannedCall(name="segment_geometry", arguments=args, label=concept, parents=[c.id]))
+                calls.append(ToolCall(name="segment_geometry", arguments=args, credited_concept=concept,
+                                      parents=[c.id]))
         return calls
 
     def _swap_refined(self, view: PlannerView, cands: list[Candidate], kept: list[Candidate]) -> list[Candidate]:
@@ -295,10 +355,10 @@ class OfflinePlanner(Planner):
 
     # --- answer -----------------------------------------------------------------------------------
     def answer(self, view: PlannerView, decision: Decision) -> str:
-        memory = view.memory
+        memory = view.memory(OfflineMemory)
         chosen = view.by_id(decision.ids)
-        presence = memory.get("presence") or self._concept_presence(view)
-        concepts = list(dict.fromkeys([*(c.concept for c in chosen), *memory.get("targets", [])]))
+        presence = memory.presence or self._concept_presence(view, memory)
+        concepts = list(dict.fromkeys([*(c.concept for c in chosen), *memory.targets]))
         sentences, found_any = [], False
         area = view.image_area
         for concept in concepts:
@@ -313,24 +373,21 @@ class OfflinePlanner(Planner):
                 sentences.append(f"Found {len(mine)} {noun} (score {scores}), covering "
                                  f"{100 * union.sum() / area:.1f}% of the image.")
             else:
-                why = ""
-                foreign = self._foreign(view, concept)
-                if foreign:
-                    why = f"; the image looks like {foreign}, where a {concept} is not expected"
-                p = presence.get(concept)
-                if p is not None and p >= 0.5 and not foreign:
-                    sentences.append(f"No {concept} could be segmented, although its presence score is {p:.2f}.")
-                else:
-                    sentences.append(f"No {concept} was found" + (f" (presence {p:.2f}{why})." if p is not None
-                                                                   else f"{why}."))
+                sentences.append(self._not_found(memory, concept, presence.get(concept)))
         if not concepts:
             sentences.append("The question names nothing I can segment.")
         if not found_any:
             sentences.insert(0, "Nothing was found.")
-        pick = memory.get("pick") or {}
-        for concept, how in (pick.get("how") or {}).items():
+        for concept, how in memory.pick.how.items():
             if how != "named" and concept in concepts:
-                sentences.append(f"'{pick['phrases'].get(concept, concept)}' was read as {concept}: {how}.")
-        if memory.get("followup"):
-            sentences.insert(0, f"From the previous answer ({memory['followup']}):")
+                sentences.append(f"'{memory.pick.phrases.get(concept, concept)}' was read as {concept}: {how}.")
+        if memory.followup:
+            sentences.insert(0, f"From the previous answer ({memory.followup}):")
         return " ".join(sentences) + " " + SIGNATURE
+
+    def _not_found(self, memory: OfflineMemory, concept: str, presence: float | None) -> str:
+        foreign = self._foreign(memory, concept)
+        why = f"; the image looks like {foreign}, where a {concept} is not expected" if foreign else ""
+        if presence is not None and presence >= 0.5 and not foreign:
+            return f"No {concept} could be segmented, although its presence score is {presence:.2f}."
+        return f"No {concept} was found" + (f" (presence {presence:.2f}{why})." if presence is not None else f"{why}.")

@@ -232,10 +232,9 @@ class ChatApp:
             for event in self.pool.stream(settings, text, session.image, session.thread_id):
                 steps += 1
                 transcript.add(event)
-                if getattr(event, "kind", "") == "answer":
-                    # the answer event carries the result (``event.result``; older agents put it in ``data``)
-                    result = getattr(event, "result", None) or (getattr(event, "data", None) or {}).get("result")
-                yield state(busy_box, f"Working ... step {steps}: {getattr(event, 'kind', '')}")
+                if event.result is not None:  # the last event, "answer", carries the run's result
+                    result = event.result
+                yield state(busy_box, f"Working ... step {steps}: {event.kind}")
         except Exception as exc:  # noqa: BLE001  (endpoint down, bad reply, missing backend: say so, stay usable)
             transcript.error(_readable(exc))
             yield final()

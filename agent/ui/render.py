@@ -8,12 +8,16 @@ Chat messages use Gradio's "messages" format: ``{"role", "content", "metadata"}`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from segmenter.overlay import render_overlay
+
+if TYPE_CHECKING:
+    from agent.results import AgentResult
+    from segmenter.types import Instance
 
 LEGEND_HEADERS = ["#", "concept", "instance", "score", "area (px)", "area (%)"]
 
@@ -127,16 +131,16 @@ class Transcript:
         self._close_tool()
 
 
-def numbered_instances(result: Any) -> list[tuple[str, int, Any]]:
+def numbered_instances(result: AgentResult) -> list[tuple[str, int, Instance]]:
     """(concept, instance number within the concept, Instance) in legend order."""
     rows = []
-    for concept_mask in getattr(result, "masks", []) or []:
+    for concept_mask in result.masks:
         for j, instance in enumerate(concept_mask.instances, start=1):
             rows.append((concept_mask.concept, j, instance))
     return rows
 
 
-def legend_rows(result: Any, image_shape: tuple[int, ...]) -> list[list]:
+def legend_rows(result: AgentResult, image_shape: tuple[int, ...]) -> list[list]:
     """One row per instance: #, concept, instance, score, area in pixels, area in % of the image."""
     total = int(image_shape[0]) * int(image_shape[1])
     rows = []
@@ -146,7 +150,7 @@ def legend_rows(result: Any, image_shape: tuple[int, ...]) -> list[list]:
     return rows
 
 
-def final_overlay(image: np.ndarray, result: Any) -> np.ndarray:
+def final_overlay(image: np.ndarray, result: AgentResult) -> np.ndarray:
     """The image with every instance tinted and labelled by its legend number."""
     instances = numbered_instances(result)
     masks = [inst.mask for _, _, inst in instances]
