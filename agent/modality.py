@@ -46,7 +46,9 @@ def features(image: np.ndarray) -> np.ndarray:
     hist = hist / (sat.sum() + 1e-6)
     dark = val < 0.06
     c = THUMB // 8
-    corners = np.concatenate([dark[:c, :c].ravel(), dark[:c, -c:].ravel(), dark[-c:, :c].ravel(), dark[-c:, -c:].ravel()])
+    corners = np.concatenate(
+        [dark[:c, :c].ravel(), dark[:c, -c:].ravel(), dark[-c:, :c].ravel(), dark[-c:, -c:].ravel()]
+    )
     centre = val[THUMB // 4 : 3 * THUMB // 4, THUMB // 4 : 3 * THUMB // 4].mean()
     border = np.concatenate([val[:c].ravel(), val[-c:].ravel(), val[:, :c].ravel(), val[:, -c:].ravel()]).mean()
     grey = cv2.cvtColor(small.astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
@@ -84,7 +86,7 @@ class ModalityClassifier:
         return ModalityGuess(
             modality=self.classes[best],
             confidence=float(p[best]),
-            probabilities={c: round(float(v), 4) for c, v in zip(self.classes, p)},
+            probabilities={c: round(float(v), 4) for c, v in zip(self.classes, p, strict=True)},
         )
 
     @classmethod

@@ -17,7 +17,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from evals.cases import EvalCase
 
 DEFAULT_DATA = Path("../shared/data")
 
@@ -25,7 +28,8 @@ DEFAULT_DATA = Path("../shared/data")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data root of <dataset>/manifest.jsonl")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--images", type=int, default=5, help="images per measurement (distinct, from several datasets)")
+    parser.add_argument("--images", type=int, default=5,
+                        help="images per measurement (distinct, from several datasets)")
     parser.add_argument("--questions", type=int, default=3, help="agent questions to time (0 skips the agent)")
     parser.add_argument("--backend", default="lite")
     parser.add_argument("--weights", type=Path, default=None)
@@ -43,15 +47,16 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def pick_cases(data: Path, split: str, n: int) -> list:
+def pick_cases(data: Path, split: str, n: int) -> list[EvalCase]:
     """``n`` concept cases from different images, round-robin over datasets so every modality is timed."""
     from evals.loaders import load_path
 
     cases = load_path(data, split=split)
-    by_dataset: dict[str, list] = {}
+    by_dataset: dict[str, list[EvalCase]] = {}
     for case in cases:
         by_dataset.setdefault(case.dataset, []).append(case)
-    picked, seen = [], set()
+    picked: list[EvalCase] = []
+    seen: set[str] = set()
     while len(picked) < n and any(by_dataset.values()):
         for dataset in sorted(by_dataset):
             if by_dataset[dataset] and len(picked) < n:

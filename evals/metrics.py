@@ -75,8 +75,8 @@ def hd95(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None)
         value = compute_hausdorff_distance(
             torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None], percentile=95
         )
-    value = float(value.reshape(-1)[0])
-    return value if math.isfinite(value) else None
+    distance = float(value.reshape(-1)[0])
+    return distance if math.isfinite(distance) else None
 
 
 class CaseScore(BaseModel):

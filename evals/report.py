@@ -154,8 +154,8 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
         ("Ours: mean per-case Dice over cases with a non-empty target. *direct* prompts the known concept name only; "
         "*box* adds the ground-truth box of each connected target component (or one union box, per the run's "
         "setting), like the paper's text + image-prompt setting (or sends the boxes alone with --box-prompt box); "
-        "cases with an empty target have no box and are left out of *box*; *agent* answers the question (reasoning sets) or "
-        "\"Segment the <concept> in this image.\"."),
+        "cases with an empty target have no box and are left out of *box*; *agent* answers the question "
+        "(reasoning sets) or \"Segment the <concept> in this image.\"."),
         "",
         "## All metrics by dataset",
         "",

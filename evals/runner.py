@@ -43,7 +43,7 @@ AGENT_REBUILD_EVERY = 100  # questions; the agent's in-memory checkpointer and i
 
 def default_questions() -> Path | None:
     """The dev reasoning set shipped in ``evals/data/``, if present."""
-    path = Path(str(resources.files("evals").joinpath("data", "dev_questions.jsonl")))
+    path = Path(str(resources.files("evals") / "data" / "dev_questions.jsonl"))
     return path if path.is_file() else None
 
 
@@ -139,7 +139,7 @@ def assign_modes(cases: list[EvalCase], modes: Iterable[str]) -> list[tuple[str,
     """
     concept_cases = [c for c in cases if c.kind == "concept"]
     question_cases = [c for c in cases if c.kind == "question"]
-    tasks = []
+    tasks: list[tuple[str, EvalCase]] = []
     for mode in modes:
         if mode in ("direct", "box"):
             chosen = concept_cases or [c for c in question_cases if c.concepts]
@@ -190,7 +190,9 @@ def build_agent(segmenter, config: EvalConfig):
     try:
         from agent import Agent  # type: ignore[attr-defined]
     except ImportError as exc:
-        raise RuntimeError(f"agent mode needs the agent package's Agent class, which is not importable ({exc})") from exc
+        raise RuntimeError(
+            f"agent mode needs the agent package's Agent class, which is not importable ({exc})"
+        ) from exc
     options: dict[str, Any] = {"segmenter": segmenter}
     if config.planner is not None:
         options["planner"] = config.planner
@@ -349,6 +351,60 @@ class RunOutcome(BaseModel):
     summary: list[dict]
 
 
+def _start_run(config: EvalConfig) -> Path:
+    """Make the output folder (emptied with --fresh), refuse results of other settings, write the run info."""
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS
+    if config.fresh and results_path.exists():
+        results_path.unlink()
+    identity = run_identity(config)
+    _check_resume(out, identity)
+    (out / RUN_INFO).write_text(json.dumps({
+        "command": config.command,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "identity": identity,
+        "config": json.loads(config.model_dump_json()),
+    }, indent=2))
+    return results_path
+
+
+def _group_by_image(pending: list[tuple[str, EvalCase]]) -> dict[str, list[tuple[str, EvalCase]]]:
+    by_image: dict[str, list[tuple[str, EvalCase]]] = defaultdict(list)
+    mode_rank = {m: i for i, m in enumerate(MODES)}
+    for mode, case in pending:
+        by_image[str(case.image)].append((mode, case))
+    for group in by_image.values():
+        group.sort(key=lambda t: mode_rank[t[0]])  # agent last: its tool calls reuse the cached embedding
+    return by_image
+
+
+def _run_groups(
+    config: EvalConfig,
+    segmenter: MeteredSegmenter | None,
+    by_image: dict[str, list[tuple[str, EvalCase]]],
+    write: Callable[[list[dict], int], None],
+) -> None:
+    """Run every image's (mode, case) group, here or in ``config.workers`` processes; ``write`` each as it ends."""
+    if config.workers == 1 or len(by_image) == 1:
+        runtime = Runtime(config, segmenter)
+        for image_path, group in by_image.items():
+            write(run_image(runtime, image_path, group), len(group))
+        return
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    with ProcessPoolExecutor(
+        max_workers=config.workers,
+        mp_context=multiprocessing.get_context("spawn"),  # fork after torch threads start can hang
+        initializer=_init_worker,
+        initargs=(config.model_dump_json(), threads),
+    ) as pool:
+        futures = {pool.submit(_run_in_worker, path, group): group for path, group in by_image.items()}
+        for future in as_completed(futures):
+            write(future.result(), len(futures[future]))
+
+
 def run_eval(
     config: EvalConfig,
     *,
@@ -364,18 +420,7 @@ def run_eval(
         raise ValueError("no cases selected: check --data / --questions, --split, --datasets and --concepts")
     tasks = assign_modes(cases, config.modes)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / RESULTS
-    if config.fresh and results_path.exists():
-        results_path.unlink()
-    identity = run_identity(config)
-    _check_resume(out, identity)
-    (out / RUN_INFO).write_text(json.dumps({
-        "command": config.command,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "identity": identity,
-        "config": json.loads(config.model_dump_json()),
-    }, indent=2))
+    results_path = _start_run(config)
 
     done = read_results(results_path)
     pending = [(m, c) for m, c in tasks if (m, c.key) not in done or done[(m, c.key)].get("error")]
@@ -387,13 +432,6 @@ def run_eval(
             from agent import Agent  # noqa: F401  (fail before the run, not on every case)
         except ImportError as exc:
             raise RuntimeError(f"agent mode needs agent.Agent, which is not importable here ({exc})") from exc
-
-    by_image: dict[str, list[tuple[str, EvalCase]]] = defaultdict(list)
-    mode_rank = {m: i for i, m in enumerate(MODES)}
-    for mode, case in pending:
-        by_image[str(case.image)].append((mode, case))
-    for group in by_image.values():
-        group.sort(key=lambda t: mode_rank[t[0]])  # agent last: its tool calls reuse the cached embedding
 
     errors = 0
     bar = tqdm.tqdm(total=len(pending), unit="case", desc="eval", disable=not progress, file=sys.stderr)
@@ -408,23 +446,7 @@ def run_eval(
             bar.update(n_tasks)
             bar.set_postfix(errors=errors)
 
-        if config.workers == 1 or len(by_image) == 1:
-            runtime = Runtime(config, segmenter)
-            for image_path, group in by_image.items():
-                write(run_image(runtime, image_path, group), len(group))
-        else:
-            import multiprocessing
-
-            threads = max(1, (os.cpu_count() or 1) // config.workers)
-            with ProcessPoolExecutor(
-                max_workers=config.workers,
-                mp_context=multiprocessing.get_context("spawn"),  # fork after torch threads start can hang
-                initializer=_init_worker,
-                initargs=(config.model_dump_json(), threads),
-            ) as pool:
-                futures = {pool.submit(_run_in_worker, path, group): group for path, group in by_image.items()}
-                for future in as_completed(futures):
-                    write(future.result(), len(futures[future]))
+        _run_groups(config, segmenter, _group_by_image(pending), write)
     bar.close()
 
     records = read_results(results_path)

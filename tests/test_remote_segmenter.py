@@ -10,14 +10,14 @@ import httpx
 import numpy as np
 import pytest
 from sam3_tiny import tiny_model, tiny_processor
+from service_helpers import disc_image, serve_segmenter_cli
+
+from segmenter import Box, Point, Prompt, Segmenter, build_backend
 from segmenter.rle import Rle, decode, encode
 from segmenter.sam3 import PostProcess, Sam3Backend
 from segmenter.service.app import create_app, fit_prompt, serve_in_background
 from segmenter.service.client import RemoteBackend, RemoteError, encode_png
 from segmenter.service.limits import ServiceLimits
-from service_helpers import disc_image, serve_segmenter_cli
-
-from segmenter import Box, Point, Prompt, Segmenter, build_backend
 
 TOKEN = "s3cret-token-for-the-tests"
 PNG = {"Content-Type": "image/png"}
@@ -48,11 +48,11 @@ def direct(backend, image, prompts):
 
 def assert_same(remote, local):
     assert len(remote) == len(local)
-    for r, lo in zip(remote, local):
+    for r, lo in zip(remote, local, strict=True):
         assert r.prompt == lo.prompt and r.image_size == lo.image_size and r.backend == lo.backend
         assert r.presence == lo.presence
         assert len(r.instances) == len(lo.instances)
-        for a, b in zip(r.instances, lo.instances):
+        for a, b in zip(r.instances, lo.instances, strict=True):
             assert a.mask.dtype == bool and a.mask.shape == b.mask.shape
             assert np.array_equal(a.mask, b.mask)
             assert (a.score, a.box, a.area) == (b.score, b.box, b.area)
@@ -64,7 +64,8 @@ def test_rle_round_trip_is_exact():
              (rng.random((64, 64)) > 0.9)[::2, 1::3]]  # a non-contiguous view
     for mask in masks:
         rle = Rle.of(mask)
-        assert isinstance(rle.counts, str) and tuple(rle.size) == mask.shape and rle.model_dump(mode="json") == encode(mask)
+        assert isinstance(rle.counts, str) and tuple(rle.size) == mask.shape
+        assert rle.model_dump(mode="json") == encode(mask)
         back = decode(Rle.model_validate_json(rle.model_dump_json()))
         assert back.dtype == bool and np.array_equal(back, mask)
 
@@ -191,9 +192,10 @@ def test_agent_runs_end_to_end_with_the_remote_segmenter(server, lite, image, tm
     """`medsam3-agent run ... --segmenter remote` against a local server, and the same answer as in-process."""
     import json
 
+    from PIL import Image
+
     from agent import Agent
     from agent.cli import main as cli
-    from PIL import Image
 
     path = tmp_path / "frame.png"
     Image.fromarray(image).save(path)

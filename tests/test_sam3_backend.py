@@ -100,12 +100,12 @@ def test_batched_prompts_encode_the_image_once_and_equal_single_prompts(image):
     backend.set_image(image.copy())  # same pixels: cached features
     single = [backend.segment(p) for p in prompts]
     assert backend.encode_count == 1
-    for a, b in zip(batched, single):
+    for a, b in zip(batched, single, strict=True):
         assert a.prompt == b.prompt
         assert a.presence == pytest.approx(b.presence, abs=1e-5)
         assert len(a.instances) == len(b.instances)
         np.testing.assert_allclose([i.score for i in a.instances], [i.score for i in b.instances], atol=1e-5)
-        mismatched = sum(int((x.mask != y.mask).sum()) for x, y in zip(a.instances, b.instances))
+        mismatched = sum(int((x.mask != y.mask).sum()) for x, y in zip(a.instances, b.instances, strict=True))
         assert mismatched <= 0.001 * H * W * max(len(a.instances), 1)  # float noise at a few boundary pixels at most
     backend.set_image(np.ascontiguousarray(image[::-1]))
     backend.segment(prompts[0])

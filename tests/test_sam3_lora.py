@@ -15,7 +15,9 @@ T = "text_encoder.text_model.encoder.layers"
 
 # native module -> the transformers weights its delta lands in (three for a fused q/k/v output)
 CASES = {
-    "backbone.vision_backbone.trunk.blocks.0.attn.qkv": [f"{V}.0.attention.{n}.weight" for n in ("q_proj", "k_proj", "v_proj")],
+    "backbone.vision_backbone.trunk.blocks.0.attn.qkv": [
+        f"{V}.0.attention.{n}.weight" for n in ("q_proj", "k_proj", "v_proj")
+    ],
     "backbone.vision_backbone.trunk.blocks.1.attn.proj": [f"{V}.1.attention.o_proj.weight"],
     "backbone.vision_backbone.trunk.blocks.1.mlp.fc2": [f"{V}.1.mlp.fc2.weight"],
     "backbone.language_backbone.encoder.transformer.resblocks.0.attn.q_proj": [f"{T}.0.self_attn.q_proj.weight"],
@@ -75,7 +77,7 @@ def test_native_lora_merges_into_the_mapped_weights(tmp_path):
         a, b = state[f"{native}.lora.lora_A"].detach(), state[f"{native}.lora.lora_B"].detach()
         delta = scale * (a @ b).T  # (out, in)
         rows = delta.chunk(len(targets), dim=0)  # a fused qkv output splits into equal q, k, v thirds, in order
-        for target, part in zip(targets, rows):
+        for target, part in zip(targets, rows, strict=True):
             torch.testing.assert_close(after[target], before[target] + part, rtol=1e-5, atol=1e-5)
             touched.add(target)
         assert report.modules[native] == targets
@@ -167,9 +169,10 @@ def full_size_native_modules(cfg) -> list[str]:
     """Native names of the linears MedSAM3's full LoRA config adapts (attention and MLP layers everywhere)."""
     attn = ("q_proj", "k_proj", "v_proj", "out_proj")
     vit, text = cfg.vision_config.backbone_config, cfg.text_config
+    vit_parts = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     names = []
     for i in range(vit.num_hidden_layers):
-        names += [f"backbone.vision_backbone.trunk.blocks.{i}.{n}" for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+        names += [f"backbone.vision_backbone.trunk.blocks.{i}.{n}" for n in vit_parts]
     for i in range(text.num_hidden_layers):
         p = f"backbone.language_backbone.encoder.transformer.resblocks.{i}"
         names += [f"{p}.attn.{n}" for n in attn] + [f"{p}.mlp.c_fc", f"{p}.mlp.c_proj"]

@@ -105,5 +105,5 @@ def test_transformers_preset_equals_transformers_post_processing():
         ref_masks = ref["masks"][keep][order].bool().numpy()
         assert len(ours) == len(ref_scores) > 0
         np.testing.assert_allclose([x.score for x in ours], ref_scores.numpy(), rtol=1e-6)
-        for inst, mask in zip(ours, ref_masks):
+        for inst, mask in zip(ours, ref_masks, strict=True):
             assert np.array_equal(inst.mask, mask)

@@ -1,4 +1,5 @@
-"""`train-lite` end to end on a tiny slice of the shared data (the two smallest datasets: 4 train items, 20 val): cache, fit, gate, export, card, resume."""
+"""`train-lite` end to end on a tiny slice of the shared data (the two smallest datasets: 4 train items,
+20 val): cache, fit, gate, export, card, resume."""
 
 from __future__ import annotations
 

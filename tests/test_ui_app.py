@@ -84,7 +84,7 @@ def test_upload_ask_and_download_masks(client, test_image):
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
         assert "result.json" in names
-        for entry, row in zip([i for m in saved["masks"] for i in m["instances"]], rows):
+        for entry, row in zip([i for m in saved["masks"] for i in m["instances"]], rows, strict=True):
             assert entry["path"] in names
             with archive.open(entry["path"]) as f:
                 mask = np.asarray(Image.open(f)) > 0

@@ -68,7 +68,7 @@ def test_legend_lists_every_instance_with_area_in_pixels_and_percent(result):
     rows = legend_rows(result, (60, 80))
     assert len(rows[0]) == len(LEGEND_HEADERS)
     assert [r[:3] for r in rows] == [[1, "polyp", 1], [2, "polyp", 2], [3, "optic cup", 1]]
-    for row, inst in zip(rows, [i for m in result.masks for i in m.instances]):
+    for row, inst in zip(rows, [i for m in result.masks for i in m.instances], strict=True):
         assert row[3] == round(inst.score, 3)
         assert row[4] == int(inst.mask.sum())
         assert row[5] == round(100 * inst.mask.sum() / (60 * 80), 2)

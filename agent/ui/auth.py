@@ -81,8 +81,8 @@ class LoopbackHostOnly:
                     await send({"type": "websocket.close", "code": 1008})
                     return
                 body = b"Host header not accepted: this UI answers only to 127.0.0.1, localhost and [::1]"
-                await send({"type": "http.response.start", "status": 400,
-                            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+                reply_headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+                await send({"type": "http.response.start", "status": 400, "headers": reply_headers})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

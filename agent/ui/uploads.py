@@ -10,6 +10,7 @@ message whether the path exists or not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ class UploadRefused(ValueError):
 class UploadPolicy:
     """Allowed: regular files inside the upload folders (after resolving symlinks), and the example files."""
 
-    def __init__(self, upload_roots: list[Path], examples: list[Path] = ()) -> None:
+    def __init__(self, upload_roots: Sequence[Path], examples: Sequence[Path] = ()) -> None:
         self.roots = [Path(root).resolve() for root in upload_roots]
         self.examples = {Path(path).resolve() for path in examples}
 

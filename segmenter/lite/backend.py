@@ -31,7 +31,7 @@ WEIGHTS_FILE = "medsam3_lite.safetensors"
 
 
 def default_weights_path() -> Path:
-    return Path(str(resources.files("segmenter.lite").joinpath("weights", WEIGHTS_FILE)))
+    return Path(str(resources.files("segmenter.lite") / "weights" / WEIGHTS_FILE))
 
 
 def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
@@ -156,7 +156,7 @@ class LiteBackend(SegmenterBackend):
         start = time.perf_counter()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if prompt.concept is not None:
-                prob, presence = self._concept_prob(enc, prompt)
+                prob, presence = self._concept_prob(enc, prompt, prompt.concept)
                 gate = self.presence_threshold if presence_threshold is None else presence_threshold
                 instances = self._instances(prob, presence) if presence >= gate else []
             else:
@@ -178,10 +178,10 @@ class LiteBackend(SegmenterBackend):
     def _text(self, phrase: str) -> torch.Tensor:
         return torch.from_numpy(shared_embedder().embed([phrase])).to(self.device)
 
-    def _concept_prob(self, enc: _Encoded, prompt: Prompt) -> tuple[np.ndarray, float]:
-        """Probability map at image size and presence probability for a concept (+ optional box)."""
-        text = self._text(prompt.concept)
-        concept = self.catalog.get(prompt.concept)
+    def _concept_prob(self, enc: _Encoded, prompt: Prompt, phrase: str) -> tuple[np.ndarray, float]:
+        """Probability map at image size and presence probability for the prompt's concept ``phrase`` (+ box)."""
+        text = self._text(phrase)
+        concept = self.catalog.get(phrase)
         h, w = enc.image.shape[:2]
         tile = concept.tile if concept is not None else None
         if tile and max(h, w) > tile and not prompt.boxes:

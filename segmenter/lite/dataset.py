@@ -55,7 +55,8 @@ def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dat
         items: list[CacheItem] = []
         for row in rows:
             masks = {c: data_root / name / p for c, p in row["masks"].items()}
-            tiles = {catalog.get(c).tile for c in masks if catalog.get(c) is not None} - {None}
+            concepts = [catalog.get(c) for c in masks]
+            tiles = {concept.tile for concept in concepts if concept is not None and concept.tile is not None}
             image_path = data_root / name / row["image"]
             if tiles:
                 tile = min(tiles)
@@ -102,7 +103,7 @@ def build_cache(
             metas.append((it, box, masks))
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16(torch.device("cpu"))):
             emb = net.image_encoder(torch.stack(tensors)).float().numpy().astype(np.float16)
-        for (it, box, masks), e in zip(metas, emb):
+        for (it, box, masks), e in zip(metas, emb, strict=True):
             out = cache_dir / f"{it.key}.npz"
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp.npz")
@@ -141,8 +142,8 @@ def load_cache(cache_dir: Path, items: list[CacheItem]) -> list[CachedSample]:
                     dataset=it.dataset,
                     key=it.key,
                     embedding=z["embedding"],
-                    masks={str(c): m for c, m in zip(z["concepts"], z["masks"])},
-                    new_size=tuple(int(v) for v in z["new_size"]),
+                    masks={str(c): m for c, m in zip(z["concepts"], z["masks"], strict=True)},
+                    new_size=(int(z["new_size"][0]), int(z["new_size"][1])),
                 )
             )
     return samples

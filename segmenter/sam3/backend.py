@@ -162,14 +162,14 @@ class Sam3Backend(SegmenterBackend):
         results: list[SegmentationResult | None] = [None] * len(prompts)
         # equal box counts batch without padding, so a batched answer equals the single one
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].boxes))
-        for _, group in groupby(order, key=lambda i: len(prompts[i].boxes)):
-            group = list(group)
+        for _, same_count in groupby(order, key=lambda i: len(prompts[i].boxes)):
+            group = list(same_count)
             for at in range(0, len(group), self.settings.batch_size):
                 chunk = group[at : at + self.settings.batch_size]
                 t0 = time.perf_counter()
                 answers = self._decode(enc, features, [prompts[i] for i in chunk])
                 per_prompt = (time.perf_counter() - t0) * 1000 / len(chunk)
-                for i, answer in zip(chunk, answers):
+                for i, answer in zip(chunk, answers, strict=True):
                     answer.timings_ms = {"encode": encode_ms, "decode": per_prompt}
                     results[i] = answer
         return results  # type: ignore[return-value]

@@ -60,4 +60,5 @@ def load_sam3(model: str, device: torch.device, dtype: torch.dtype):
         ) from exc
     if net.config.model_type != "sam3":
         raise ValueError(f"{model!r} is a {net.config.model_type!r} checkpoint, not SAM 3 (model_type 'sam3')")
-    return net.to(device).eval(), processor
+    # transformers' PreTrainedModel.to is wrapped by a decorator whose stub types `self` as the first argument
+    return net.to(device).eval(), processor  # type: ignore[arg-type]

@@ -98,10 +98,8 @@ def _resolve(module: str, params: dict[str, nn.Parameter]) -> list[Target] | Non
     return None
 
 
-def plan_lora(
-    state: dict[str, torch.Tensor], params: dict[str, nn.Parameter], rank: int, path: str = "<memory>"
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, list[Target]]]:
-    """Check the file against the model; return native module -> (A, B, targets) or raise with every problem."""
+def _pair_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """The file's tensors grouped as module -> {"A": lora_A, "B": lora_B}, and the keys that are no LoRA weight."""
     problems: list[str] = []
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for raw_key, value in state.items():
@@ -114,40 +112,60 @@ def plan_lora(
             pairs.setdefault(key[: -len(SUFFIX_B)], {})["B"] = value
         else:
             problems.append(f"{raw_key}: not a LoRA key (expected '<module>{SUFFIX_A}' or '<module>{SUFFIX_B}')")
+    return pairs, problems
+
+
+def _pair_problem(module: str, pair: dict[str, torch.Tensor], rank: int) -> str | None:
+    """What is wrong with one module's (lora_A, lora_B) on its own, or None."""
+    if "A" not in pair or "B" not in pair:
+        missing = SUFFIX_B if "A" in pair else SUFFIX_A
+        return f"{module}: {missing} is missing"
+    a, b = pair["A"], pair["B"]
+    if a.ndim != 2 or b.ndim != 2:
+        return f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} must both be 2-D"
+    if a.shape[1] != rank or b.shape[0] != rank:
+        return (
+            f"{module}: rank {a.shape[1]}/{b.shape[0]} (lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}) "
+            f"differs from the configured rank {rank}"
+        )
+    return None
+
+
+def _target_problem(module: str, a: torch.Tensor, b: torch.Tensor, targets: list[Target],
+                    params: dict[str, nn.Parameter]) -> str | None:
+    """The first transformers weight whose shape the LoRA delta does not fit, or None."""
+    in_features, out_features = a.shape[0], b.shape[1]
+    parts = len(targets) if targets[0].part is not None else 1
+    for t in targets:
+        expected = (out_features // parts, in_features)
+        actual = tuple(params[t.hf_key].shape)
+        if out_features % parts or actual != expected:
+            return f"{module} -> {t.hf_key}: LoRA delta is {expected} (out, in) but the weight is {actual}"
+    return None
+
+
+def plan_lora(
+    state: dict[str, torch.Tensor], params: dict[str, nn.Parameter], rank: int, path: str = "<memory>"
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, list[Target]]]:
+    """Check the file against the model; return native module -> (A, B, targets) or raise with every problem."""
+    pairs, problems = _pair_keys(state)
     if not pairs and not problems:
         problems.append("the file holds no LoRA weights")
     plan = {}
     for module, pair in sorted(pairs.items()):
-        if "A" not in pair or "B" not in pair:
-            missing = SUFFIX_B if "A" in pair else SUFFIX_A
-            problems.append(f"{module}: {missing} is missing")
+        problem = _pair_problem(module, pair, rank)
+        if problem is not None:
+            problems.append(problem)
             continue
         a, b = pair["A"], pair["B"]
-        if a.ndim != 2 or b.ndim != 2:
-            problems.append(f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} must both be 2-D")
-            continue
-        if a.shape[1] != rank or b.shape[0] != rank:
-            problems.append(
-                f"{module}: rank {a.shape[1]}/{b.shape[0]} (lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}) "
-                f"differs from the configured rank {rank}"
-            )
-            continue
         targets = _resolve(module, params)
         if targets is None:
             tried = [t.hf_key for option in linear_candidates(module) for t in option]
             problems.append(f"{module}: no matching transformers weight (looked for {', '.join(tried)})")
             continue
-        in_features, out_features = a.shape[0], b.shape[1]
-        parts = len(targets) if targets[0].part is not None else 1
-        for t in targets:
-            expected = (out_features // parts, in_features)
-            actual = tuple(params[t.hf_key].shape)
-            if out_features % parts or actual != expected:
-                problems.append(
-                    f"{module} -> {t.hf_key}: LoRA delta is {expected} (out, in) "
-                    f"but the weight is {actual}"
-                )
-                break
+        problem = _target_problem(module, a, b, targets, params)
+        if problem is not None:
+            problems.append(problem)
         else:
             plan[module] = (a, b, targets)
     if problems:

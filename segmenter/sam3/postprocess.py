@@ -112,4 +112,5 @@ def to_instances(
         kept_idx = _containment_keep(masks, settings.containment)
         scores, masks = scores[kept_idx], masks[kept_idx]
     masks_np = masks[: settings.max_instances].cpu().numpy()
-    return [Instance.from_mask(m, float(s)) for m, s in zip(masks_np, scores.tolist())]
+    kept_scores = scores[: settings.max_instances].tolist()
+    return [Instance.from_mask(m, float(s)) for m, s in zip(masks_np, kept_scores, strict=True)]

@@ -19,7 +19,8 @@ def header_only_tiff(width: int, height: int) -> bytes:
     """A TIFF whose header promises width x height 8-bit grey pixels and holds none of them."""
     tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
             (273, 4, 8 + 2 + 12 * 8 + 4), (278, 4, height), (279, 4, width * height)]
-    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in tags)
+    entries = b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in tags)
+    ifd = struct.pack("<H", len(tags)) + entries
     return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
 
 
