@@ -205,7 +205,7 @@ class ConceptPicker:
                 return best, f"no such finding is expected in {guess.modality}; closest in meaning"
         if presence is not None and len(options) > 1:
             scores = {c: presence(c) for c in options}
-            best = max(scores, key=scores.get)
+            best = max(scores, key=scores.__getitem__)
             return best, f"most present in the image (presence {scores[best]:.2f})"
         return self._closest(text, options), "closest in meaning"
 
@@ -226,7 +226,7 @@ class ConceptPicker:
         core = re.sub(r"\s+", " ", _FILLER.sub(" ", text)).strip() or text
         query = self.embedder.embed([core, text])
         names, vectors = self._concept_vectors()
-        return {n: float((vec @ query.T).max()) for n, vec in zip(names, vectors)}
+        return {n: float((vec @ query.T).max()) for n, vec in zip(names, vectors, strict=True)}
 
     def _by_meaning(self, text: str, cues: list[str], guess: ModalityGuess | None,
                     presence: Callable[[str], float] | None) -> tuple[str, str]:
@@ -238,7 +238,7 @@ class ConceptPicker:
             if self.modality_of[c] in cues:
                 prior[c] += 0.1
         total = {c: scores[c] + prior[c] for c in scores}
-        best = max(total, key=total.get)
+        best = max(total, key=total.__getitem__)
         if scores[best] >= EMBED_MIN:
             return best, f"closest in meaning ({scores[best]:.2f})"
         # the question names nothing we know: the image's usual target

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import gradio as gr
 import numpy as np
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
+from agent.results import AgentResult
 from agent.ui.auth import LoopbackHostOnly, check_exposure
 from agent.ui.downloads import write_downloads
 from agent.ui.render import LEGEND_HEADERS, Transcript, final_overlay, legend_rows, save_png
@@ -98,10 +99,42 @@ def _readable(exc: BaseException) -> str:
     name = exc.__class__.__name__
     module = exc.__class__.__module__.split(".")[0]
     if module == "openai" or "Connection" in name or "Timeout" in name:
-        return f"the planner endpoint failed ({name}: {text}). Check the base URL and model in Settings, or use the offline planner."
+        return (f"the planner endpoint failed ({name}: {text}). "
+                "Check the base URL and model in Settings, or use the offline planner.")
     if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError, TimeoutError)):
         return text
     return f"{name}: {text}"
+
+
+class _Turn:
+    """One ``ask``: the values every yield carries (the chat so far, the outputs, the input box)."""
+
+    def __init__(self, session: ChatSession, folder: Path) -> None:
+        self.session, self.folder = session, folder
+        self.transcript = Transcript(folder)
+        self.overlay: Any = gr.skip()
+        self.legend: Any = gr.skip()
+        self.files: Any = gr.skip()
+        self.steps = 0
+        self.busy_box = gr.MultimodalTextbox(value=None, interactive=False)
+        self.free_box = gr.MultimodalTextbox(value=None, interactive=True)
+
+    def state(self, box: Any, status: str) -> tuple:
+        history = self.session.history + self.transcript.messages
+        return history, box, self.overlay, self.legend, self.files, self.session, status
+
+    def final(self, status: str = "") -> tuple:
+        self.session.history.extend(self.transcript.messages)
+        self.transcript.messages = []
+        return self.state(self.free_box, status)
+
+
+def _problem(exc: ValueError | OSError) -> str:
+    """A refused turn in one line: bad settings (which field, never the value), else the error's own words."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"settings: {problems}"
+    return _readable(exc)
 
 
 class ChatApp:
@@ -146,6 +179,75 @@ class ChatApp:
         except ValueError as exc:  # name the file as the user knows it, not by its upload cache path
             raise ValueError(str(exc).replace(str(file), name)) from None
 
+    def _take_upload(self, session: ChatSession, uploads: list[str], turn_dir: Path,
+                     user_content: list, notes: list[str]) -> None:
+        """Check and read the turn's upload into ``session`` (a new image starts a new thread)."""
+        if len(uploads) > 1:
+            raise ValueError("upload one image at a time")
+        if not uploads:
+            return
+        file = self.uploads.check(uploads[0])  # before anything about the path is opened or shown
+        user_content.append(f"(uploaded {file.name})")  # shown if it cannot be read
+        image, name = self._load_upload(file)
+        user_content.pop()
+        if session.image is not None:
+            self.pool.forget(session.new_thread())
+            notes.append(f"New image ({name}): starting a new thread.")
+        session.image, session.image_name = image, name
+        preview = save_png(image, turn_dir / "input.png")
+        user_content.append({"path": str(preview), "mime_type": "image/png", "alt_text": name})
+
+    def _turn_settings(self, session: ChatSession, text: str, planner: str, base_url: str, model: str,
+                       backend: str, max_rounds: float, score_threshold: float) -> tuple[UiSettings, np.ndarray]:
+        """The run's settings and image once there are an image and a question; pydantic checks the settings,
+        echoing nothing."""
+        if session.image is None:
+            raise ValueError("upload an image first (PNG, JPEG or TIFF), then ask about it")
+        if not text:
+            raise ValueError('type a question about the image, e.g. "find the polyps"')
+        settings = UiSettings.model_validate({
+            "planner": planner, "base_url": base_url, "model": model, "backend": backend,
+            "max_rounds": max_rounds, "score_threshold": score_threshold,
+            # the operator's, not the browser's
+            "timeout": self.config.defaults.timeout, "retries": self.config.defaults.retries,
+        })
+        return settings, session.image
+
+    def _stream(self, turn: _Turn, settings: UiSettings, text: str,
+                image: np.ndarray) -> Generator[tuple, None, AgentResult | None]:
+        """The agent's steps, as they happen; returns the run's result, or None once a failure is in the chat."""
+        result = None
+        try:
+            for event in self.pool.stream(settings, text, image, turn.session.thread_id):
+                turn.steps += 1
+                turn.transcript.add(event)
+                if event.result is not None:  # the last event, "answer", carries the run's result
+                    result = event.result
+                yield turn.state(turn.busy_box, f"Working ... step {turn.steps}: {event.kind}")
+        except Exception as exc:  # noqa: BLE001  (endpoint down, bad reply, missing backend: say so, stay usable)
+            turn.transcript.error(_readable(exc))
+            yield turn.final()
+            return None
+        turn.transcript.finish()
+        if result is None:
+            turn.transcript.error("the agent stopped without an answer")
+            yield turn.final()
+        return result
+
+    @staticmethod
+    def _finish(turn: _Turn, result: AgentResult, image: np.ndarray) -> tuple:
+        """The final overlay, the legend and the downloads, or the reason they could not be made."""
+        try:
+            rows = legend_rows(result, image.shape)
+            turn.overlay = str(save_png(final_overlay(image, result), turn.folder / "final_overlay.png"))
+            turn.legend = rows
+            turn.files = write_downloads(result, turn.folder).files()
+        except Exception as exc:  # noqa: BLE001  (the answer is shown; only the files failed)
+            turn.transcript.error(f"could not prepare the downloads: {_readable(exc)}")
+            return turn.final()
+        found = f"{len(rows)} instance(s)" if rows else "no mask"
+        return turn.final(f"Done: {found}, {turn.steps} step(s).")
+
     # --- events ---------------------------------------------------------------------
     def ask(
         self,
@@ -160,103 +262,36 @@ class ChatApp:
     ) -> Iterator[tuple]:
         """Stream one turn. Yields (chat, input box, overlay, legend, downloads, session, status)."""
         session = session if isinstance(session, ChatSession) else self.new_session()
-        history = session.history
-        overlay = legend = files = gr.skip()
-        busy_box = gr.MultimodalTextbox(value=None, interactive=False)
-        free_box = gr.MultimodalTextbox(value=None, interactive=True)
         text, uploads = _message_parts(message)
-        turn_dir = session.folder / f"turn_{session.turn + 1:02d}"
-        transcript = Transcript(turn_dir)
-
-        def state(box: Any, status: str) -> tuple:
-            return history + transcript.messages, box, overlay, legend, files, session, status
-
-        def final(status: str = "") -> tuple:
-            history.extend(transcript.messages)
-            transcript.messages = []
-            return state(free_box, status)
+        turn = _Turn(session, session.folder / f"turn_{session.turn + 1:02d}")
 
         # 1. the upload and the question
         user_content: list = []
         notes: list[str] = []
         try:
-            if len(uploads) > 1:
-                raise ValueError("upload one image at a time")
-            if uploads:
-                file = self.uploads.check(uploads[0])  # before anything about the path is opened or shown
-                user_content.append(f"(uploaded {file.name})")  # shown if it cannot be read
-                image, name = self._load_upload(file)
-                user_content.pop()
-                if session.image is not None:
-                    self.pool.forget(session.new_thread())
-                    notes.append(f"New image ({name}): starting a new thread.")
-                session.image, session.image_name = image, name
-                preview = save_png(image, turn_dir / "input.png")
-                user_content.append({"path": str(preview), "mime_type": "image/png", "alt_text": name})
+            self._take_upload(session, uploads, turn.folder, user_content, notes)
             if text:
                 user_content.append(text)
-            if session.image is None:
-                raise ValueError("upload an image first (PNG, JPEG or TIFF), then ask about it")
-            if not text:
-                raise ValueError('type a question about the image, e.g. "find the polyps"')
-            settings = UiSettings(
-                planner=planner, base_url=base_url, model=model, backend=backend,
-                max_rounds=max_rounds, score_threshold=score_threshold,  # pydantic checks them, echoing nothing
-                timeout=self.config.defaults.timeout, retries=self.config.defaults.retries,  # the operator's
-            )
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            settings, image = self._turn_settings(session, text, planner, base_url, model, backend, max_rounds,
+                                                  score_threshold)
+        except (ValueError, OSError) as exc:  # a bad file, a missing question or bad settings: say so, stay usable
             if user_content:
-                history.append({"role": "user", "content": user_content})
-            transcript.error(f"settings: {problems}")
-            yield final()
-            return
-        except (ValueError, OSError) as exc:  # a bad file or a missing question: say so, keep the chat usable
-            if user_content:
-                history.append({"role": "user", "content": user_content})
-            transcript.error(_readable(exc))
-            yield final()
+                session.history.append({"role": "user", "content": user_content})
+            turn.transcript.error(_problem(exc))
+            yield turn.final()
             return
 
-        history.append({"role": "user", "content": user_content})
+        session.history.append({"role": "user", "content": user_content})
         session.turn += 1
         for note in notes:
-            transcript.note(f"_{note}_")
-        overlay, legend, files = None, [], None  # no stale downloads while the new turn runs
-        yield state(busy_box, f"Working ({settings.describe()}) ...")
+            turn.transcript.note(f"_{note}_")
+        turn.overlay, turn.legend, turn.files = None, [], None  # no stale downloads while the new turn runs
+        yield turn.state(turn.busy_box, f"Working ({settings.describe()}) ...")
 
-        # 2. the agent's steps, as they happen
-        result = None
-        steps = 0
-        try:
-            for event in self.pool.stream(settings, text, session.image, session.thread_id):
-                steps += 1
-                transcript.add(event)
-                if event.result is not None:  # the last event, "answer", carries the run's result
-                    result = event.result
-                yield state(busy_box, f"Working ... step {steps}: {event.kind}")
-        except Exception as exc:  # noqa: BLE001  (endpoint down, bad reply, missing backend: say so, stay usable)
-            transcript.error(_readable(exc))
-            yield final()
-            return
-        transcript.finish()
-        if result is None:
-            transcript.error("the agent stopped without an answer")
-            yield final()
-            return
-
-        # 3. the final overlay, the legend, the downloads
-        try:
-            rows = legend_rows(result, session.image.shape)
-            overlay = str(save_png(final_overlay(session.image, result), turn_dir / "final_overlay.png"))
-            legend = rows
-            files = write_downloads(result, turn_dir).files()
-        except Exception as exc:  # noqa: BLE001  (the answer is shown; only the files failed)
-            transcript.error(f"could not prepare the downloads: {_readable(exc)}")
-            yield final()
-            return
-        found = f"{len(rows)} instance(s)" if rows else "no mask"
-        yield final(f"Done: {found}, {steps} step(s).")
+        # 2. the agent's steps, as they happen; 3. the final overlay, the legend, the downloads
+        result = yield from self._stream(turn, settings, text, image)
+        if result is not None:
+            yield self._finish(turn, result, image)
 
     def new_chat(self, session: ChatSession | None) -> tuple:
         self.end_session(session)
@@ -302,8 +337,8 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                                    elem_id="final-overlay", buttons=["download", "fullscreen"])
                 legend = gr.Dataframe(headers=LEGEND_HEADERS, label="Masks", interactive=False, elem_id="legend",
                                       value=[])
-                files = gr.File(label="Downloads: masks (zip) and result.json", file_count="multiple",
-                                interactive=False, elem_id="downloads")
+                downloads = gr.File(label="Downloads: masks (zip) and result.json", file_count="multiple",
+                                    interactive=False, elem_id="downloads")
                 with gr.Accordion("Settings", open=False):
                     planner = gr.Radio(PLANNER_CHOICES, value=d.planner, label="Planner")
                     base_url = gr.Textbox(d.base_url, label="Endpoint base URL", placeholder="http://127.0.0.1:8000/v1")
@@ -314,14 +349,15 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                     max_rounds = gr.Slider(1, 10, value=d.max_rounds, step=1, label="Round limit")
                     score_threshold = gr.Slider(0.0, 1.0, value=d.score_threshold, step=0.05,
                                                 label="Score threshold")
-        outputs = [chat, box, overlay, legend, files, session, status]
+        outputs = [chat, box, overlay, legend, downloads, session, status]
         box.submit(
             app.ask,
             inputs=[box, session, planner, base_url, model, backend, max_rounds, score_threshold],
             outputs=outputs, api_name="ask", show_progress="minimal",
         )
         new_chat.click(app.new_chat, inputs=[session], outputs=outputs, api_name="new_chat", queue=False)
-        chat.clear(app.new_chat, inputs=[session], outputs=outputs, api_name=False, queue=False)  # its bin icon
+        # its bin icon; not an API endpoint
+        chat.clear(app.new_chat, inputs=[session], outputs=outputs, api_visibility="private", queue=False)
     return demo, app
 
 
@@ -388,24 +424,34 @@ def launch_app(config: UiConfig, pool: AgentPool | None = None, *, block: bool =
     """
     check_exposure(config.host, bool(config.auth), config.insecure)
     if not block:
-        files = RunFiles(config.workdir)
-        try:
-            ui = _serve(config, pool, files, preload)
-            ui.thread = threading.Thread(target=ui.server.run, name="medsam3-ui", daemon=True)
-            ui.thread.start()
-            deadline = time.monotonic() + 120
-            while not ui.server.started:
-                if not ui.thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"the UI server did not start on {ui.url}")
-                time.sleep(0.05)
-        except BaseException:
-            files.remove()
-            raise
-        return ui
+        return _serve_in_background(config, pool, preload)
+    return _serve_until_stopped(config, pool, preload)
 
+
+def _serve_in_background(config: UiConfig, pool: AgentPool | None, preload: bool) -> RunningUi:
+    """Start the server in a daemon thread and wait (up to 2 minutes) until it answers."""
+    files = RunFiles(config.workdir)
+    try:
+        ui = _serve(config, pool, files, preload)
+        ui.thread = threading.Thread(target=ui.server.run, name="medsam3-ui", daemon=True)
+        ui.thread.start()
+        deadline = time.monotonic() + 120
+        while not ui.server.started:
+            if not ui.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the UI server did not start on {ui.url}")
+            time.sleep(0.05)
+    except BaseException:
+        files.remove()
+        raise
+    return ui
+
+
+def _serve_until_stopped(config: UiConfig, pool: AgentPool | None, preload: bool) -> RunningUi | None:
+    """Serve in this thread until the server exits or a signal stops it; the run's files go either way."""
     stop_signals = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in stop_signals}  # also while the model loads
-    files = ui = None
+    files: RunFiles | None = None
+    ui: RunningUi | None = None
     try:
         files = RunFiles(config.workdir)
         ui = _serve(config, pool, files, preload)
