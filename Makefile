@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install (CPU pins) with the extras the README's commands use, answer a question offline
-#   make test   - the same, plus the test extra, then the test suite
+#   make test   - the same, plus the test extra, then the gate (make check), then the test suite
+#   make check  - the gate alone: ruff (rules in pyproject.toml), mypy on agent/ tools/ segmenter/ evals/,
+#                 and pylint's duplicate-code check (no block of 6+ equal lines)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,8 +28,15 @@ demo: install $(if $(filter runs/demo_input.png,$(DEMO_IMAGE)),runs/demo_input.p
 	$(BIN)/medsam3-agent run "$(DEMO_IMAGE)" "find the polyps" --out runs/demo
 	@echo "wrote runs/demo (overlay.png, masks, result.json)"
 
-test: $(VENV)/.installed-test
+# gradio writes agent/ui/*.pyi when it imports the UI; mypy would read that copy instead of the module
+check: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	rm -f agent/ui/*.pyi
+	$(BIN)/mypy
+	$(BIN)/pylint --disable=all --enable=duplicate-code --score=n agent tools segmenter evals scripts tests
+
+test: check
 	bash scripts/install_browser.sh  # Debian's Chromium for the UI's browser test; skipped there if it cannot be had
 	$(BIN)/python -m pytest -q
 
-.PHONY: install demo test
+.PHONY: install demo check test
