@@ -99,10 +99,10 @@ def _first(value: Any) -> float | None:
 def _lookup(ds: Dataset, frame: int | None, sequence: str, attr: str) -> Any:
     """An attribute from the per-frame functional group, else the shared one, else the top level."""
     groups = []
-    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
+    if "PerFrameFunctionalGroupsSequence" in ds:  # a one-frame enhanced file has one item: frame None is 0
         per_frame = ds.PerFrameFunctionalGroupsSequence
-        if frame < len(per_frame):
-            groups.append(per_frame[frame])
+        if (frame or 0) < len(per_frame):
+            groups.append(per_frame[frame or 0])
     if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
         groups.append(ds.SharedFunctionalGroupsSequence[0])
     for group in groups:

@@ -42,13 +42,26 @@ def gunzip_head(data: bytes | Path, size: int = 544) -> bytes:
         return b""
 
 
-def _open(source: Path | bytes, name: str) -> nib.Nifti1Image | nib.Nifti2Image:
+def _gunzip_bounded(data: bytes, name: str, limit: int) -> bytes:
+    """Uploaded gzip bytes, decompressed no further than ``limit`` (a small gzip can unpack to gigabytes)."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+        raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise ImageTooLarge(f"{name}: gzip unpacks to more than {limit} bytes, above what the voxel limit allows")
+    return raw
+
+
+def _open(source: Path | bytes, name: str, max_voxels: int) -> nib.Nifti1Image | nib.Nifti2Image:
     try:
         if isinstance(source, bytes):
-            raw = gzip.decompress(source) if source[:2] == b"\x1f\x8b" else source
+            # header + float64 voxels at most (nibabel reads a file's gzip lazily; bytes need a bound)
+            limit = 8 * max_voxels + (1 << 20)
+            raw = _gunzip_bounded(source, name, limit) if source[:2] == b"\x1f\x8b" else source
             klass = nib.Nifti2Image if raw[4:8] in NIFTI2_MAGICS else nib.Nifti1Image
             return klass.from_bytes(raw)
         return nib.load(str(source))  # type: ignore[return-value]
+    except ImageTooLarge:
+        raise
     except Exception as exc:  # nibabel raises many types for broken files
         raise NiftiError(f"{name}: not a readable NIfTI file ({exc.__class__.__name__})") from None
 
@@ -96,7 +109,7 @@ def _reindex(affine: np.ndarray, shape: tuple[int, int, int], axes: tuple[int, i
 def read_nifti(source: Path | bytes, name: str, max_voxels: int,
                slice_axis: int | None = None) -> tuple[np.ndarray, Geometry]:
     """(S, H, W) float32 values in file units (scaling applied) and their geometry (modality unknown)."""
-    image = _open(source, name)
+    image = _open(source, name, max_voxels)
     shape = _shape3(tuple(int(d) for d in image.shape), name)
     total = shape[0] * shape[1] * shape[2]
     if total > max_voxels:

@@ -30,7 +30,8 @@ from segmenter.study import Geometry, Study, Window
 from segmenter.windows import apply_window, parse_window, percentile_window, preset_for_concept
 
 MAX_VOXELS = 160_000_000  # e.g. 600 CT slices of 512x512; values (float32) and display (RGB) fit in ~1.1 GB
-MAX_ZIP_BYTES = 2 * 1024**3  # declared uncompressed size of a zip's members
+MAX_ZIP_BYTES = 2 * 1024**3  # declared uncompressed size of a zip's members, at most
+ZIP_BYTES_PER_VOXEL = 8  # and at most this per voxel of the caller's budget (+ 64 MiB of headers)
 MAX_FILES = 10_000  # files in a series folder or zip
 HEAD_BYTES = 544  # enough for DICOM's preamble (132) and a NIfTI-1 (348) or NIfTI-2 (540) header
 StudyInput = str | Path | bytes | np.ndarray | Image.Image
@@ -85,17 +86,20 @@ def _folder_items(folder: Path) -> list[tuple[str, DicomSource]]:
     return _dicom_items(entries, heads)
 
 
-def _zip_items(source: Path | bytes, name: str) -> list[tuple[str, DicomSource]]:
+def _zip_limit(max_voxels: int) -> int:
+    return min(MAX_ZIP_BYTES, ZIP_BYTES_PER_VOXEL * max_voxels + (64 << 20))
+
+
+def _zip_items(source: Path | bytes, name: str, max_voxels: int) -> list[tuple[str, DicomSource]]:
     """The zip's members, read into memory (never extracted to disk), after checking their declared sizes."""
     try:
         with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
             members = [m for m in archive.infolist() if not m.is_dir() and not _skipped(m.filename)]
             if len(members) > MAX_FILES:
                 raise DicomError(f"{name}: zip holds {len(members)} files, above the limit of {MAX_FILES}")
-            total = sum(m.file_size for m in members)
-            if total > MAX_ZIP_BYTES:
-                raise image_io.ImageTooLarge(f"{name}: zip unpacks to {total} bytes, above the limit of "
-                                             f"{MAX_ZIP_BYTES}")
+            total, limit = sum(m.file_size for m in members), _zip_limit(max_voxels)
+            if total > limit:  # zipfile never reads a member past its declared size, so this bounds memory
+                raise image_io.ImageTooLarge(f"{name}: zip unpacks to {total} bytes, above the limit of {limit}")
             entries: list[tuple[str, DicomSource]] = [(m.filename, archive.read(m)) for m in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, OSError) as exc:
         raise DicomError(f"{name}: not a readable zip ({exc.__class__.__name__})") from None
@@ -211,7 +215,7 @@ def load_study(source: StudyInput, *, window: str | Window | None = None, concep
     if kind == "dicom":
         return _dicom_study(read_series([(name, target)], max_pixels), window, concept)
     if kind == "zip":
-        return _dicom_study(read_series(_zip_items(target, name), max_pixels), window, concept)
+        return _dicom_study(read_series(_zip_items(target, name, max_pixels), max_pixels), window, concept)
     if kind == "nifti":
         return _nifti_study(target, name, window, concept, max_pixels, slice_axis, modality)
     return _image_study(target, max_pixels)

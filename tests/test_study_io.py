@@ -3,6 +3,7 @@ shared NIfTI volumes. Geometry is checked against ImagePositionPatient / the fil
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import random
@@ -329,3 +330,22 @@ def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(ImageError, match="not a readable zip"):
         load_study(tmp_path / "bad.zip")
     assert load_study(np.zeros((4, 5), np.uint8)).kind == "image"  # arrays stay 2D images
+
+
+def test_one_frame_enhanced_file_keeps_its_per_frame_position(tmp_path):
+    study = load_study(_multiframe([3.0]))
+    assert study.shape == (1, 6, 5) and study.geometry.slice_spacing is None
+    assert study.geometry.affine_array()[:3, 3] == pytest.approx([-10.0, -20.0, 3.0])
+
+
+def test_archives_are_bounded_by_the_voxel_budget_before_unpacking(tmp_path):
+    """A small zip or gzip that unpacks far past the caller's budget is refused, not read into memory."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("series/big.dcm", bytes(80 << 20))  # 80 MiB of zeros, ~80 kB compressed
+    with pytest.raises(ImageTooLarge, match="zip unpacks to"):
+        load_study(archive.getvalue(), max_pixels=1000)
+    # a NIfTI whose header claims 2x2x2 voxels but whose gzip stream goes on for 80 MiB
+    raw = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_bytes() + bytes(80 << 20)
+    with pytest.raises(ImageTooLarge, match="gzip unpacks to more than"):
+        load_study(gzip.compress(raw, compresslevel=1), max_pixels=1000)
