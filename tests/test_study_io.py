@@ -349,3 +349,21 @@ def test_archives_are_bounded_by_the_voxel_budget_before_unpacking(tmp_path):
     raw = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_bytes() + bytes(80 << 20)
     with pytest.raises(ImageTooLarge, match="gzip unpacks to more than"):
         load_study(gzip.compress(raw, compresslevel=1), max_pixels=1000)
+
+
+def test_colour_dicom_is_shown_as_stored_and_a_ct_nifti_gets_ct_windows(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    ds = _base(6, 7, CTImageStorage, generate_uid(), modality="US")
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    study = load_study(buffer.getvalue())
+    assert (study.slices[0] == rgb).all() and study.values is None and study.window is None
+    assert (load_image(buffer.getvalue()) == rgb).all()
+    path = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(np.full((4, 4, 2), -500, np.int16), np.eye(4)), path)
+    assert load_study(path).window.name == "percentile"  # units unknown
+    ct = load_study(path, modality="CT", concept="lung nodule")
+    assert ct.window.name == "lung" and ct.geometry.modality == "CT" and ct.values.min() == -500
