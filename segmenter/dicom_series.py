@@ -184,14 +184,15 @@ def _normal(orientation: np.ndarray) -> np.ndarray:
 def _check_steps(steps: np.ndarray) -> float:
     """The median step between sorted slices (mm); a clear error for duplicates, gaps and uneven spacing."""
     if (steps < 1e-3).any():
-        raise DicomError(f"{int((steps < 1e-3).sum()) + 1} slices share a position along the slice normal "
-                         "(several echoes, phases or acquisitions in one series?); load one at a time")
+        raise DicomError(f"{int((steps < 1e-3).sum())} slice(s) repeat another slice's position along the slice "
+                         "normal (several echoes, phases or acquisitions in one series?); load one at a time")
     median = float(np.median(steps))
     gaps = np.flatnonzero(steps > GAP_FACTOR * median)
     if gaps.size:
         k = int(gaps[0])
+        missing = max(1, round(steps[k] / median) - 1)
         raise DicomError(f"missing slice: a gap of {steps[k]:.2f} mm after slice {k + 1} of {steps.size + 1}, "
-                         f"where the series' step is {median:.2f} mm")
+                         f"where the series' step is {median:.2f} mm (about {missing} slice(s) missing)")
     uneven = np.abs(steps - median) > max(SPACING_TOLERANCE * median, 0.01)
     if uneven.any():
         raise DicomError(f"inconsistent slice spacing: steps from {steps.min():.2f} to {steps.max():.2f} mm "

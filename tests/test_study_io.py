@@ -152,8 +152,14 @@ def test_one_file_alone_loads_and_a_volume_is_refused_by_load_image(tmp_path):
 
 def test_missing_slice_two_series_and_stray_file_are_refused(tmp_path):
     write_series(tmp_path / "gap", count=8, skip=4)
-    with pytest.raises(ImageError, match="missing slice: a gap of 5.00 mm"):
+    with pytest.raises(ImageError, match=r"missing slice: a gap of 5.00 mm after slice 4 of 7.*about 1 slice"):
         load_study(tmp_path / "gap")
+    uid = generate_uid()
+    (tmp_path / "dup").mkdir()
+    for n, z in enumerate([0.0, 2.0, 2.0, 4.0]):  # two acquisitions at one position
+        ct_slice((0, 0, z), np.zeros((4, 4)), uid).save_as(tmp_path / "dup" / f"{n}.dcm", enforce_file_format=True)
+    with pytest.raises(ImageError, match="1 slice\\(s\\) repeat another slice's position"):
+        load_study(tmp_path / "dup")
     write_series(tmp_path / "two", count=4, prefix="a")
     write_series(tmp_path / "two", count=3, prefix="b", origin=(0.0, 0.0, 200.0))
     with pytest.raises(ImageError, match="2 DICOM series"):
