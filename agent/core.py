@@ -23,12 +23,13 @@ from agent.graph import build_graph, recursion_limit
 from agent.locks import KeyedLocks
 from agent.planners.base import Planner, RunContext, ThreadMasks
 from agent.results import AgentResult, ConceptMask, StepEvent
-from agent.state import AgentState, turn_input
+from agent.state import AgentState, turn_input, update
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
 from segmenter.base import SegmenterBackend, image_key
 from segmenter.facade import Segmenter
 from segmenter.image_io import ImageInput, load_image
 from segmenter.overlay import render_overlay
+from segmenter.study import Geometry, Study
 from segmenter.types import Box, Instance
 
 if TYPE_CHECKING:
@@ -108,8 +109,10 @@ class Agent:
         self._lock = KeyedLocks()  # per thread id: one thread's turns never interleave
 
     # --- public API ------------------------------------------------------------------------------
-    def run(self, question: str, image: ImageInput | None = None, thread_id: str | None = None) -> AgentResult:
-        """Answer ``question`` about ``image`` (a path, array or PIL image) with masks.
+    def run(self, question: str, image: ImageInput | Study | None = None,
+            thread_id: str | None = None) -> AgentResult:
+        """Answer ``question`` about ``image`` (a path, array, PIL image, or a one-slice ``Study``, whose
+        pixel spacing turns measurements into millimetres) with masks.
 
         With ``thread_id``, the question continues that conversation ("now only the largest one");
         the image may then be left out to reuse the thread's image.
@@ -122,7 +125,7 @@ class Agent:
             raise RuntimeError("the agent finished without a result")
         return result
 
-    def stream(self, question: str, image: ImageInput | None = None,
+    def stream(self, question: str, image: ImageInput | Study | None = None,
                thread_id: str | None = None) -> Iterator[StepEvent]:
         """Step events as they happen; the last has kind "answer" and the run's ``result``."""
         if not isinstance(question, str) or not question.strip():
@@ -160,14 +163,20 @@ class Agent:
         self.close()
 
     # --- internals ---------------------------------------------------------------------------------
-    def _image_for(self, image: ImageInput | None, prior: dict[str, Any], thread: str) -> np.ndarray:
-        """The turn's pixels: the given image, else the thread's stored copy.
+    def _image_for(self, image: ImageInput | Study | None, prior: dict[str, Any],
+                   thread: str) -> tuple[np.ndarray, Geometry]:
+        """The turn's pixels and geometry: the given image, else the thread's stored copy.
 
         The checkpoint names the image only by its content hash (``store:<key>``), never by its
         path: a file name or folder often identifies the patient.
         """
+        if isinstance(image, Study):
+            if image.is_volume:
+                raise ValueError(f"the study has {image.shape[0]} slices; Agent.run takes one slice for now "
+                                 "(pick one: Study.from_rgb(study.slices[i], study.geometry))")
+            return np.ascontiguousarray(image.slices[0]), image.geometry
         if image is not None:
-            return load_image(image)
+            return load_image(image), Geometry()
         ref = prior.get("image_ref") or ""
         if not ref:
             raise ValueError("no image: pass image= (a path, numpy array or PIL image)"
@@ -175,14 +184,15 @@ class Agent:
         stored = self.store.get_image(ref.removeprefix("store:")) if ref.startswith("store:") else None
         if stored is None:
             raise ValueError(f"thread {thread!r}: its image is no longer stored; pass image= again")
-        return stored
+        return stored, Geometry.model_validate(prior.get("geometry") or {})
 
-    def _stream(self, question: str, image: ImageInput | None, thread_id: str | None) -> Iterator[StepEvent]:
+    def _stream(self, question: str, image: ImageInput | Study | None,
+                thread_id: str | None) -> Iterator[StepEvent]:
         thread = thread_id or f"run-{uuid.uuid4().hex}"
         config = {"configurable": {"thread_id": thread},
                   "recursion_limit": recursion_limit(self.max_rounds, self.planner.max_steps)}
         prior = self.thread_state(thread) if thread_id else {}
-        array = self._image_for(image, prior, thread)
+        array, geometry = self._image_for(image, prior, thread)
         key = image_key(array)
         ref = f"store:{key}"
         self.store.put_image(key, array, thread_id=thread)  # kept while a thread uses it
@@ -196,9 +206,11 @@ class Agent:
             image_ref=ref, image_key=key, image_size=list(array.shape[:2]), previous=prior.get("previous"),
             keep_candidates=list(prior.get("candidates", [])), next_id=int(prior.get("next_id", 1)),
         )
+        state.update(update(geometry=geometry))  # spacing and modality only: a follow-up measures in the same units
         trace: list[StepEvent] = []
         final: dict[str, Any] = {}
-        ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, masks=ThreadMasks(self.store, thread))
+        ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, masks=ThreadMasks(self.store, thread),
+                         geometry=geometry)
         try:
             for mode, chunk in self.graph.stream(state, config, context=ctx, stream_mode=["custom", "values"]):
                 if mode == "custom" and isinstance(chunk, StepEvent):
@@ -245,10 +257,12 @@ class Agent:
             )
         h, w = image.shape[:2]
         masks = [ConceptMask(concept=c, instances=insts, image_size=(h, w)) for c, insts in groups.items()]
+        chosen = set(state.selection)
+        measurements = [m for m in state.measurements if m.ids and set(m.ids) <= chosen]  # of the answer's masks
         ordered = [inst.mask for m in masks for inst in m.instances]
         overlay = render_overlay(image, ordered, [str(n) for n in range(1, len(ordered) + 1)])
         return AgentResult(
             question=state.question, answer=state.answer, planner=self.planner.label,
             concepts_tried=state.concepts_tried, masks=masks, image_size=(h, w), overlay=overlay,
-            trace=list(trace), thread_id=thread_id, rounds=state.round,
+            trace=list(trace), thread_id=thread_id, rounds=state.round, measurements=measurements,
         )

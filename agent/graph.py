@@ -84,8 +84,9 @@ def _report(view: PlannerView, result: ToolResult) -> None:
         view.emit("tool_result", result.text, data={**data, "probe": True} if result.call.probe else data,
                   ms=result.ms)
     elif result.kind == "examine":
-        view.emit("tool_result", result.text, data={"name": name, "ids": result.ids}, ms=result.ms)
-        for mask_id, crop in zip(result.ids, result.images, strict=True):
+        extra = {"measurements": [m.model_dump() for m in result.measurements]} if result.measurements else {}
+        view.emit("tool_result", result.text, data={"name": name, "ids": result.ids, **extra}, ms=result.ms)
+        for mask_id, crop in zip(result.ids if result.images else [], result.images, strict=True):  # measure: none
             view.emit("overlay", f"crop of #{mask_id}", image=crop, data={"ids": [mask_id], "crop": True})
     else:
         ids = result.selection.ids if result.selection else []
@@ -98,7 +99,7 @@ def tools_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     run = runtime.context
     ctx = ToolContext(image=run.image, segmenter=run.segmenter, masks=run.masks, candidates=state.candidates,
                       shown=view.candidates() or view.previous_candidates(), next_id=state.next_id,
-                      round=state.round + 1, turn=state.turn)
+                      round=state.round + 1, turn=state.turn, geometry=run.geometry)
     results = run_calls(state.pending, ctx, on_call=lambda call: _announce(view, call),
                         on_result=lambda result: _report(view, result))
     run.batch_images = [image for result in results for image in result.images]
@@ -108,6 +109,7 @@ def tools_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             presence[result.prompt or ""] = round(result.presence, 4)
             if result.phrase and result.phrase not in tried:
                 tried.append(result.phrase)
+    measured = [m for result in results if result.ok for m in result.measurements]
     segment_round = is_segment_round(state.pending)
     round_ = state.round + 1 if segment_round else state.round
     shown = [c for c in ctx.candidates if c.turn == state.turn]
@@ -115,7 +117,7 @@ def tools_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         view.emit("overlay", f"round {round_}: {len(shown)} candidate(s), labelled by id", image=view.overlay(shown),
                   data={"ids": [c.id for c in shown], "round": round_})
     return update(candidates=ctx.candidates, presence=presence, concepts_tried=tried, next_id=ctx.next_id,
-                  round=round_, pending=[], results=results)
+                  round=round_, pending=[], results=results, measurements=measured or state.measurements)
 
 
 def answer_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:

@@ -12,6 +12,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from segmenter.types import Instance
+from tools.measure import Measurement
 
 EventKind = Literal["plan", "tool_call", "tool_result", "overlay", "verdict", "answer", "error"]
 
@@ -87,6 +88,7 @@ class AgentResult(BaseModel):
     rounds: int = 0
     status: Literal["done", "error"] = "done"
     error: str | None = None
+    measurements: list[Measurement] = Field(default_factory=list)  # sizes, counts, ratios of the chosen masks
 
     def union_mask(self) -> np.ndarray:
         union = np.zeros(self.image_size, dtype=bool)
@@ -124,6 +126,7 @@ class AgentResult(BaseModel):
                 }
                 for i, m in enumerate(self.masks)
             ],
+            "measurements": [{**m.model_dump(), "text": m.text} for m in self.measurements],
             "trace": [event.summary() for event in self.trace],
         }
 

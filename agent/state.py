@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 
+from segmenter.study import Geometry
+from tools.measure import Measurement
 from tools.schemas import Candidate, ToolCall, ToolResult
 
 Phase = Literal["plan", "inspect"]
@@ -46,6 +48,7 @@ class AgentState(BaseModel):
     image_ref: str | None = None  # "store:<key>": the mask store holds the image by content hash (never a path)
     image_key: str = ""
     image_size: list[int] = Field(default_factory=list)  # [height, width]
+    geometry: Geometry = Field(default_factory=Geometry)  # the image's spacing and modality (no other DICOM tag)
     candidates: list[Candidate] = Field(default_factory=list)  # every candidate of the thread
     next_id: int = 1
     previous: PreviousAnswer | None = None
@@ -58,6 +61,7 @@ class AgentState(BaseModel):
     results: list[ToolResult] = Field(default_factory=list)  # what the last batch of calls returned
     presence: dict[str, float] = Field(default_factory=dict)  # prompt description -> presence score
     concepts_tried: list[str] = Field(default_factory=list)
+    measurements: list[Measurement] = Field(default_factory=list)  # this turn's latest measure batch
     decision: Decision = Field(default_factory=Decision)  # the last one
     memory: dict[str, Any] = Field(default_factory=dict)  # the planner's notes (its own model, dumped)
     selection: list[int] = Field(default_factory=list)

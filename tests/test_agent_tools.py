@@ -136,11 +136,13 @@ def test_every_tool_runs_through_run_tool(oracle_tools):
     shown = run_tool(ToolCall(name="examine_masks", arguments={"mask_ids": [8]}), ctx)
     assert shown.kind == "examine" and shown.ids == [8] and "#8 'polyp'" in shown.text
     assert max(shown.images[0].shape[:2]) == 384 and "images" not in shown.model_dump()  # crops stay out of state
+    sized = run_tool(ToolCall(name="measure", arguments={"ids": [8], "what": "area"}), ctx)
+    assert sized.kind == "examine" and sized.measurements[0].pixels == mask.sum() and "px²" in sized.text
     chosen = run_tool(ToolCall(name="select_masks", arguments={"ids": [8, 8], "answer": " one "}), ctx)
     assert chosen.kind == "finish" and chosen.selection == Selection(ids=[8], answer="one")
     none = run_tool(ToolCall(name="report_no_mask", arguments={"answer": "none"}), ctx)
     assert none.ok and none.selection == Selection(ids=[], answer="none")
-    assert {r.call.name for r in (found, boxed, shown, chosen, none)} == set(TOOLS)
+    assert {r.call.name for r in (found, boxed, shown, sized, chosen, none)} == set(TOOLS)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""What a tool call may use: the image, the segmenter, the thread's masks and candidates, the ids to give.
+"""What a tool call may use: the image and its geometry, the segmenter, the thread's masks and candidates,
+the ids to give.
 
 The agent builds one ``ToolContext`` per batch of calls; tools never see the agent itself.
 """
@@ -11,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from segmenter.facade import Segmenter
+from segmenter.study import Geometry
 from tools.schemas import Candidate
 
 
@@ -32,6 +34,7 @@ class ToolContext:
     next_id: int = 1  # the id the next new candidate gets
     round: int = 1  # the segment round new candidates belong to
     turn: int = 1  # the conversation turn new candidates belong to
+    geometry: Geometry = field(default_factory=Geometry)  # the image's spacing (unknown for a photo): for measure
 
     def add(self, candidates: list[Candidate]) -> None:
         """Count new candidates in, so a later call of the same batch numbers on from them."""

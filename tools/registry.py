@@ -13,8 +13,10 @@ from prompts import load_prompt
 from tools.answer import report_no_mask, select_masks
 from tools.context import ToolContext
 from tools.examine import examine_masks
+from tools.measure_tool import measure_masks
 from tools.schemas import (
     ExamineMasksArgs,
+    MeasureArgs,
     ReportNoMaskArgs,
     SegmentConceptArgs,
     SegmentGeometryArgs,
@@ -52,6 +54,8 @@ TOOLS: dict[str, ToolSpec] = {
         ToolSpec(name="segment_concept", args_model=SegmentConceptArgs, kind="segment", run=segment_concept),
         ToolSpec(name="segment_geometry", args_model=SegmentGeometryArgs, kind="segment", run=segment_geometry),
         ToolSpec(name="examine_masks", args_model=ExamineMasksArgs, kind="examine", run=examine_masks),
+        # "examine" kind: it reads masks without changing them, so it follows examine's batch rule
+        ToolSpec(name="measure", args_model=MeasureArgs, kind="examine", run=measure_masks),
         ToolSpec(name="select_masks", args_model=SelectMasksArgs, kind="finish", run=select_masks),
         ToolSpec(name="report_no_mask", args_model=ReportNoMaskArgs, kind="finish", run=report_no_mask),
     )

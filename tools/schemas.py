@@ -8,6 +8,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tools.measure import Measurement, MeasureWhat
+
 ToolKind = Literal["segment", "examine", "finish"]
 
 
@@ -60,6 +62,14 @@ class SegmentGeometryArgs(BaseModel):
 class ExamineMasksArgs(BaseModel):
     ids: list[int] = Field(default_factory=list, validation_alias=AliasChoices("ids", "mask_ids"),
                            description="candidate mask ids to show; empty = all current candidates")
+
+
+class MeasureArgs(BaseModel):
+    ids: list[int] = Field(min_length=1, max_length=64, validation_alias=AliasChoices("ids", "mask_ids"),
+                           description="ids of the candidate masks to measure (all masks a ratio needs)")
+    what: MeasureWhat | None = Field(None, description="one measurement only: area, diameter, volume, count, "
+                                                       "cdr (cup-to-disc ratio) or ctr (cardiothoracic ratio); "
+                                                       "omitted = every one that applies")
 
 
 class SelectMasksArgs(BaseModel):
@@ -127,9 +137,11 @@ class ToolResult(BaseModel):
     concept: str | None = None  # the concept the candidates count for
     presence: float | None = None
     candidates: list[Candidate] = Field(default_factory=list)
-    # examine_masks: the crops travel with the result but never into a checkpoint
+    # examine_masks, measure: the ids looked at; the crops travel with the result but never into a checkpoint
     ids: list[int] = Field(default_factory=list)
     images: list[np.ndarray] = Field(default_factory=list, exclude=True, repr=False)
+    # measure: sizes, counts and ratios of the ``ids`` it measured
+    measurements: list[Measurement] = Field(default_factory=list)
     # select_masks / report_no_mask
     selection: Selection | None = None
 

@@ -15,6 +15,7 @@ from agent.results import EventKind, StepEvent
 from agent.state import AgentState, Decision, PreviousAnswer
 from agent.store import MaskStore
 from segmenter.facade import Segmenter
+from segmenter.study import Geometry
 from tools.examine import candidates_overlay
 from tools.schemas import Candidate, ToolResult
 
@@ -46,6 +47,7 @@ class RunContext:
     image: np.ndarray
     planner: Planner
     masks: ThreadMasks
+    geometry: Geometry = field(default_factory=Geometry)  # the image's spacing and modality (unknown for a photo)
     batch_images: list[np.ndarray] = field(default_factory=list)  # the last batch's crops (pixels stay out of state)
 
 

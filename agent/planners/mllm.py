@@ -201,7 +201,7 @@ class MLLMPlanner(Planner):
             return f"error: {result.error}"
         if result.status == "not_run":
             return result.error or "not run"
-        if result.kind == "examine":
+        if result.kind == "examine" and result.images:  # measure is an examine without crops
             return result.text + " (the crops follow as images)"
         return result.text
 

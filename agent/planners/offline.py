@@ -8,6 +8,9 @@ inspect  without vision: presence scores, instance scores, dropping specks, low 
          the image is clearly not (polyps on a fundus photo) must be very present to count. Then
          another round: re-segment each kept instance with its own box (a tighter mask), or retry
          a synonym when the presence score was borderline; then inspect again.
+measure  a question asking for a size, count or ratio ("how big", "how many", "is the heart enlarged?",
+         "cup-to-disc ratio") also segments what the measurement needs (lungs + cardiomediastinum, optic
+         disc + cup) and ends with a ``measure`` call on the selection, whose numbers the answer states.
 answer   a templated sentence per concept, saying which planner wrote it.
 
 What it carries from step to step is ``OfflineMemory``.
@@ -24,9 +27,11 @@ from pydantic import BaseModel, Field
 
 from agent.concepts import ConceptPick, ConceptPicker, default_picker
 from agent.errors import PlannerError
+from agent.measure_intent import MeasureIntent, measure_intent
 from agent.planners.base import Planner, PlannerView
 from agent.state import Decision
 from segmenter.catalog import load_catalog
+from tools.measure import Measurement, spacing_note
 from tools.schemas import Candidate, ToolCall
 from tools.segment import masks_iou
 
@@ -57,7 +62,11 @@ class OfflineMemory(BaseModel):
     targets: list[str] = Field(default_factory=list)  # the concepts to segment
     keep: list[int] = Field(default_factory=list)  # previous-answer ids an "also ..." question keeps
     followup: str | None = None  # how a follow-up worked on the previous answer, when it did
-    stage: Literal["first", "boxes"] = "first"  # inspect: judge the first masks, or the box-refined ones
+    stage: Literal["first", "boxes", "measure"] = "first"  # judge the first masks, the box-refined ones, or
+    # read the measure call on the selection (``final``)
+    measure: MeasureIntent | None = None  # the measurement the question asks for
+    final: list[int] = Field(default_factory=list)  # the selection being measured
+    measure_error: str | None = None  # why the measure call failed, for the answer
     retried: list[str] = Field(default_factory=list)  # concepts already retried with a synonym
     kept: list[int] = Field(default_factory=list)  # the ids kept before box refinement
     dropped: dict[str, str] = Field(default_factory=dict)  # id -> why it was dropped
@@ -77,6 +86,15 @@ def parse_op(question: str) -> tuple[str | None, int | None]:
     if re.search(r"\b(most confident|highest score|best one|most likely|most certain)\b", q):
         return "best", None
     return None, None
+
+
+def _with_needs(concepts: list[str], intent: MeasureIntent | None) -> list[str]:
+    """The question's concepts plus those its measurement needs ("lung" is there when either lung is)."""
+    out = list(concepts)
+    for need in intent.needs if intent else []:
+        if not any(c == need or c.endswith(f" {need}") for c in out):
+            out.append(need)
+    return out
 
 
 def _expand_box(box: list[float], width: int, height: int, margin: float = 0.1) -> list[float]:
@@ -125,6 +143,8 @@ class OfflinePlanner(Planner):
         """Pick the concepts and segment them. Where the picker needs presence scores it has not got,
         this step asks for presence probes first (run by the tools node) and plans again with them."""
         memory = view.memory(OfflineMemory)
+        if memory.stage == "measure":  # back from measuring a follow-up's masks
+            return self._measured(view, memory)
         probed = {**memory.probed, **self._probe_results(view)}
         asked: list[str] = []
         decision = self._plan(view, self._presence_lookup(probed, asked) if self.use_presence_to_resolve else None)
@@ -166,9 +186,14 @@ class OfflinePlanner(Planner):
         prev_cands = view.previous_candidates()
         pick = self.picker.pick(question, view.image, presence, fallback=prev is None)
         also = bool(re.search(r"\b(also|too|as well|add|additionally|plus|in addition)\b|^\s*and\b", question.lower()))
-        memory = OfflineMemory(pick=self._notes(pick), op=op, number=number, targets=pick.concepts)
+        intent = measure_intent(question)
+        memory = OfflineMemory(pick=self._notes(pick), op=op, number=number, measure=intent,
+                               targets=_with_needs(pick.concepts, intent))
         if prev is not None:
             prev_concepts = {c.concept for c in prev_cands}
+            if intent is not None and not intent.needs and not pick.concepts and prev_cands:
+                memory.followup = "measure"  # "how big is it?": measure the previous answer's masks
+                return self._finish(memory, [c.id for c in prev_cands], "follow-up on the previous answer")
             if not pick.concepts and not pick.excluded and op is None:
                 # nothing we recognise as a follow-up: read it as a new question
                 pick = self.picker.pick(question, view.image, presence, fallback=True)
@@ -179,11 +204,10 @@ class OfflinePlanner(Planner):
                 ids = self._apply_op(view, ids, op, number)
                 what = f"{op}{' ' + str(number) if number else ''}" if op else "filter"
                 memory.followup = what
-                return Decision(finish=True, ids=ids, memory=memory,
-                                note=f"follow-up on the previous answer ({what}): keep {ids}")
+                return self._finish(memory, ids, f"follow-up on the previous answer ({what}): keep {ids}")
             if also:
                 memory.keep = [c.id for c in prev_cands if c.concept not in pick.excluded]
-                memory.targets = [c for c in pick.concepts if c not in prev_concepts]
+                memory.targets = [c for c in _with_needs(pick.concepts, intent) if c not in prev_concepts]
         if not memory.targets:
             return Decision(finish=True, ids=memory.keep, memory=memory, note="nothing to segment")
         calls = [ToolCall(name="segment_concept", arguments={"concept": c}, credited_concept=c) for c in memory.targets]
@@ -200,6 +224,8 @@ class OfflinePlanner(Planner):
     # --- inspect --------------------------------------------------------------------------------
     def inspect(self, view: PlannerView) -> Decision:
         memory = view.memory(OfflineMemory)
+        if memory.stage == "measure":
+            return self._measured(view, memory)
         cands = view.candidates()
         presence = self._concept_presence(view, memory)
         if memory.stage == "first":
@@ -224,7 +250,27 @@ class OfflinePlanner(Planner):
         ids = memory.keep + [i for i in ids if i not in memory.keep]
         memory = memory.model_copy(update={"presence": presence, "dropped": dropped})
         note = f"keep {ids}" + (f"; dropped {dropped}" if dropped else "")
-        return Decision(finish=True, ids=ids, memory=memory, note=note)
+        return self._finish(memory, ids, note)
+
+    @staticmethod
+    def _finish(memory: OfflineMemory, ids: list[int], note: str) -> Decision:
+        """Finish with ``ids``; first measure them when the question asks for a measurement."""
+        if memory.measure is None or not ids:
+            return Decision(finish=True, ids=ids, memory=memory, note=note)
+        args: dict[str, Any] = {"ids": ids}
+        if memory.measure.what is not None:
+            args["what"] = memory.measure.what
+        memory = memory.model_copy(update={"stage": "measure", "final": ids})
+        return Decision(calls=[ToolCall(name="measure", arguments=args)], memory=memory, note=f"{note}; measure them")
+
+    @staticmethod
+    def _measured(view: PlannerView, memory: OfflineMemory) -> Decision:
+        """Back from the measure call: finish with the measured selection (its numbers are in the state)."""
+        failed = next((r for r in view.results if r.call.name == "measure" and not r.ok), None)
+        if failed is not None:
+            memory = memory.model_copy(update={"measure_error": failed.error})
+        return Decision(finish=True, ids=memory.final, memory=memory,
+                        note=f"keep {memory.final}" + (f"; not measured: {failed.error}" if failed else ""))
 
     def fallback(self, view: PlannerView) -> Decision:
         memory = view.memory(OfflineMemory)
@@ -378,12 +424,37 @@ class OfflinePlanner(Planner):
             sentences.append("The question names nothing I can segment.")
         if not found_any:
             sentences.insert(0, "Nothing was found.")
+        sentences += self._measure_sentences(view, memory, decision.ids)
         for concept, how in memory.pick.how.items():
             if how != "named" and concept in concepts:
                 sentences.append(f"'{memory.pick.phrases.get(concept, concept)}' was read as {concept}: {how}.")
         if memory.followup:
             sentences.insert(0, f"From the previous answer ({memory.followup}):")
         return " ".join(sentences) + " " + SIGNATURE
+
+    @staticmethod
+    def _measure_sentences(view: PlannerView, memory: OfflineMemory, ids: list[int]) -> list[str]:
+        """The measurements of the answer's masks, units stated; a ratio with its usual threshold."""
+        if memory.measure is None or not ids:
+            return []
+        if memory.measure_error:
+            return [f"Could not measure: {memory.measure_error}."]
+        chosen = view.by_id(ids)
+        found: list[Measurement] = [m for m in view.state.measurements if m.ids and set(m.ids) <= set(ids)]
+        out = [m.sentence for m in found if m.unit == "ratio"]
+        if memory.measure.what == "count":
+            out += [f"Count: {m.text}." for m in found if m.kind == "count"]
+        # sizes per instance, numbered as the answer's overlay numbers them (concept by concept)
+        order = [c for concept in dict.fromkeys(c.concept for c in chosen) for c in chosen if c.concept == concept]
+        sizes = []
+        for n, cand in enumerate(order, start=1):
+            mine = [m.short for m in found if m.ids == [cand.id] and m.kind != "count"]
+            if mine:
+                sizes.append(f"{cand.concept} {n}: {', '.join(mine)}")
+        if sizes:
+            out.append("Sizes (numbered as on the overlay): " + "; ".join(sizes) + ".")
+        note = spacing_note(found)
+        return out + ([note] if note else [])
 
     def _not_found(self, memory: OfflineMemory, concept: str, presence: float | None) -> str:
         foreign = self._foreign(memory, concept)
