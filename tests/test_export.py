@@ -1,0 +1,248 @@
+"""NIfTI and DICOM SEG exports keep the source geometry: read them back and compare voxel world positions."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from segmenter.export import ExportError, save_dicom_seg, save_nifti
+from segmenter.study import Geometry, Study
+
+ROWS, COLS, SLICES = 12, 10, 5
+ROW_SPACING, COL_SPACING, STEP = 0.7, 0.8, 2.5
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+CHAOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos_mr_t2_3d"
+
+
+def _slice(index: int, orientation: list[float], study_uid: str, series_uid: str, frame_uid: str) -> Dataset:
+    """One CT slice of an axial series; slice ``index`` lies ``index * STEP`` mm along the normal."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    position = np.array([-60.0, 30.0, -100.0]) + index * STEP * normal
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "PHANTOM-1", "19700101", "O"
+    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study_uid, "20260101", "120000", "1"
+    ds.ReferringPhysicianName, ds.AccessionNumber = "", "ACC1"
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "CT", series_uid, 3, index + 1
+    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
+    ds.Manufacturer = "pytest"
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.PixelSpacing, ds.SliceThickness = [ROW_SPACING, COL_SPACING], STEP
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = ROWS, COLS, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
+    ds.PixelData = np.full((ROWS, COLS), 1024 + 40 + index, dtype=np.int16).tobytes()
+    return ds
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    image = nib.load(str(path))
+    assert isinstance(image, nib.Nifti1Image)
+    return image
+
+
+def _affine_from_dicom(headers: list[Dataset]) -> np.ndarray:
+    """(slice, row, col) -> RAS mm from the headers alone (DICOM's LPS with x and y negated)."""
+    orientation = np.array(headers[0].ImageOrientationPatient, dtype=float)
+    first, second = (np.array(ds.ImagePositionPatient, dtype=float) for ds in headers[:2])
+    lps = np.eye(4)
+    lps[:3, 0] = second - first
+    lps[:3, 1] = orientation[3:] * float(headers[0].PixelSpacing[0])
+    lps[:3, 2] = orientation[:3] * float(headers[0].PixelSpacing[1])
+    lps[:3, 3] = first
+    return LPS_TO_RAS @ lps
+
+
+def _dicom_world(headers: list[Dataset], s: int, r: int, c: int) -> np.ndarray:
+    """RAS mm of pixel (r, c) of slice s, from that slice's own position and the DICOM pixel formula."""
+    ds = headers[s]
+    orientation = np.array(ds.ImageOrientationPatient, dtype=float)
+    lps = (np.array(ds.ImagePositionPatient, dtype=float) + r * float(ds.PixelSpacing[0]) * orientation[3:]
+           + c * float(ds.PixelSpacing[1]) * orientation[:3])
+    return np.array([-lps[0], -lps[1], lps[2]])
+
+
+@pytest.fixture(params=[[1, 0, 0, 0, 1, 0], [-1, 0, 0, 0, 1, 0]], ids=["axial", "axial-flipped-x"])
+def series(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Study, list[Dataset]]:
+    """A CT series written under shuffled file names, read back, and the Study the loader's contract makes."""
+    uids = generate_uid(), generate_uid(), generate_uid()
+    names = [f"IM{n:04d}.dcm" for n in random.Random(7).sample(range(1000), SLICES)]
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for index, name in enumerate(names):
+        _slice(index, request.param, *uids).save_as(folder / name, enforce_file_format=True)
+    # read in file-name order, which is not the slice order
+    datasets: list[Dataset] = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
+    orientation = np.array(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    datasets.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))))
+    values = np.stack([ds.pixel_array.astype(np.float32) - 1024 for ds in datasets])
+    for ds in datasets:
+        del ds.PixelData
+    geometry = Geometry(pixel_spacing=(ROW_SPACING, COL_SPACING), slice_spacing=STEP, modality="CT",
+                        affine=tuple(tuple(float(v) for v in row) for row in _affine_from_dicom(datasets)))
+    grey = np.clip(values - values.min(), 0, 255).astype(np.uint8)
+    study = Study(slices=np.repeat(grey[..., None], 3, axis=3), geometry=geometry, kind="dicom", values=values,
+                  dicom_headers=datasets)
+    return study, datasets
+
+
+def _masks() -> dict[str, np.ndarray]:
+    liver = np.zeros((SLICES, ROWS, COLS), dtype=bool)
+    liver[1, 2:5, 3:7] = True
+    liver[3, 8, 1] = True  # one voxel off-centre: catches a row/col swap or flip
+    tumor = np.zeros_like(liver)
+    tumor[3, 6:9, 0:2] = True
+    return {"liver": liver, "brain tumor": tumor, "nothing": np.zeros_like(liver)}
+
+
+def test_nifti_of_dicom_lands_on_the_dicom_voxels(series, tmp_path: Path) -> None:
+    study, headers = series
+    mask = _masks()["liver"]
+    path = save_nifti(mask, study.geometry, tmp_path / "liver.nii.gz")
+    image = _load(path)
+    data = np.asarray(image.dataobj)
+    assert data.dtype == np.uint8 and data.shape == (COLS, ROWS, SLICES)  # ITK's grid of a DICOM series
+    assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
+    assert np.allclose(image.header.get_zooms(), (COL_SPACING, ROW_SPACING, STEP))
+    written = sorted(map(tuple, np.round(nib.affines.apply_affine(image.affine, np.argwhere(data == 1)), 4)))
+    expected = sorted(tuple(np.round(_dicom_world(headers, s, r, c), 4)) for s, r, c in np.argwhere(mask))
+    assert written == expected and len(written) == int(mask.sum())
+
+
+def test_seg_frames_reference_the_right_source_images(series, tmp_path: Path) -> None:
+    study, headers = series
+    masks = _masks()
+    path = save_dicom_seg(masks, study, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(str(path))
+    assert seg.SegmentationType == "BINARY" and seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == headers[0].SeriesInstanceUID
+    assert seg.StudyInstanceUID == headers[0].StudyInstanceUID and seg.PatientID == "PHANTOM-1"
+    assert seg.FrameOfReferenceUID == headers[0].FrameOfReferenceUID
+    assert seg.Manufacturer == "medsam3-agent"
+    labels = [item.SegmentLabel for item in seg.SegmentSequence]
+    assert labels == ["liver", "brain tumor", "nothing"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SCT liver
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # neoplasm
+    assert seg.SegmentSequence[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # tissue
+    by_uid = {ds.SOPInstanceUID: index for index, ds in enumerate(headers)}
+    frames = seg.pixel_array.reshape(-1, ROWS, COLS)
+    names = list(masks)
+    # empty frames are left out: one frame per (slice, segment) with a pixel
+    assert len(frames) == sum(int(m[s].any()) for m in masks.values() for s in range(SLICES)) == 3
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        s = by_uid[source]
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        assert np.allclose(position, [float(v) for v in headers[s].ImagePositionPatient])
+        assert np.array_equal(frame.astype(bool), masks[names[number - 1]][s])
+    # and through highdicom's own source-indexed reader
+    uids = [ds.SOPInstanceUID for ds in headers]
+    back = seg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3])
+    assert np.array_equal(back.astype(bool), np.stack(list(masks.values()), axis=-1))
+
+
+def test_seg_of_nothing_found_is_a_valid_empty_seg(series, tmp_path: Path) -> None:
+    study, _ = series
+    path = save_dicom_seg({"liver": np.zeros(study.shape, dtype=bool)}, study, tmp_path / "empty.dcm")
+    seg = hd.seg.segread(str(path))
+    assert int(seg.NumberOfFrames) == SLICES and not seg.pixel_array.any()
+
+
+def test_seg_refuses_studies_it_cannot_describe(series, tmp_path: Path) -> None:
+    study, headers = series
+    mask = {"liver": np.zeros(study.shape, dtype=bool)}
+    no_headers = Study(slices=study.slices, geometry=study.geometry, kind="dicom")
+    with pytest.raises(ExportError, match="no DICOM headers"):
+        save_dicom_seg(mask, no_headers, tmp_path / "a.dcm")
+    with pytest.raises(ExportError, match="is \\(5, 3, 3\\)"):
+        save_dicom_seg({"liver": np.zeros((SLICES, 3, 3), dtype=bool)}, study, tmp_path / "b.dcm")
+    shuffled = Study(slices=study.slices, geometry=study.geometry, kind="dicom", dicom_headers=headers[::-1])
+    transposed_rows = study.geometry.model_copy(update={"affine": tuple(
+        tuple(row) for row in study.geometry.affine_array() @ np.diag([1.0, -1.0, 1.0, 1.0]))})  # type: ignore[operator]
+    flipped = Study(slices=study.slices, geometry=transposed_rows, kind="dicom", dicom_headers=headers)
+    save_dicom_seg(mask, shuffled, tmp_path / "c.dcm")  # headers out of order are matched by position
+    with pytest.raises(ExportError, match="not oriented as the source"):
+        save_dicom_seg(mask, flipped, tmp_path / "d.dcm")
+    with pytest.raises(ExportError, match="bool or integer"):
+        save_dicom_seg({"liver": np.zeros(study.shape, dtype=np.float32)}, study, tmp_path / "e.dcm")
+    assert not (tmp_path / "a.dcm").exists()
+
+
+def _nifti_source(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A labelled NIfTI with an oblique, anisotropic affine (file axes i, j, k)."""
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.9, 1.1, 3.0])
+    affine[:3, 3] = [40.0, -25.0, 12.0]
+    labels = np.zeros((7, 6, 4), dtype=np.uint8)
+    labels[1:3, 2:5, 1] = 1
+    labels[6, 0, 3] = 1
+    path = tmp_path / "source.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), str(path))
+    return path, labels
+
+
+def _study_of(labels: np.ndarray, affine: np.ndarray) -> tuple[Study, np.ndarray]:
+    """The (slice, row, col) study a loader makes of a NIfTI: slice = k, rows = j flipped, cols = i (contract)."""
+    values = np.transpose(labels, (2, 1, 0))[:, ::-1, :]
+    new_to_old = np.array([[0, 0, 1, 0], [0, -1, 0, labels.shape[1] - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    study_affine = affine @ new_to_old
+    geometry = Geometry(affine=tuple(tuple(float(v) for v in row) for row in study_affine))
+    grey = (values > 0).astype(np.uint8) * 255
+    return Study(slices=np.repeat(grey[..., None], 3, axis=3), geometry=geometry, kind="nifti"), values > 0
+
+
+def _world_set(image: nib.spatialimages.SpatialImage) -> list[tuple[float, ...]]:
+    data = np.asarray(image.dataobj)
+    return sorted(map(tuple, np.round(nib.affines.apply_affine(image.affine, np.argwhere(data > 0)), 4)))
+
+
+def test_nifti_of_nifti_keeps_every_voxel_in_world_space(tmp_path: Path) -> None:
+    path, labels = _nifti_source(tmp_path)
+    source = _load(path)
+    study, mask = _study_of(labels, source.affine)
+    out = _load(save_nifti(mask, study.geometry, tmp_path / "mask.nii.gz"))
+    assert _world_set(out) == _world_set(source)
+    same_grid = _load(save_nifti(mask, study.geometry, tmp_path / "grid.nii.gz", like=path))
+    assert np.array_equal(np.asarray(same_grid.dataobj), labels) and np.allclose(same_grid.affine, source.affine)
+    with pytest.raises(ExportError, match="does not cover"):
+        save_nifti(mask[:, :, :-1], study.geometry, tmp_path / "bad.nii.gz", like=path)
+
+
+def test_nifti_without_affine_uses_the_spacing(tmp_path: Path) -> None:
+    mask = np.zeros((1, 4, 6), dtype=bool)
+    mask[0, 3, 5] = True
+    image = _load(save_nifti(mask, Geometry(pixel_spacing=(0.5, 0.25)), tmp_path / "photo.nii.gz"))
+    assert np.asarray(image.dataobj).shape == (6, 4, 1) and int(image.header["sform_code"]) == 2
+    assert _world_set(image) == [(1.25, 1.5, 0.0)]  # col 5 * 0.25 mm, row 3 * 0.5 mm
+
+
+def test_real_chaos_label_round_trips(tmp_path: Path) -> None:
+    labels_dir = CHAOS / "labels" / "liver"
+    if not labels_dir.is_dir():
+        pytest.skip(f"shared data not found at {CHAOS}")
+    path = sorted(labels_dir.glob("*.nii.gz"))[0]
+    source = _load(path)
+    labels = (np.asarray(source.dataobj) > 0).astype(np.uint8)
+    study, mask = _study_of(labels, source.affine)
+    out = _load(save_nifti(mask, study.geometry, tmp_path / "liver.nii.gz"))
+    assert _world_set(out) == _world_set(nib.Nifti1Image(labels, source.affine))
+    same_grid = _load(save_nifti(mask, study.geometry, tmp_path / "grid.nii.gz", like=source))
+    assert np.array_equal(np.asarray(same_grid.dataobj), labels)
