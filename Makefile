@@ -6,8 +6,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data
-DEMO_IMAGE ?= $(firstword $(wildcard $(DATA)/kvasir_seg/images/cju0u82z3cuma0835wlxrnrjv.jpg) runs/demo_input.png)
+# the demo's chest X-ray ships in examples/ (CC BY, attribution in examples/README.md): the same demo on every machine
+DEMO_IMAGE ?= examples/chest_xray_pa_radiopaedia_9171.jpg
+DEMO_QUESTION ?= Is the heart enlarged?
 
 # the core plus [ui] (medsam3-agent ui), [serve] (serve-segmenter) and [eval] (eval, bench)
 $(VENV)/.installed-app: pyproject.toml constraints/cpu.txt
@@ -21,11 +22,8 @@ $(VENV)/.installed-test: $(VENV)/.installed-app
 
 install: $(VENV)/.installed-app
 
-runs/demo_input.png: scripts/demo_image.py
-	mkdir -p runs && $(BIN)/python scripts/demo_image.py $@
-
-demo: install $(if $(filter runs/demo_input.png,$(DEMO_IMAGE)),runs/demo_input.png)
-	$(BIN)/medsam3-agent run "$(DEMO_IMAGE)" "find the polyps" --out runs/demo
+demo: install
+	$(BIN)/medsam3-agent run "$(DEMO_IMAGE)" "$(DEMO_QUESTION)" --out runs/demo
 	@echo "wrote runs/demo (overlay.png, masks, result.json)"
 
 # gradio writes agent/ui/*.pyi when it imports the UI; mypy would read that copy instead of the module
