@@ -1,8 +1,9 @@
 """The agent's settings from the environment, read once and then passed to what needs them.
 
-``Settings()`` reads ``OPENAI_BASE_URL``, ``OPENAI_MODEL``, ``OPENAI_API_KEY`` and
-``MEDSAM3_UI_AUTH``; the CLI, the UI and ``Agent`` build one and hand it down (nothing below
-them reads these variables). The segmenter layer's own variables (``MEDSAM3_SEGMENTER_URL`` /
+``Settings()`` reads ``OPENAI_BASE_URL``, ``OPENAI_MODEL``, ``OPENAI_API_KEY``,
+``MEDSAM3_COORDINATES`` (how the MLLM's boxes read: auto, pixels or norm1000; see
+``agent/mllm/frame.py``) and ``MEDSAM3_UI_AUTH``; the CLI, the UI and ``Agent`` build one and hand
+it down (nothing below them reads these variables). The segmenter layer's own variables (``MEDSAM3_SEGMENTER_URL`` /
 ``MEDSAM3_SEGMENTER_TOKEN``, ``MEDSAM3_SAM3_CONFIG`` / ``MEDSAM3_SAM3_MODEL``) are read in
 ``segmenter/``, which imports nothing from ``agent``.
 
@@ -19,6 +20,7 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PlannerName = Literal["offline", "openai"]
+CoordinateChoice = Literal["auto", "pixels", "norm1000"]  # agent.mllm.frame's conventions, "auto" by model
 
 
 class Settings(BaseSettings):
@@ -29,6 +31,7 @@ class Settings(BaseSettings):
     openai_base_url: str = ""
     openai_model: str = ""
     openai_api_key: SecretStr | None = None
+    medsam3_coordinates: CoordinateChoice = "auto"
     medsam3_ui_auth: SecretStr | None = None
 
     @field_validator("openai_api_key", "medsam3_ui_auth", mode="before")

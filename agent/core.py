@@ -36,20 +36,23 @@ if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
 
-def build_planner(planner: Any = "auto", settings: Settings | None = None, **llm_options: Any) -> Planner:
+def build_planner(planner: Any = "auto", settings: Settings | None = None, *,
+                  coordinate_convention: str | None = None, **llm_options: Any) -> Planner:
     """A planner from a name ("auto", "offline", "openai"), a chat client, or a Planner.
 
     "auto" follows ``Settings.planner_for`` (base URL or model given, in ``llm_options`` or ``settings``).
+    ``coordinate_convention`` (else ``settings.medsam3_coordinates``) is how an MLLM's boxes read.
     """
     if isinstance(planner, Planner):
         return planner
     from agent.mllm.base import ChatClient
 
+    settings = settings if settings is not None else Settings()
+    coordinates = coordinate_convention or settings.medsam3_coordinates
     if isinstance(planner, ChatClient):
         from agent.planners.mllm import MLLMPlanner
 
-        return MLLMPlanner(planner)
-    settings = settings if settings is not None else Settings()
+        return MLLMPlanner(planner, coordinate_convention=coordinates)
     if isinstance(planner, str):
         planner = settings.planner_for(planner, base_url=llm_options.get("base_url"), model=llm_options.get("model"))
     if planner == "offline":
@@ -60,7 +63,7 @@ def build_planner(planner: Any = "auto", settings: Settings | None = None, **llm
         from agent.mllm.openai_client import OpenAIClient
         from agent.planners.mllm import MLLMPlanner
 
-        return MLLMPlanner(OpenAIClient.from_env(settings, **llm_options))
+        return MLLMPlanner(OpenAIClient.from_env(settings, **llm_options), coordinate_convention=coordinates)
     raise ValueError(f"unknown planner {planner!r}; choose offline, openai, or pass a Planner / chat client")
 
 
@@ -83,12 +86,16 @@ class Agent:
         llm_options: dict[str, Any] | None = None,
         segmenter_options: dict[str, Any] | None = None,
         settings: Settings | None = None,
+        coordinate_convention: str | None = None,
     ) -> None:
-        """``settings``: the environment's endpoint, model and key (read now when not given)."""
+        """``settings``: the environment's endpoint, model and key (read now when not given).
+        ``coordinate_convention``: how the MLLM planner reads boxes ("pixels", "norm1000"; default "auto":
+        by model family, or ``MEDSAM3_COORDINATES``)."""
         if not isinstance(max_rounds, int) or max_rounds < 0:
             raise ValueError(f"max_rounds must be a whole number >= 0, got {max_rounds!r}")
         self.max_rounds = max_rounds
-        self.planner = build_planner(planner, settings, **(llm_options or {}))
+        self.planner = build_planner(planner, settings, coordinate_convention=coordinate_convention,
+                                     **(llm_options or {}))
         self.segmenter = _build_segmenter(segmenter, segmenter_options or {})
         self.checkpoint_db = Path(checkpoint_db) if checkpoint_db else None
         if self.checkpoint_db is not None:

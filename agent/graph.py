@@ -99,7 +99,7 @@ def tools_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     run = runtime.context
     ctx = ToolContext(image=run.image, segmenter=run.segmenter, masks=run.masks, candidates=state.candidates,
                       shown=view.candidates() or view.previous_candidates(), next_id=state.next_id,
-                      round=state.round + 1, turn=state.turn, geometry=run.geometry)
+                      round=state.round + 1, turn=state.turn, geometry=run.geometry, tried=dict(state.tried_calls))
     results = run_calls(state.pending, ctx, on_call=lambda call: _announce(view, call),
                         on_result=lambda result: _report(view, result))
     run.batch_images = [image for result in results for image in result.images]
@@ -117,7 +117,8 @@ def tools_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         view.emit("overlay", f"round {round_}: {len(shown)} candidate(s), labelled by id", image=view.overlay(shown),
                   data={"ids": [c.id for c in shown], "round": round_})
     return update(candidates=ctx.candidates, presence=presence, concepts_tried=tried, next_id=ctx.next_id,
-                  round=round_, pending=[], results=results, measurements=measured or state.measurements)
+                  round=round_, pending=[], results=results, measurements=measured or state.measurements,
+                  tried_calls=ctx.tried)
 
 
 def answer_node(state: AgentState, runtime: Runtime[RunContext]) -> dict:

@@ -61,6 +61,7 @@ class AgentState(BaseModel):
     results: list[ToolResult] = Field(default_factory=list)  # what the last batch of calls returned
     presence: dict[str, float] = Field(default_factory=dict)  # prompt description -> presence score
     concepts_tried: list[str] = Field(default_factory=list)
+    tried_calls: dict[str, ToolResult] = Field(default_factory=dict)  # segmentation calls run: repeats aren't rerun
     measurements: list[Measurement] = Field(default_factory=list)  # this turn's latest measure batch
     decision: Decision = Field(default_factory=Decision)  # the last one
     memory: dict[str, Any] = Field(default_factory=dict)  # the planner's notes (its own model, dumped)

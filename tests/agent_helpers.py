@@ -1,7 +1,11 @@
 """Helpers for the agent tests (importable from subprocesses too, so not in conftest).
 
 * ``FakeOpenAI``: a local OpenAI-compatible chat-completions server on 127.0.0.1 (stdlib
-  http.server in a thread) that plays a script of replies and records every request.
+  http.server in a thread) that plays a script of replies and records every request. The reply
+  builders below speak as real models do: native tool calls, Hermes / Qwen ``<tool_call>`` tags in
+  the content, JSON in prose or a fenced block, calls cut off at the token limit, refusals in prose,
+  and ``looking_model``, which finds a bright object in the image it was sent and answers a box in
+  its own frame (pixels of the image as sent, or Qwen2-VL / Gemini's 0-1000).
 * ``OracleBackend``: a segmenter backend that answers from the shared data's ground-truth masks
   (connected components of the named concept, presence high where the mask is non-empty). It
   makes planner-logic tests (follow-ups, negatives, thread resume) deterministic; the real model
@@ -50,6 +54,72 @@ def tool_reply(name: str, arguments: dict | str, call_id: str = "call_1", text: 
 
 def text_reply(text: str) -> Reply:
     return completion({"content": text})
+
+
+def call_json(name: str, arguments: dict, key: str = "arguments") -> str:
+    return json.dumps({"name": name, key: arguments})
+
+
+def tagged_reply(name: str, arguments: dict, prose: str = "Let me look.") -> Reply:
+    """A Hermes / Qwen-style call in the content (vLLM without a tool parser passes it through as text)."""
+    return text_reply(f"{prose}\n<tool_call>\n{call_json(name, arguments)}\n</tool_call>")
+
+
+def fenced_reply(name: str, arguments: dict) -> Reply:
+    """A call as a fenced JSON block with prose around it."""
+    return text_reply(f"I can see the target. I will call this tool:\n```json\n{call_json(name, arguments)}\n```\n"
+                      "Then I will check the result.")
+
+
+def bare_json_reply(name: str, arguments: dict) -> Reply:
+    """A call as one bare JSON object in a sentence."""
+    return text_reply(f"Next step: {call_json(name, arguments, key='parameters')} - that should find it.")
+
+
+def truncated_reply(name: str, arguments: dict, keep: float = 0.6) -> Reply:
+    """A text call cut off at the token limit (finish_reason "length"), as a model with a small max_tokens sends."""
+    text = call_json(name, arguments)
+    return completion({"content": f"<tool_call>\n{text[: int(len(text) * keep)]}"}, "length")
+
+
+def refusal_text_reply(text: str = "I'm sorry, but I can't help with analysing medical images.") -> Reply:
+    """A refusal in prose (no ``refusal`` field), as open models write it."""
+    return text_reply(text)
+
+
+def bright_box(image: np.ndarray, level: int = 200) -> list[float]:
+    """The bounding box [x0, y0, x1, y1] (pixel edges) of the pixels brighter than ``level`` in every channel."""
+    ys, xs = np.nonzero((np.asarray(image)[..., :3] > level).all(axis=-1))
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def looking_model(convention: str, call_id: str = "call_look") -> Callable[[dict], Reply]:
+    """A model that looks at the image it was sent, finds the bright object and answers a ``segment_geometry``
+    box in its own frame: ``pixels`` of the image as sent, or ``norm1000`` (0-1000 on both axes)."""
+
+    def step(body: dict) -> Reply:
+        from agent.mllm.base import decode_data_url
+
+        urls = [p["image_url"]["url"] for m in body["messages"] if isinstance(m.get("content"), list)
+                for p in m["content"] if p.get("type") == "image_url"]
+        image = decode_data_url(urls[-1])
+        box = bright_box(image)
+        if convention == "norm1000":
+            h, w = image.shape[:2]
+            box = [round(box[0] * 1000 / w), round(box[1] * 1000 / h), round(box[2] * 1000 / w),
+                   round(box[3] * 1000 / h)]
+        return tool_reply("segment_geometry", {"boxes": [box], "concept": "lesion"}, call_id=call_id)
+
+    return step
+
+
+def ellipse_image(width: int = 3000, height: int = 1800) -> tuple[np.ndarray, list[float]]:
+    """A dark, textured non-square image with one bright ellipse off centre, and the ellipse's box."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(30, 70, size=(height, width, 3), dtype=np.uint8)
+    cx, cy, ax, ay = int(width * 0.62), int(height * 0.38), int(width * 0.09), int(height * 0.12)
+    cv2.ellipse(image, (cx, cy), (ax, ay), 0, 0, 360, (235, 225, 215), thickness=-1)
+    return image, bright_box(image)
 
 
 def error_reply(status: int, message: str = "server error", headers: dict | None = None) -> Reply:
@@ -144,14 +214,17 @@ def polyp_case() -> tuple[np.ndarray, list[float]]:
 
 
 def openai_agent(server: FakeOpenAI, segmenter: Any, **client_options: Any):
-    """An Agent whose MLLM planner talks to ``server`` through the real `openai` client (no retries by default)."""
+    """An Agent whose MLLM planner talks to ``server`` through the real `openai` client (no retries by default);
+    ``model`` (default "fake-vlm") and ``coordinate_convention`` may be given too."""
     from agent import Agent
     from agent.mllm import OpenAIClient
 
     max_rounds = client_options.pop("max_rounds", 2)
+    model = client_options.pop("model", "fake-vlm")
+    convention = client_options.pop("coordinate_convention", None)
     options = {"timeout": 10.0, "max_retries": 0, **client_options}
-    client = OpenAIClient(base_url=server.base_url, model="fake-vlm", api_key="test-key", **options)
-    return Agent(planner=client, segmenter=segmenter, max_rounds=max_rounds)
+    client = OpenAIClient(base_url=server.base_url, model=model, api_key="test-key", **options)
+    return Agent(planner=client, segmenter=segmenter, max_rounds=max_rounds, coordinate_convention=convention)
 
 
 # --- an oracle segmenter over ground-truth masks ------------------------------------------------------

@@ -12,10 +12,26 @@ import json
 
 import numpy as np
 import pytest
-from agent_helpers import FakeOpenAI, error_reply, openai_agent, polyp_case, text_reply, tool_messages, tool_reply
+from agent_helpers import (
+    FakeOpenAI,
+    bare_json_reply,
+    ellipse_image,
+    error_reply,
+    fenced_reply,
+    looking_model,
+    openai_agent,
+    polyp_case,
+    tagged_reply,
+    text_reply,
+    tool_messages,
+    tool_reply,
+    truncated_reply,
+)
 
 from agent import Agent, PlannerError
 from agent.mllm import OpenAIClient
+from agent.mllm.frame import Frame, convention_for
+from tools.segment import masks_iou
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +312,109 @@ def test_auto_planner_is_offline_without_an_endpoint(monkeypatch, segmenter):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("OPENAI_MODEL", "fake-vlm")
     assert Agent(segmenter=segmenter).planner.label == "openai:fake-vlm"
+
+
+# --- the MLLM's frame: boxes in the model's own coordinates ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def large_case():
+    return ellipse_image(3000, 1800)  # larger than the 2048-px frame, not square
+
+
+@pytest.mark.parametrize(("model", "convention", "sent"), [
+    ("fake-vlm", "pixels", (2048, 1228)),  # an unknown model: pixels of the image as sent
+    ("gemini-2.0-flash", "norm1000", (2048, 1228)),  # Gemini's 0-1000, chosen by the model name
+    ("Qwen/Qwen2.5-VL-7B-Instruct", "pixels", (2044, 1232)),  # Qwen2.5-VL: pixels, sides on its 28-px grid
+])
+def test_a_box_in_the_models_frame_segments_what_the_same_box_in_original_pixels_does(
+        large_case, segmenter, model, convention, sent):
+    image, box = large_case
+    script = [looking_model(convention), tool_reply("select_masks", {"ids": [1]}, call_id="call_sel")]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter, model=model).run("outline the lesion", image=image)
+    first = server.images(0)[0]
+    assert first.shape[:2] == (sent[1], sent[0])  # the frame the model saw
+    system = messages(server, 0)[0]["content"]
+    assert "3000" not in system and "1800" not in system  # the prompt states only the model's frame
+    assert ("0-1000" in system) == (convention == "norm1000")
+    assert convention == "norm1000" or f"{sent[0]}x{sent[1]} pixels" in system
+    # the candidate's box comes back in the model's frame, near the box the model drew
+    frame = Frame.for_model(3000, 1800, model)
+    drawn = json.loads(messages(server, 1)[-3]["tool_calls"][0]["function"]["arguments"])["boxes"][0]
+    listed = frame.box_from_original(result.masks[0].instances[0].box.as_list())
+    assert np.allclose(listed, drawn, atol=0.03 * max(frame.sent_width, 1000))
+    direct = segmenter.segment(image, boxes=[box]).instances[0].mask
+    got = result.masks[0].instances[0].mask
+    assert got.shape == (1800, 3000) and masks_iou(got, direct) >= 0.95
+
+
+def test_the_coordinate_convention_can_be_set(large_case, segmenter, monkeypatch):
+    image, box = large_case
+    script = [looking_model("norm1000"), tool_reply("select_masks", {"ids": [1]}, call_id="call_sel")]
+    with FakeOpenAI(script) as server:
+        agent = openai_agent(server, segmenter, coordinate_convention="norm1000")
+        result = agent.run("outline the lesion", image=image)
+    assert agent.planner.coordinate_convention == "norm1000"
+    direct = segmenter.segment(image, boxes=[box]).instances[0].mask
+    assert masks_iou(result.masks[0].instances[0].mask, direct) >= 0.95
+    monkeypatch.setenv("MEDSAM3_COORDINATES", "norm1000")
+    with FakeOpenAI([]) as server:
+        assert openai_agent(server, segmenter).planner.coordinate_convention == "norm1000"
+    with FakeOpenAI([]) as server, pytest.raises(ValueError, match="unknown coordinate convention 'inches'"):
+        openai_agent(server, segmenter, coordinate_convention="inches")
+
+
+def test_model_families_pick_their_convention():
+    assert convention_for("gpt-4o") == "pixels" and convention_for("Qwen/Qwen2.5-VL-72B-Instruct") == "pixels"
+    assert convention_for("qwen2.5vl:7b") == "pixels"  # Ollama's spelling
+    assert convention_for("Qwen/Qwen2-VL-7B-Instruct") == "norm1000" and convention_for("qwen3-vl-plus") == "norm1000"
+    assert convention_for("google/gemini-2.5-pro") == "norm1000"
+    assert convention_for("gemini-2.0-flash", "pixels") == "pixels"  # an explicit choice wins
+    frame = Frame.fit(3000, 1800, convention="norm1000")
+    assert frame.geometry_to_original({"boxes": [[500, 500, 1000, 1000]], "points": [{"x": 250, "y": 100}]}) == \
+        {"boxes": [[1500.0, 900.0, 3000.0, 1800.0]], "points": [{"x": 750.0, "y": 180.0}]}
+    assert frame.geometry_to_original({"boxes": [[1, 2, 3]]}) == {"boxes": [[1, 2, 3]]}  # left for the tool to refuse
+
+
+# --- replies as real models write them -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", [tagged_reply, fenced_reply, bare_json_reply])
+def test_tool_calls_written_in_the_text_are_run(case, segmenter, style):
+    image, box = case
+    script = [style("segment_geometry", {"boxes": [box], "concept": "polyp"}),
+              style("select_masks", {"ids": [1], "answer": "One polyp."})]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)  # native tools offered
+    assert "tools" in server.requests[0]["body"] and len(server.requests) == 2
+    assert any(m["role"] == "user" and "Tool results" in str(m["content"]) for m in messages(server, 1))
+    assert [m.concept for m in result.masks] == ["polyp"] and "One polyp." in result.answer
+
+
+def test_a_call_cut_off_at_the_token_limit_is_told_then_the_next_one_runs(case, segmenter):
+    image, box = case
+    args = {"boxes": [box], "concept": "polyp"}
+    script = [truncated_reply("segment_geometry", args), tagged_reply("segment_geometry", args),
+              tagged_reply("select_masks", {"ids": [1]})]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    told = json.dumps(messages(server, 1))
+    assert "not valid JSON" in told and "cut off" in told
+    assert [m.concept for m in result.masks] == ["polyp"] and not result.answer.startswith("Nothing was found")
+    assert any(e.kind == "error" and "token limit" in e.text for e in result.trace)
+
+
+def test_a_repeated_prompt_is_not_run_again(case, segmenter):
+    image, box = case
+    call = {"boxes": [box], "concept": "polyp"}
+    script = [tool_reply("segment_geometry", call, call_id="c1"), tool_reply("segment_geometry", call, call_id="c2"),
+              tool_reply("select_masks", {"ids": [1]}, call_id="c3")]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    told = tool_messages(server, 2)[0]["content"]
+    assert told.startswith("already tried: 'polyp' + 1 box(es): presence") and "#1 'polyp'" in told
+    ran = [e for e in result.trace if e.kind == "tool_result" and e.data.get("name") == "segment_geometry"]
+    assert ran[0].data["ids"] == [1] and ran[1].text.startswith("already tried") and "ids" not in ran[1].data
+    assert [inst.mask.any() for m in result.masks for inst in m.instances] == [True]
+    assert "#2" not in json.dumps(messages(server, 2))  # the segmenter made no second candidate

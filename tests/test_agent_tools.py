@@ -32,16 +32,17 @@ def disc(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
 
 
 def test_prompts_are_filled_and_keep_json_examples():
-    text = load_prompt("system", concepts="- polyp\n- optic cup", width=512, height=400, max_rounds=3)
-    assert "- optic cup" in text and "512x400" in text and "at most 3 rounds" in text
+    frame = "The image as sent to you is 512x400 pixels."
+    text = load_prompt("system", concepts="- polyp\n- optic cup", frame=frame, max_rounds=3)
+    assert "- optic cup" in text and frame in text and "at most 3 rounds" in text
     assert "{concepts}" not in text
     fmt = load_prompt("text_tool_format", tool_list=text_tool_list())
     assert '<tool>{"name": "<tool name>"' in fmt and "segment_concept" in fmt
 
 
 def test_prompt_errors_name_the_problem():
-    with pytest.raises(KeyError, match="width"):
-        load_prompt("system", concepts="x", height=1, max_rounds=1)
+    with pytest.raises(KeyError, match="frame"):
+        load_prompt("system", concepts="x", max_rounds=1)
     with pytest.raises(FileNotFoundError, match="no prompt named 'nope'"):
         load_prompt("nope")
     with pytest.raises(ValueError, match="plain file stem"):

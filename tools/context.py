@@ -13,7 +13,7 @@ import numpy as np
 
 from segmenter.facade import Segmenter
 from segmenter.study import Geometry
-from tools.schemas import Candidate
+from tools.schemas import Candidate, ToolResult
 
 
 class MaskAccess(Protocol):
@@ -34,6 +34,7 @@ class ToolContext:
     next_id: int = 1  # the id the next new candidate gets
     round: int = 1  # the segment round new candidates belong to
     turn: int = 1  # the conversation turn new candidates belong to
+    tried: dict[str, ToolResult] = field(default_factory=dict)  # this turn's segmentation calls that ran, by key
     geometry: Geometry = field(default_factory=Geometry)  # the image's spacing (unknown for a photo): for measure
 
     def add(self, candidates: list[Candidate]) -> None:

@@ -3,6 +3,8 @@
 Every call of every planner comes through here (the agent graph's tools node): it is validated
 against the tool's argument model, run, and answered with a ``ToolResult``; a call that cannot be
 read or carried out is a result with its error, never an exception, so the planner can act on it.
+A segmentation call identical to one that already ran this turn (``ToolContext.tried``) is answered
+"already tried: <its result>" without asking the segmenter again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+
+from pydantic import BaseModel
 
 from tools.context import ToolContext
 from tools.registry import parse_call
@@ -20,6 +24,7 @@ ECHO = 2000  # an invalid call's arguments longer than this (as JSON) are neithe
 NOT_RUN_AFTER_SEGMENTS = ("not run: segmentation calls in the same reply run first; call it again after seeing "
                           "their results")
 NOT_RUN_FINISHED = "not run: an earlier call of the same reply already finished"
+ALREADY_TRIED = "already tried: "  # a repeated segmentation call's answer starts so: the earlier result, not rerun
 
 
 def brief(text: object, limit: int = BRIEF) -> str:
@@ -44,6 +49,22 @@ def kind_of(call: ToolCall) -> ToolKind | None:
     except ToolError:
         return None
     return spec.kind
+
+
+def repeat_key(name: str, args: BaseModel) -> str:
+    """What makes two segmentation calls the same: the tool and its validated arguments (a concept phrase
+    compared case- and space-insensitively)."""
+    values = args.model_dump(mode="json")
+    if isinstance(values.get("concept"), str):
+        values["concept"] = " ".join(values["concept"].lower().split())
+    return json.dumps({"tool": name, **values}, sort_keys=True)
+
+
+def _already_tried(call: ToolCall, earlier: ToolResult) -> ToolResult:
+    """A repeat answered from the earlier result: its text, prompt, presence and candidate ids; nothing new."""
+    return ToolResult(call=call, status="not_run", error=ALREADY_TRIED + earlier.text, prompt=earlier.prompt,
+                      phrase=earlier.phrase, concept=earlier.concept, presence=earlier.presence,
+                      ids=[c.id for c in earlier.candidates])
 
 
 _RANK: dict[ToolKind | None, int] = {None: 0, "segment": 0, "finish": 1, "examine": 2}
@@ -71,10 +92,16 @@ def run_tool(call: ToolCall, ctx: ToolContext) -> ToolResult:
     except ToolError as exc:
         return ToolResult(call=recorded(call), status="invalid", error=brief(exc),
                           ms=(time.perf_counter() - start) * 1000)
-    try:
-        result = spec.run(args, ctx, call)
-    except ToolError as exc:
-        result = ToolResult(call=call, status="failed", error=brief(exc))
+    key = repeat_key(spec.name, args) if spec.kind == "segment" and not call.probe else None
+    if key is not None and key in ctx.tried:  # the same prompt gives the same masks: the segmenter is not asked
+        result = _already_tried(call, ctx.tried[key])
+    else:
+        try:
+            result = spec.run(args, ctx, call)
+        except ToolError as exc:
+            result = ToolResult(call=call, status="failed", error=brief(exc))
+        if key is not None and result.ok:
+            ctx.tried[key] = result
     return result.model_copy(update={"kind": spec.kind, "ms": (time.perf_counter() - start) * 1000})
 
 

@@ -36,8 +36,10 @@ class PointArg(BaseModel):
 
 
 class SegmentGeometryArgs(BaseModel):
-    boxes: list[list[float]] = Field(default_factory=list, description="boxes [x0, y0, x1, y1] in image pixels")
-    points: list[PointArg] = Field(default_factory=list, description="points in image pixels")
+    # "stated": an MLLM reads its frame in the system prompt; the planner maps it back to original pixels
+    boxes: list[list[float]] = Field(default_factory=list,
+                                     description="boxes [x0, y0, x1, y1] in the image coordinates stated")
+    points: list[PointArg] = Field(default_factory=list, description="points in the image coordinates stated")
     concept: str | None = Field(None, max_length=200, description="optional phrase naming what the boxes hold")
 
     @field_validator("boxes")

@@ -6,6 +6,8 @@ the result carries the candidates (ids, scores, boxes) and a text summary for th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from segmenter.types import Box, Point, Prompt, SegmentationResult
@@ -15,15 +17,24 @@ from tools.schemas import Candidate, SegmentConceptArgs, SegmentGeometryArgs, To
 MAX_LISTED = 20  # candidates spelled out in the text summary; the rest are counted
 
 
-def describe_candidates(candidates: list[Candidate], image_area: int) -> str:
+def describe_candidates(candidates: list[Candidate], image_area: int,
+                        box: Callable[[list[float]], list[float]] | None = None) -> str:
+    """One line per candidate; ``box`` maps its box (original pixels) to the reader's frame."""
     lines = [
-        f"#{c.id} {c.concept!r} score {c.score:.2f} box {[round(v) for v in c.box]} "
+        f"#{c.id} {c.concept!r} score {c.score:.2f} box {[round(v) for v in (box(c.box) if box else c.box)]} "
         f"area {100 * c.area / image_area:.1f}%"
         for c in candidates[:MAX_LISTED]
     ]
     if len(candidates) > MAX_LISTED:
         lines.append(f"... and {len(candidates) - MAX_LISTED} more")
     return "; ".join(lines)
+
+
+def found_text(prompt: str, presence: float, candidates: list[Candidate], image_area: int,
+               box: Callable[[list[float]], list[float]] | None = None) -> str:
+    """A segmentation call's summary: its prompt, presence and candidates (boxes mapped by ``box``)."""
+    listed = describe_candidates(candidates, image_area, box=box) if candidates else "nothing found"
+    return f"{prompt}: presence {presence:.2f}; {len(candidates)} candidate(s): {listed}"
 
 
 def _found(result: SegmentationResult, concept: str, phrase: str | None, call: ToolCall,
@@ -46,8 +57,7 @@ def _found(result: SegmentationResult, concept: str, phrase: str | None, call: T
         )
         masks[cid] = inst.mask
     ctx.masks.put(masks)
-    listed = describe_candidates(candidates, h * w) if candidates else "nothing found"
-    text = f"{prompt}: presence {result.presence:.2f}; {len(candidates)} candidate(s): {listed}"
+    text = found_text(prompt, result.presence, candidates, h * w)
     return ToolResult(call=call, prompt=prompt, phrase=phrase, concept=concept, presence=result.presence,
                       candidates=candidates, text=text)
 

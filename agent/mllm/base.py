@@ -1,5 +1,11 @@
 """The chat-client interface planners use, and helpers shared by clients: images as data URLs,
-and the text fallback for tool calls (``<tool>{"name": ..., "parameters": {...}}</tool>``)."""
+and tool calls written in a reply's text.
+
+Text calls come in the forms real models write them: our protocol's ``<tool>{"name": ...,
+"parameters": {...}}</tool>``, Hermes / Qwen's ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+(vLLM without a tool parser passes it through as content), a fenced ```json block, or one bare JSON
+object in prose. A block cut off mid-JSON is a call with an error, never silently no call.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from pydantic import BaseModel, Field
 
 from agent.errors import PlannerError
 
-_TOOL_TAG = re.compile(r"<tool>\s*(.*?)\s*(?:</tool>|$)", re.DOTALL)
+_TOOL_TAG = re.compile(r"<(tool|tool_call|function_call)>\s*(.*?)\s*(?:</\1>|$)", re.DOTALL)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*(?:```|$)", re.DOTALL)
+_NAMED = re.compile(r'\{\s*"name"\s*:')  # where a bare JSON tool call starts
 
 
 class ToolsUnsupported(PlannerError):
@@ -85,19 +93,41 @@ def parse_native_call(call_id: str | None, name: str | None, raw_arguments: Any)
     return ToolCallRequest(id=call_id, name=name or "", arguments=arguments, error=error)
 
 
-def parse_text_tool_calls(text: str) -> list[ToolCallRequest]:
-    """Tool calls written as ``<tool>{"name": ..., "parameters": {...}}</tool>`` in a reply's text."""
+def _text_call(body: str, where: str) -> ToolCallRequest:
+    """One text block as a call: ``{"name": ..., "parameters" | "arguments": {...}}``."""
+    body = body.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ToolCallRequest(error=f"the {where} is not valid JSON ({exc}; cut off?): {body[:120]}")
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return ToolCallRequest(error=f'a {where} needs {{"name": "...", "parameters": {{...}}}}')
+    arguments, error = _arguments(value.get("parameters", value.get("arguments", {})))
+    return ToolCallRequest(name=value["name"], arguments=arguments, error=error)
+
+
+def _bare_calls(text: str) -> list[ToolCallRequest]:
+    """JSON objects with a "name" in prose (fenced or not); one that does not parse is a call with an error."""
+    blocks = [b for b in _FENCE.findall(text) if _NAMED.match(b)]
+    if blocks:
+        return [_text_call(b, "```json block") for b in blocks]
+    decoder = json.JSONDecoder()
     calls = []
-    for body in _TOOL_TAG.findall(text or ""):
-        body = body.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    for match in _NAMED.finditer(text):
+        if calls and match.start() < calls[-1][1]:
+            continue  # inside the object just read
         try:
-            value = json.loads(body)
-        except json.JSONDecodeError as exc:
-            calls.append(ToolCallRequest(error=f"the <tool> block is not valid JSON ({exc}): {body[:120]}"))
-            continue
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            calls.append(ToolCallRequest(error='a <tool> block needs {"name": "...", "parameters": {...}}'))
-            continue
-        arguments, error = _arguments(value.get("parameters", value.get("arguments", {})))
-        calls.append(ToolCallRequest(name=value["name"], arguments=arguments, error=error))
-    return calls
+            value, end = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            calls.append((_text_call(text[match.start():], "tool call in the reply"), len(text)))
+            break
+        if isinstance(value, dict) and ("parameters" in value or "arguments" in value):
+            calls.append((_text_call(json.dumps(value), "tool call in the reply"), end))
+    return [call for call, _ in calls]
+
+
+def parse_text_tool_calls(text: str) -> list[ToolCallRequest]:
+    """Tool calls written in a reply's text (the forms in this module's docstring), in order."""
+    text = text or ""
+    tagged = [_text_call(body, f"<{tag}> block") for tag, body in _TOOL_TAG.findall(text)]
+    return tagged or _bare_calls(text)

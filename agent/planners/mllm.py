@@ -19,22 +19,27 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import cv2
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agent.errors import PlannerError
 from agent.mllm.base import ChatClient, LLMReply, ToolsUnsupported, image_data_url
+from agent.mllm.frame import MAX_SIDE, Frame, convention_for
 from agent.planners.base import Planner, PlannerView
 from agent.state import Decision, Phase
 from prompts import concept_list, load_prompt
 from segmenter.catalog import load_catalog
-from tools.executor import brief, is_segment_round, run_order
+from tools.executor import ALREADY_TRIED, ECHO, brief, is_segment_round, run_order
 from tools.registry import openai_tools, text_tool_list
 from tools.schemas import ToolCall, ToolResult
-from tools.segment import describe_candidates
+from tools.segment import describe_candidates, found_text
 
 MAX_ARGUMENTS = 20_000  # characters of one call's arguments (as JSON) read; a longer call is invalid unread
+
+
+def _kept(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments as kept in the planner's memory: dropped when too long to echo."""
+    return arguments if len(json.dumps(arguments, default=str)) <= ECHO else {}
 
 
 class SentReply(BaseModel):
@@ -43,6 +48,7 @@ class SentReply(BaseModel):
     text: str = ""
     native: bool = True  # native tool calls (else the text protocol)
     cut_off: bool = False  # the reply stopped at the token limit
+    arguments: list[dict[str, Any]] = Field(default_factory=list)  # each call's as written (the model's frame)
 
 
 class MLLMMemory(BaseModel):
@@ -57,22 +63,32 @@ class MLLMMemory(BaseModel):
 class MLLMPlanner(Planner):
     """``max_unusable``: replies in a row (across plan and inspect) that have no usable tool call (none at
     all, only invalid ones, a refusal) before the run fails with a ``PlannerError``; an empty answer
-    there would read as a negative finding."""
+    there would read as a negative finding.
+
+    ``coordinate_convention``: how the model's boxes and points are read ("pixels" of the image as sent,
+    "norm1000", or "auto": by model family, see ``agent.mllm.frame``); ``max_side``: the longest side of an
+    image sent."""
 
     name = "openai"
 
     def __init__(self, client: ChatClient, *, max_steps: int = 4, max_unusable: int = 3,
-                 max_side: int = 2048) -> None:
+                 max_side: int = MAX_SIDE, coordinate_convention: str = "auto") -> None:
         if max_unusable < 1:
             raise ValueError(f"max_unusable must be >= 1, got {max_unusable}")
         self.client = client
         self.max_steps = max_steps  # model calls per plan / inspect step (examine, corrections)
         self.max_unusable = max_unusable
         self.max_side = max_side
+        self.coordinate_convention = convention_for(client.model, coordinate_convention)  # a bad one fails here
 
     @property
     def label(self) -> str:
         return f"openai:{self.client.model}"
+
+    def frame(self, image: np.ndarray) -> Frame:
+        """The frame ``image`` is sent in: its size as sent and how the model's coordinates read."""
+        h, w = image.shape[:2]
+        return Frame.for_model(w, h, self.client.model, self.coordinate_convention, max_side=self.max_side)
 
     # --- Planner ----------------------------------------------------------------------------------
     def plan(self, view: PlannerView) -> Decision:
@@ -127,7 +143,7 @@ class MLLMPlanner(Planner):
         images = self._images(view, phase, announce=reply is None)
         history: list[dict] = []
         if reply is not None:
-            history = self._exchange_messages(reply, view.results)
+            history = self._exchange_messages(view, reply, view.results)
             if not is_segment_round([r.call for r in view.results]):  # back from an examine or failed calls
                 steps = memory.steps  # the same step goes on
                 images = [images[0], *view.ctx.batch_images]
@@ -136,10 +152,11 @@ class MLLMPlanner(Planner):
             steps += 1
             answer = self._complete(view, partial(self._messages, view, history, images))
             if answer.tool_calls:
-                calls = self._calls(answer)
+                calls = self._calls(answer, self.frame(view.image))
                 if is_segment_round(calls):  # a reply that segments is usable
                     unusable, problem = 0, ""
-                sent = SentReply(text=answer.text, native=answer.native, cut_off=answer.finish_reason == "length")
+                sent = SentReply(text=answer.text, native=answer.native, cut_off=answer.finish_reason == "length",
+                                 arguments=[_kept(r.arguments) for r in answer.tool_calls])
                 return Decision(calls=calls, note=f"{self.label}: {', '.join(c.name or '?' for c in calls)}",
                                 memory=MLLMMemory(reply=sent, steps=steps, unusable=unusable, problem=problem))
             problem = self._no_call_problem(answer)
@@ -178,8 +195,9 @@ class MLLMPlanner(Planner):
         return f"the reply had no readable tool call: {brief((reply.text or '').strip(), 200)!r}"
 
     @staticmethod
-    def _calls(reply: LLMReply) -> list[ToolCall]:
-        """The reply's tool calls as typed calls; one that could not be read carries its problem."""
+    def _calls(reply: LLMReply, frame: Frame) -> list[ToolCall]:
+        """The reply's tool calls as typed calls (boxes and points in original pixels); one that could not be
+        read carries its problem."""
         calls = []
         for request in reply.tool_calls:
             call_id = request.id or (f"call_{uuid.uuid4().hex[:12]}" if reply.native else None)
@@ -189,16 +207,24 @@ class MLLMPlanner(Planner):
             if problem is None and size > MAX_ARGUMENTS:
                 problem = f"{name}: invalid arguments ({size} characters of JSON; at most {MAX_ARGUMENTS} are read)"
                 arguments = {}
+            if problem is None and name == "segment_geometry":
+                arguments = frame.geometry_to_original(arguments)
             calls.append(ToolCall(name=name, arguments=arguments, call_id=call_id, problem=problem))
         return calls
 
-    @staticmethod
-    def _result_text(result: ToolResult) -> str:
-        """A call's result as the model reads it in the next request."""
+    def _result_text(self, view: PlannerView, result: ToolResult) -> str:
+        """A call's result as the model reads it in the next request (candidate boxes in its frame)."""
+        repeat = (result.error or "").startswith(ALREADY_TRIED)
+        if result.kind == "segment" and (result.ok or repeat) and not result.call.probe and result.prompt:
+            found = result.candidates if result.ok else view.by_id(result.ids)  # a repeat: the earlier ones
+            text = found_text(result.prompt, result.presence or 0.0, found, view.image_area,
+                              box=self.frame(view.image).box_from_original)
+            return ALREADY_TRIED + text if repeat else text
         if result.status == "invalid":
             return load_prompt("invalid_tool_call", problem=result.error)
         if result.status == "failed":
-            return f"error: {result.error}"
+            where = f"; {self.frame(view.image).describe()}" if result.call.name == "segment_geometry" else ""
+            return f"error: {result.error}{where}"
         if result.status == "not_run":
             return result.error or "not run"
         if result.kind == "examine" and result.images:  # measure is an examine without crops
@@ -218,9 +244,8 @@ class MLLMPlanner(Planner):
         catalog = load_catalog()
         names = view.ctx.segmenter.concepts() or catalog.names
         descriptions = {c.name: c.description for c in catalog.concepts}
-        h, w = view.image.shape[:2]
-        text = load_prompt("system", concepts=concept_list(names, descriptions), width=w, height=h,
-                           max_rounds=view.state.max_rounds)
+        text = load_prompt("system", concepts=concept_list(names, descriptions),
+                           frame=self.frame(view.image).describe(), max_rounds=view.state.max_rounds)
         if not self.client.native_tools:
             text += "\n\n" + load_prompt("text_tool_format", tool_list=text_tool_list())
         return text
@@ -230,7 +255,8 @@ class MLLMPlanner(Planner):
         previous = ""
         if prev is not None:
             chosen = view.by_id(prev.ids)
-            listed = describe_candidates(chosen, view.image_area) if chosen else "none"
+            box = self.frame(view.image).box_from_original
+            listed = describe_candidates(chosen, view.image_area, box=box) if chosen else "none"
             previous = (f"Earlier in this conversation: question {prev.question!r}; answer "
                         f"{prev.answer!r}; selected masks (ids can be selected again): {listed}")
         cands = view.candidates()
@@ -241,7 +267,8 @@ class MLLMPlanner(Planner):
         tried = "; ".join(f"{p} (presence {v:.2f}, {counts.get(p, 0)} candidate(s))" for p, v in presence.items())
         return load_prompt(
             "context", question=view.question, previous=previous, tried=tried or "none",
-            candidates=describe_candidates(cands, view.image_area) if cands else "none yet",
+            candidates=describe_candidates(cands, view.image_area, box=self.frame(view.image).box_from_original)
+            if cands else "none yet",
             rounds_used=view.round, rounds_allowed=1 + view.state.max_rounds, images=image_note,
         )
 
@@ -249,20 +276,14 @@ class MLLMPlanner(Planner):
         note = ("The image(s) below: the current overlay (candidate masks tinted and labelled by id)"
                 + (", then zoomed crops" if len(images) > 1 else "") + ".") if view.candidates() else \
             "The image is below."
-        parts = [{"type": "image_url", "image_url": {"url": image_data_url(self._fit(im))}} for im in images]
+        frame = self.frame(view.image)
+        parts = [{"type": "image_url", "image_url": {"url": image_data_url(frame.shrink(im))}} for im in images]
         context = self._context(view, note)
         if not history:
             return [{"role": "system", "content": self._system(view)},
                     {"role": "user", "content": [{"type": "text", "text": context}, *parts]}]
         return [{"role": "system", "content": self._system(view)}, {"role": "user", "content": context},
                 *history, {"role": "user", "content": [{"type": "text", "text": note}, *parts]}]
-
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        scale = self.max_side / max(h, w)
-        if scale >= 1:
-            return image
-        return cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
 
     def _images(self, view: PlannerView, phase: Phase, *, announce: bool) -> list[np.ndarray]:
         """The step's first image: the current overlay, else (planning a follow-up) the previous answer's
@@ -279,16 +300,18 @@ class MLLMPlanner(Planner):
             return [overlay]
         return [view.image]
 
-    def _exchange_messages(self, reply: SentReply, results: list[ToolResult]) -> list[dict]:
+    def _exchange_messages(self, view: PlannerView, reply: SentReply, results: list[ToolResult]) -> list[dict]:
         """The reply's tool calls and what they returned, as the model reads them."""
         calls = [r.call for r in results]
-        texts = [self._result_text(r) or "no result" for r in results]
+        texts = [self._result_text(view, r) or "no result" for r in results]
+        # echo each call as the model wrote it (its frame), unless the executor dropped it as too long
+        written = reply.arguments if len(reply.arguments) == len(calls) else [c.arguments for c in calls]
         if reply.native and all(c.call_id for c in calls):
             assistant: dict[str, Any] = {
                 "role": "assistant", "content": reply.text or None,
                 "tool_calls": [{"id": c.call_id, "type": "function",
-                                "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-                               for c in calls],
+                                "function": {"name": c.name, "arguments": json.dumps(a if c.arguments else {})}}
+                               for c, a in zip(calls, written, strict=True)],
             }
             tool_messages = [{"role": "tool", "tool_call_id": c.call_id, "content": text}
                              for c, text in zip(calls, texts, strict=True)]
