@@ -10,11 +10,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from segmenter.export import ExportError, save_dicom_seg, save_nifti
 from segmenter.study import Geometry, Study
+from segmenter.study_io import load_study
 
 ROWS, COLS, SLICES = 12, 10, 5
 ROW_SPACING, COL_SPACING, STEP = 0.7, 0.8, 2.5
@@ -76,18 +78,24 @@ def _dicom_world(headers: list[Dataset], s: int, r: int, c: int) -> np.ndarray:
     return np.array([-lps[0], -lps[1], lps[2]])
 
 
-@pytest.fixture(params=[[1, 0, 0, 0, 1, 0], [-1, 0, 0, 0, 1, 0]], ids=["axial", "axial-flipped-x"])
+AXIAL, FLIPPED_X = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+@pytest.fixture(params=[(AXIAL, "hand"), (FLIPPED_X, "hand"), (AXIAL, "loader"), (FLIPPED_X, "loader")],
+                ids=["axial-by-hand", "flipped-x-by-hand", "axial-loaded", "flipped-x-loaded"])
 def series(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Study, list[Dataset]]:
-    """A CT series written under shuffled file names, read back, and the Study the loader's contract makes."""
+    """A CT series written under shuffled file names, and its Study: built by hand following the contract
+    of segmenter/study.py, or made by ``load_study``. The headers returned are the test's own reading
+    (sorted along the normal here), the reference the exports are checked against."""
+    orientation, source = request.param
     uids = generate_uid(), generate_uid(), generate_uid()
     names = [f"IM{n:04d}.dcm" for n in random.Random(7).sample(range(1000), SLICES)]
     folder = tmp_path / "series"
     folder.mkdir()
     for index, name in enumerate(names):
-        _slice(index, request.param, *uids).save_as(folder / name, enforce_file_format=True)
+        _slice(index, orientation, *uids).save_as(folder / name, enforce_file_format=True)
     # read in file-name order, which is not the slice order
     datasets: list[Dataset] = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
-    orientation = np.array(datasets[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(orientation[:3], orientation[3:])
     datasets.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))))
     values = np.stack([ds.pixel_array.astype(np.float32) - 1024 for ds in datasets])
@@ -98,6 +106,9 @@ def series(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Study, list[
     grey = np.clip(values - values.min(), 0, 255).astype(np.uint8)
     study = Study(slices=np.repeat(grey[..., None], 3, axis=3), geometry=geometry, kind="dicom", values=values,
                   dicom_headers=datasets)
+    if source == "loader":
+        study = load_study(folder)
+        assert np.allclose(study.geometry.affine_array(), geometry.affine_array())  # type: ignore[arg-type]
     return study, datasets
 
 
@@ -184,6 +195,49 @@ def test_seg_refuses_studies_it_cannot_describe(series, tmp_path: Path) -> None:
     assert not (tmp_path / "a.dcm").exists()
 
 
+def test_seg_of_a_multiframe_source_references_its_frames(tmp_path: Path) -> None:
+    """One enhanced CT file whose frames are stored top-down: each SEG frame names the source frame it lies on."""
+    uids = generate_uid(), generate_uid(), generate_uid()
+    slices = [_slice(index, AXIAL, *uids) for index in range(SLICES)]
+    random.Random(3).shuffle(slices)
+    multiframe = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=generate_uid(), series_number=4, sop_instance_uid=generate_uid(), instance_number=1)
+    multiframe.save_as(tmp_path / "enhanced.dcm")
+    source_z = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+                for item in multiframe.PerFrameFunctionalGroupsSequence]
+    study = load_study(tmp_path / "enhanced.dcm")
+    mask = np.zeros(study.shape, dtype=bool)
+    mask[0, 1:3, 1:4] = True
+    mask[3, 7, 2] = True
+    seg = hd.seg.segread(str(save_dicom_seg({"liver": mask}, study, tmp_path / "seg.dcm")))
+    study_z = (study.geometry.affine_array() @ np.array([[s, 0, 0, 1] for s in range(SLICES)]).T)[2]  # type: ignore
+    frames = seg.pixel_array.reshape(-1, ROWS, COLS)
+    assert len(frames) == 2
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        reference = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert reference.ReferencedSOPInstanceUID == multiframe.SOPInstanceUID
+        z = source_z[int(reference.ReferencedFrameNumber) - 1]
+        s = int(np.argmin(np.abs(study_z - z)))
+        assert abs(study_z[s] - z) < 1e-6 and np.array_equal(frame.astype(bool), mask[s])
+
+
+def test_real_ct_slice_exports(tmp_path: Path) -> None:
+    """pydicom's CT_small.dcm: the SEG references it, the NIfTI voxel lies where the DICOM pixel lies."""
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    study = load_study(path)
+    mask = np.zeros(study.shape, dtype=bool)
+    mask[0, 100, 20] = True
+    seg = hd.seg.segread(str(save_dicom_seg({"lung": mask}, study, tmp_path / "seg.dcm")))
+    reference = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert int(seg.NumberOfFrames) == 1 and reference.ReferencedSOPInstanceUID == header.SOPInstanceUID
+    assert np.array_equal(seg.pixel_array.astype(bool), mask[0])
+    image = _load(save_nifti(mask, study.geometry, tmp_path / "lung.nii.gz"))
+    assert _world_set(image) == [tuple(np.round(_dicom_world([header], 0, 100, 20), 4))]
+
+
 def _nifti_source(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A labelled NIfTI with an oblique, anisotropic affine (file axes i, j, k)."""
     angle = np.deg2rad(20)
@@ -241,7 +295,9 @@ def test_real_chaos_label_round_trips(tmp_path: Path) -> None:
     path = sorted(labels_dir.glob("*.nii.gz"))[0]
     source = _load(path)
     labels = (np.asarray(source.dataobj) > 0).astype(np.uint8)
-    study, mask = _study_of(labels, source.affine)
+    study = load_study(path)  # the loader's own (slice, row, col) arrangement of the file
+    assert study.values is not None
+    mask = study.values > 0
     out = _load(save_nifti(mask, study.geometry, tmp_path / "liver.nii.gz"))
     assert _world_set(out) == _world_set(nib.Nifti1Image(labels, source.affine))
     same_grid = _load(save_nifti(mask, study.geometry, tmp_path / "grid.nii.gz", like=source))
