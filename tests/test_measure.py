@@ -207,6 +207,13 @@ def test_the_offline_planner_measures_a_cdr_and_sizes_in_millimetres(drawn_fundu
     assert "px²" in photo.answer and "pixel spacing was unknown" in photo.answer
 
 
+def test_the_round_limit_still_leaves_room_to_measure(drawn_fundus):
+    image, *_, oracle = drawn_fundus
+    agent = Agent(planner="offline", segmenter=oracle.segmenter, max_rounds=0)  # no box-refinement round
+    result = agent.run("What is the cup-to-disc ratio?", image=image)
+    assert result.rounds == 1 and [m.kind for m in result.measurements] == ["cup-to-disc ratio"]
+
+
 def test_a_multi_slice_study_is_refused_for_now(drawn_fundus):
     image, *_, agent = drawn_fundus
     with pytest.raises(ValueError, match="2 slices"):

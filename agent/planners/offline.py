@@ -237,7 +237,8 @@ class OfflinePlanner(Planner):
                                 note="nothing found although the concept may be present: retry with "
                                      f"{[c.arguments['concept'] for c in retries]}")
         kept, dropped = self._clean(view, memory, cands, presence)
-        if memory.stage == "first" and self.box_refine != "off":
+        # box refinement is another segment round: only while the round limit allows one (else finish, and measure)
+        if memory.stage == "first" and self.box_refine != "off" and view.round <= view.state.max_rounds:
             calls = self._box_calls(view, kept)
             if calls:
                 update = {"stage": "boxes", "kept": [c.id for c in kept], "presence": presence, "dropped": dropped}
