@@ -148,6 +148,12 @@ def concept_codes(concept: str) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]
     return _FALLBACK
 
 
+def _label(concept: str, number: int) -> str:
+    """A DICOM LO value: no backslash (the value separator) or control character, at most 64 characters."""
+    text = "".join(" " if ch == "\\" or not ch.isprintable() else ch for ch in concept)
+    return " ".join(text.split())[:64] or f"segment {number}"
+
+
 def _version() -> str:
     try:
         return metadata.version(PACKAGE)
@@ -188,12 +194,21 @@ def _check_in_plane(lps: np.ndarray, headers: list[Dataset]) -> None:
         raise ExportError("the study's rows and columns are not oriented as the source images; load the study again")
 
 
-def _matched_planes(study: Study) -> list[hd.PlanePositionSequence]:
+def _is_projection(study: Study) -> bool:
+    """One 2D image with no patient position (an X-ray, a photo): its SEG frame is simply the image's."""
+    first = study.dicom_headers[0]
+    return (study.shape[0] == 1 and len(study.dicom_headers) == 1 and "ImagePositionPatient" not in first
+            and "PerFrameFunctionalGroupsSequence" not in first)
+
+
+def _matched_planes(study: Study) -> list[hd.PlanePositionSequence] | None:
     """The source plane at each study slice, found by position (so the frames reference the right images)."""
+    if _is_projection(study):
+        return None
     planes, positions = _source_positions(study.dicom_headers)
     affine = study.geometry.affine_array()
     if affine is None:
-        raise ExportError("the study has no affine; a DICOM SEG needs the source geometry")
+        raise ExportError("the study has no affine; a DICOM SEG of a volume needs the source geometry")
     lps = _RAS_TO_LPS @ affine
     _check_in_plane(lps, study.dicom_headers)
     count = study.shape[0]
@@ -234,7 +249,8 @@ def save_dicom_seg(masks: Mapping[str, np.ndarray], study: Study, path: str | Pa
 
     One segment per concept, in the mapping's order (segment 1 first), labelled with the concept and
     coded with SNOMED CT where the concept is known (``concept_codes``). Every frame references the
-    source image (or frame, for a multi-frame source) at its position; frames with no mask pixel are
+    source image (or frame, for a multi-frame source) at its position (a projection X-ray without a
+    patient position: its one image, pixel for pixel); frames with no mask pixel are
     left out, and a study with no pixel in any mask keeps all its (empty) frames, so "nothing found"
     is still a valid SEG.
 
@@ -245,6 +261,7 @@ def save_dicom_seg(masks: Mapping[str, np.ndarray], study: Study, path: str | Pa
     """
     pixels = _check_study(masks, study)
     planes = _matched_planes(study)
+    algorithm = _label(algorithm, 0) if algorithm.strip() else "MedSAM3 Agent"
     version = _version()
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm[:64], version=version[:64], family=codes.cid7162.ArtificialIntelligence)
@@ -252,7 +269,7 @@ def save_dicom_seg(masks: Mapping[str, np.ndarray], study: Study, path: str | Pa
     for number, concept in enumerate(masks, start=1):
         category, kind = concept_codes(concept)
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=concept[:64], segmented_property_category=category,
+            segment_number=number, segment_label=_label(concept, number), segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification))
     source_number = study.dicom_headers[0].get("SeriesNumber")

@@ -238,6 +238,28 @@ def test_real_ct_slice_exports(tmp_path: Path) -> None:
     assert _world_set(image) == [tuple(np.round(_dicom_world([header], 0, 100, 20), 4))]
 
 
+def test_seg_of_a_projection_xray_without_patient_position(tmp_path: Path) -> None:
+    """A DX has no ImagePositionPatient: its one SEG frame is the image's, pixel for pixel."""
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    xray = pydicom.dcmread(path)
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "FrameOfReferenceUID", "SliceLocation"):
+        delattr(xray, tag)
+    xray.Modality, xray.SOPClassUID = "DX", "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    xray.file_meta.MediaStorageSOPClassUID = xray.SOPClassUID
+    xray.save_as(tmp_path / "dx.dcm")
+    study = load_study(tmp_path / "dx.dcm")
+    mask = np.zeros(study.shape, dtype=bool)
+    mask[0, 10:20, 90:100] = True
+    hostile = "left lung\\x\x00" + "y" * 100  # a backslash would split the DICOM value, NUL is not text
+    seg = hd.seg.segread(str(save_dicom_seg({hostile: mask}, study, tmp_path / "seg.dcm")))
+    assert np.array_equal(seg.pixel_array.astype(bool).reshape(mask.shape), mask)
+    assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == xray.SOPInstanceUID
+    label = seg.SegmentSequence[0].SegmentLabel
+    assert label.startswith("left lung x ") and len(label) == 64 and "\\" not in label
+
+
 def _nifti_source(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A labelled NIfTI with an oblique, anisotropic affine (file axes i, j, k)."""
     angle = np.deg2rad(20)
