@@ -21,8 +21,10 @@ from agent_helpers import (
     error_reply,
     openai_agent,
     polyp_case,
+    refusal_text_reply,
     tool_messages,
     tool_reply,
+    truncated_reply,
 )
 from PIL import Image
 
@@ -38,6 +40,7 @@ def case():
 
 def run_cli(image_path: Path, question: str, out: Path, server: FakeOpenAI) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENAI_API_KEY": "test-key"}
+    env.pop("MEDSAM3_COORDINATES", None)
     env.pop("OPENAI_BASE_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", "run", str(image_path), question, "--out", str(out),
@@ -160,3 +163,34 @@ def test_run_cli_keeps_a_valid_report_no_mask_as_a_negative(image_file, tmp_path
     assert "Nothing was found: No polyp is visible." in done.stdout
     data = json.loads((out / "result.json").read_text())
     assert data["status"] == "done" and data["error"] is None and data["masks"] == []
+
+
+def test_text_calls_cut_off_at_the_token_limit_are_an_error_not_nothing_found(case, segmenter):
+    image, box = case
+    cut = truncated_reply("segment_geometry", {"boxes": [box], "concept": "polyp"})
+    with FakeOpenAI([cut] * 5) as server, pytest.raises(PlannerError, match="unusable replies") as info:
+        openai_agent(server, segmenter).run("find the polyp", image=image)
+    assert len(server.requests) == 3
+    assert "<tool_call> block is not valid JSON" in str(info.value) and "token limit" in str(info.value)
+    assert info.value.partial.masks == [] and info.value.partial.answer == ""
+
+
+def test_a_norm1000_box_outside_the_frame_is_told_in_the_models_frame(case, segmenter):
+    image, _ = case
+    script = [tool_reply("segment_geometry", {"boxes": [[1010, 1020, 1400, 1500]]}, call_id="c1"),
+              tool_reply("report_no_mask", {"answer": "Could not place it."}, call_id="c2")]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter, coordinate_convention="norm1000").run("find the polyp", image=image)
+    told = tool_messages(server, 1)[0]["content"]
+    assert "lies outside" in told and "0-1000 on both axes" in told
+    assert json.loads(server.requests[1]["body"]["messages"][-3]["tool_calls"][0]["function"]["arguments"]) == \
+        {"boxes": [[1010, 1020, 1400, 1500]]}  # its call is echoed as it wrote it
+    assert result.masks == [] and result.answer.startswith("Nothing was found: Could not place it.")
+
+
+def test_a_refusal_in_prose_is_an_error_not_nothing_found(case, segmenter):
+    image, _ = case
+    with FakeOpenAI([refusal_text_reply()] * 5) as server, pytest.raises(PlannerError, match="unusable") as info:
+        openai_agent(server, segmenter).run("find the polyp", image=image)
+    assert len(server.requests) == 3 and "I'm sorry, but I can't help" in str(info.value)
+    assert info.value.partial.status == "error" and info.value.partial.masks == []
