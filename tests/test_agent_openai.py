@@ -418,3 +418,22 @@ def test_a_repeated_prompt_is_not_run_again(case, segmenter):
     assert ran[0].data["ids"] == [1] and ran[1].text.startswith("already tried") and "ids" not in ran[1].data
     assert [inst.mask.any() for m in result.masks for inst in m.instances] == [True]
     assert "#2" not in json.dumps(messages(server, 2))  # the segmenter made no second candidate
+
+
+def test_masks_of_a_superseded_prompt_leave_the_overlay_but_stay_selectable(case, segmenter):
+    image, box = case
+    h, w = image.shape[:2]
+    corner = [2.0, 2.0, w / 5, h / 5]
+    script = [tool_reply("segment_geometry", {"boxes": [box], "concept": "polyp"}, call_id="c1"),
+              tool_reply("segment_geometry", {"boxes": [corner]}, call_id="c2"),
+              tool_reply("select_masks", {"ids": [1]}, call_id="c3")]
+    with FakeOpenAI(script) as server:
+        result = openai_agent(server, segmenter).run("find the polyp", image=image)
+    sent = server.images(2)[0]
+    mine = [e for e in result.trace if e.kind == "overlay" and e.data.get("mllm")]
+    assert len(mine) == 1 and mine[0].data["ids"] == [2] and np.array_equal(sent, mine[0].image)
+    both = [e for e in result.trace if e.kind == "overlay" and e.data.get("ids") == [1, 2]]
+    assert both and not np.array_equal(sent, both[0].image)  # the tools node's overlay draws both
+    told = json.dumps(messages(server, 2))
+    assert "earlier ones are listed, not drawn" in told and "#1 'polyp'" in told
+    assert [m.concept for m in result.masks] == ["polyp"] and result.masks[0].instances[0].mask.any()

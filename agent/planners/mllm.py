@@ -31,7 +31,7 @@ from prompts import concept_list, load_prompt
 from segmenter.catalog import load_catalog
 from tools.executor import ALREADY_TRIED, ECHO, brief, is_segment_round, run_order
 from tools.registry import openai_tools, text_tool_list
-from tools.schemas import ToolCall, ToolResult
+from tools.schemas import Candidate, ToolCall, ToolResult
 from tools.segment import describe_candidates, found_text
 
 MAX_ARGUMENTS = 20_000  # characters of one call's arguments (as JSON) read; a longer call is invalid unread
@@ -140,7 +140,8 @@ class MLLMPlanner(Planner):
                 return Decision(finish=True, ids=ids, answer=finished.selection.answer, memory=MLLMMemory(),
                                 note=f"{self.label}: {finished.call.name} {ids}")
         steps, unusable, problem = 0, memory.unusable, memory.problem  # unusable replies count on across steps
-        images = self._images(view, phase, announce=reply is None)
+        new_round = reply is not None and is_segment_round([r.call for r in view.results])
+        images = self._images(view, phase, announce=reply is None, new_round=new_round)
         history: list[dict] = []
         if reply is not None:
             history = self._exchange_messages(view, reply, view.results)
@@ -273,9 +274,11 @@ class MLLMPlanner(Planner):
         )
 
     def _messages(self, view: PlannerView, history: list[dict], images: list[np.ndarray]) -> list[dict]:
-        note = ("The image(s) below: the current overlay (candidate masks tinted and labelled by id)"
-                + (", then zoomed crops" if len(images) > 1 else "") + ".") if view.candidates() else \
-            "The image is below."
+        cands = view.candidates()
+        drawn = "" if len(self._drawn(cands)) == len(cands) else \
+            " of the latest prompt's candidates (earlier ones are listed, not drawn, and can still be selected)"
+        note = ("The image(s) below: the current overlay" + drawn + " (candidate masks tinted and labelled by id)"
+                + (", then zoomed crops" if len(images) > 1 else "") + ".") if cands else "The image is below."
         frame = self.frame(view.image)
         parts = [{"type": "image_url", "image_url": {"url": image_data_url(frame.shrink(im))}} for im in images]
         context = self._context(view, note)
@@ -285,12 +288,24 @@ class MLLMPlanner(Planner):
         return [{"role": "system", "content": self._system(view)}, {"role": "user", "content": context},
                 *history, {"role": "user", "content": [{"type": "text", "text": note}, *parts]}]
 
-    def _images(self, view: PlannerView, phase: Phase, *, announce: bool) -> list[np.ndarray]:
-        """The step's first image: the current overlay, else (planning a follow-up) the previous answer's
-        masks, else the image itself."""
+    @staticmethod
+    def _drawn(cands: list[Candidate]) -> list[Candidate]:
+        """The candidates the overlay draws: the latest segment round that found any. Masks of superseded
+        prompts leave the picture (as in SAM 3 Agent) but stay listed and selectable by id."""
+        last = max((c.round for c in cands), default=0)
+        return [c for c in cands if c.round == last]
+
+    def _images(self, view: PlannerView, phase: Phase, *, announce: bool, new_round: bool = False) -> list[np.ndarray]:
+        """The step's first image: the overlay of the latest prompt's candidates, else (planning a follow-up)
+        the previous answer's masks, else the image itself."""
         cands = view.candidates()
         if cands:
-            return [view.overlay(cands)]  # the same pixels as the tools node's overlay event
+            drawn = self._drawn(cands)
+            overlay = view.overlay(drawn)  # all of them: the same pixels as the tools node's overlay event
+            if new_round and len(drawn) < len(cands):  # else the trace would not show what the model saw
+                view.emit("overlay", f"sent to the model: the latest prompt's {len(drawn)} candidate(s)",
+                          image=overlay, data={"ids": [c.id for c in drawn], "mllm": True})
+            return [overlay]
         previous = view.previous_candidates() if phase == "plan" else []
         if previous:
             overlay = view.overlay(previous)
