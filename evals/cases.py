@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from segmenter.image_io import ImageError, load_image
+from segmenter.image_io import ImageError
+from segmenter.study_io import load_image
 
 Source = Literal["manifest", "reasoning", "reasonseg", "coco"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.modality import FEATURE_NAMES, WEIGHTS_RESOURCE, ModalityClassifier, default_classifier, features
-from segmenter.image_io import load_image
+from segmenter.study_io import load_image
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -28,7 +28,7 @@ class PickReport(BaseModel):
 
 def evaluate(path: Path) -> PickReport:
     from agent.concepts import default_picker
-    from segmenter.image_io import load_image
+    from segmenter.study_io import load_image
 
     picker = default_picker()
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -3,7 +3,8 @@
 from segmenter.backends import BACKENDS, build_backend
 from segmenter.base import SegmenterBackend
 from segmenter.facade import Segmenter, SegmenterHandle
-from segmenter.image_io import ImageError, load_image
+from segmenter.image_io import ImageError
+from segmenter.study_io import load_image
 from segmenter.types import Box, Instance, Point, Prompt, SegmentationResult
 
 __all__ = [

@@ -9,7 +9,8 @@ import numpy as np
 
 from segmenter.backends import build_backend
 from segmenter.base import PresenceGated, SegmenterBackend
-from segmenter.image_io import ImageInput, load_image
+from segmenter.image_io import ImageInput
+from segmenter.study_io import load_image
 from segmenter.types import Box, Point, Prompt, SegmentationResult
 
 

@@ -109,22 +109,9 @@ def _open(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{name}: not a readable image ({_reason(exc)})") from None
 
 
-def _is_dicom(head: bytes, name: str = "") -> bool:
-    return head[128:132] == b"DICM" or name.lower().endswith(".dcm")
-
-
-def _dicom_slice(image: Path | bytes, name: str, max_pixels: int) -> np.ndarray:
-    from segmenter.study_io import load_study  # study_io builds on this module: import on use
-
-    study = load_study(image, max_pixels=max_pixels)
-    if study.is_volume:
-        raise ImageError(f"{name}: a DICOM volume of {study.shape[0]} slices; a 2D entry point takes one image, "
-                         "load volumes with segmenter.study_io.load_study (the volume path)")
-    return study.slices[0]
-
-
-def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB array; raise ImageError naming the problem otherwise.
+def read_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A 2D raster (PNG, JPEG, TIFF, ... or an array) as an HxWx3 uint8 RGB array; raise ImageError naming the
+    problem otherwise. Entry points use ``segmenter.study_io.load_image``, which also reads a one-slice DICOM.
 
     ``max_pixels`` is checked from the file's header, before any pixel is decoded (ImageTooLarge).
     """
@@ -135,8 +122,6 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise ImageError("image bytes are empty")
-        if _is_dicom(bytes(image[:132])):
-            return _dicom_slice(bytes(image), "image bytes", max_pixels)
         return _open(io.BytesIO(image), "image bytes", max_pixels)
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -146,9 +131,5 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             raise ImageError(f"{path}: is a folder, not an image file")
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: file is empty")
-        with path.open("rb") as stream:
-            head = stream.read(132)
-        if _is_dicom(head, path.name):
-            return _dicom_slice(path, str(path), max_pixels)
         return _open(path, str(path), max_pixels)
     raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, bytes, numpy array or PIL image")

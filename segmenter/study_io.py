@@ -83,6 +83,9 @@ def _folder_items(folder: Path) -> list[tuple[str, DicomSource]]:
     for path in files:
         with path.open("rb") as stream:
             heads.append(stream.read(HEAD_BYTES))
+    if not any(sniff(head, name) == "dicom" for (name, _), head in zip(entries, heads, strict=True)):
+        raise DicomError(f"{folder.name}: is a folder, not an image file, and holds no DICOM file "
+                         "(a DICOM series folder would be read)")
     return _dicom_items(entries, heads)
 
 
@@ -162,7 +165,7 @@ def _nifti_study(source: Path | bytes, name: str, window: str | Window | None, c
 
 
 def _image_study(source: StudyInput, max_voxels: int) -> Study:
-    return Study.from_rgb(image_io.load_image(source, max_pixels=max_voxels))
+    return Study.from_rgb(image_io.read_image(source, max_pixels=max_voxels))
 
 
 def _head(path: Path) -> bytes:
@@ -209,7 +212,7 @@ def load_study(source: StudyInput, *, window: str | Window | None = None, concep
             return _dicom_study(volume, window, concept)
         name, target = str(path), path  # type: ignore[assignment]
     else:
-        raise StudyError(f"unsupported input type {type(source).__name__}; pass a path, bytes, numpy array or "
+        raise StudyError(f"unsupported image type {type(source).__name__}; pass a path, bytes, numpy array or "
                          "PIL image")
     kind = _kind_of(target, name)
     if kind == "dicom":
@@ -219,3 +222,15 @@ def load_study(source: StudyInput, *, window: str | Window | None = None, concep
     if kind == "nifti":
         return _nifti_study(target, name, window, concept, max_pixels, slice_axis, modality)
     return _image_study(target, max_pixels)
+
+
+def load_image(image: StudyInput, max_pixels: int = image_io.MAX_PIXELS) -> np.ndarray:
+    """One 2D image as an HxWx3 uint8 array, from anything ``load_study`` reads (a one-slice DICOM too): the
+    loader of the 2D entry points. A volume is refused with a pointer to ``load_study``."""
+    if isinstance(image, (np.ndarray, Image.Image)):
+        return image_io.read_image(image, max_pixels)
+    study = load_study(image, max_pixels=max_pixels)
+    if study.is_volume:
+        raise StudyError(f"a volume of {study.shape[0]} slices; a 2D entry point takes one image, load volumes with "
+                         "segmenter.study_io.load_study (the volume path)")
+    return study.slices[0]

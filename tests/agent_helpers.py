@@ -29,7 +29,7 @@ from typing_extensions import Self
 
 from segmenter.base import SegmenterBackend, image_key
 from segmenter.catalog import load_catalog
-from segmenter.image_io import load_image
+from segmenter.study_io import load_image
 from segmenter.types import Instance, Prompt, SegmentationResult
 
 # --- fake OpenAI-compatible server -----------------------------------------------------------------

@@ -12,7 +12,7 @@ from agent.cli import main as cli_main
 from agent.concepts import ConceptPicker, default_picker, text_modalities
 from agent.modality import guess_modality
 from evals.runner import default_questions
-from segmenter.image_io import load_image
+from segmenter.study_io import load_image
 
 
 @pytest.fixture(scope="module")

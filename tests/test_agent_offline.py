@@ -14,7 +14,7 @@ from PIL import Image
 
 from agent import Agent
 from segmenter import Segmenter
-from segmenter.image_io import load_image
+from segmenter.study_io import load_image
 
 
 def oracle_agent(rows: list[dict], **options) -> Agent:

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from agent_helpers import OracleBackend
     from agent import Agent
     from segmenter import Segmenter
-    from segmenter.image_io import load_image
+    from segmenter.study_io import load_image
 
     case = json.loads({case!r})
     agent = Agent(planner="offline", segmenter=Segmenter(OracleBackend({{case["image"]: case["masks"]}})),

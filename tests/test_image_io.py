@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmenter.image_io import MAX_PIXELS, ImageError, load_image
+from segmenter.image_io import MAX_PIXELS, ImageError
+from segmenter.study_io import load_image
 
 
 def test_grey_rgb_rgba_arrays_become_rgb():

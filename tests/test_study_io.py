@@ -20,8 +20,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from segmenter.image_io import ImageError, ImageTooLarge, load_image
-from segmenter.study_io import load_study
+from segmenter.image_io import ImageError, ImageTooLarge
+from segmenter.study_io import load_image, load_study
 from segmenter.windows import PRESETS, WindowError
 
 CT_SMALL = get_testdata_file("CT_small.dcm")

@@ -166,7 +166,7 @@ class ChatApp:
     # --- validation ---------------------------------------------------------------
     def _load_upload(self, file: Path) -> tuple[np.ndarray, str]:
         """Read an upload that ``self.uploads`` allowed; named by its file name, as the user knows it."""
-        from segmenter.image_io import load_image
+        from segmenter.study_io import load_image
 
         name = file.name
         size = file.stat().st_size

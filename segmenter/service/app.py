@@ -33,10 +33,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
-from segmenter.image_io import ImageError, ImageTooLarge, load_image
+from segmenter.image_io import ImageError, ImageTooLarge
 from segmenter.service.guard import RequestGuard
 from segmenter.service.limits import ServiceLimits
 from segmenter.service.wire import ImageInfo, SegmentRequest, SegmentResponse, ServerInfo, WireResult
+from segmenter.study_io import load_image
 from segmenter.types import Prompt, SegmentationResult
 
 # module level, so FastAPI can resolve the annotation (this module uses postponed annotations)

@@ -12,7 +12,8 @@ from PIL import Image
 from service_helpers import blank_png, disc_image
 
 from agent.cli import main as cli
-from segmenter.image_io import ImageError, ImageTooLarge, load_image
+from segmenter.image_io import ImageError, ImageTooLarge
+from segmenter.study_io import load_image
 
 
 def header_only_tiff(width: int, height: int) -> bytes:

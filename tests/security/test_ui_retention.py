@@ -28,7 +28,7 @@ from ui_helpers import ask, client, draw_polyp, free_port, sample_polyp, serve_u
 
 from agent.store import MemoryMaskStore, SqliteMaskStore
 from segmenter.base import image_key
-from segmenter.image_io import load_image
+from segmenter.study_io import load_image
 
 pytest.importorskip("gradio_client")
 
