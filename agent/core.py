@@ -27,9 +27,10 @@ from agent.state import AgentState, turn_input, update
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
 from segmenter.base import SegmenterBackend, image_key
 from segmenter.facade import Segmenter
-from segmenter.image_io import ImageInput, load_image
+from segmenter.image_io import ImageInput
 from segmenter.overlay import render_overlay
 from segmenter.study import Geometry, Study
+from segmenter.study_io import load_image
 from segmenter.types import Box, Instance
 
 if TYPE_CHECKING:
