@@ -112,7 +112,7 @@ def _bare_calls(text: str) -> list[ToolCallRequest]:
     if blocks:
         return [_text_call(b, "```json block") for b in blocks]
     decoder = json.JSONDecoder()
-    calls = []
+    calls: list[tuple[ToolCallRequest, int]] = []  # each with where its JSON ended
     for match in _NAMED.finditer(text):
         if calls and match.start() < calls[-1][1]:
             continue  # inside the object just read
