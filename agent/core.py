@@ -25,6 +25,7 @@ from agent.planners.base import Planner, RunContext, ThreadMasks
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.state import AgentState, turn_input, update
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
+from agent.volume import as_volume, stream_volume
 from segmenter.base import SegmenterBackend, image_key
 from segmenter.facade import Segmenter
 from segmenter.image_io import ImageInput
@@ -118,15 +119,17 @@ class Agent:
 
     # --- public API ------------------------------------------------------------------------------
     def run(self, question: str, image: ImageInput | Study | None = None,
-            thread_id: str | None = None) -> AgentResult:
+            thread_id: str | None = None, *, slices: str | range | None = None) -> AgentResult:
         """Answer ``question`` about ``image`` (a path, array, PIL image, or a one-slice ``Study``, whose
         pixel spacing turns measurements into millimetres) with masks.
 
         With ``thread_id``, the question continues that conversation ("now only the largest one");
         the image may then be left out to reuse the thread's image.
+        A multi-slice ``Study`` (or a DICOM series folder, zip or NIfTI volume path) is answered per
+        volume (``agent.volume``): ``slices`` ("40:80" or a range) restricts the slices segmented.
         """
         result = None
-        for event in self.stream(question, image=image, thread_id=thread_id):
+        for event in self.stream(question, image=image, thread_id=thread_id, slices=slices):
             if event.kind == "answer" and event.result is not None:
                 result = event.result
         if result is None:  # stream always ends with the answer or raises; this guards the contract
@@ -134,13 +137,21 @@ class Agent:
         return result
 
     def stream(self, question: str, image: ImageInput | Study | None = None,
-               thread_id: str | None = None) -> Iterator[StepEvent]:
+               thread_id: str | None = None, *, slices: str | range | None = None) -> Iterator[StepEvent]:
         """Step events as they happen; the last has kind "answer" and the run's ``result``."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question is empty")
         question = question.strip()
         if len(question) > 4000:
             raise ValueError(f"question is {len(question)} characters long; the limit is 4000")
+        volume = as_volume(image)
+        if volume is not None:  # answered per volume, in one run
+            if thread_id is not None:
+                raise ValueError("a volume is answered in one run: follow-up questions (thread_id) take 2D images")
+            yield from stream_volume(self, question, volume, slices=slices)
+            return
+        if slices is not None:
+            raise ValueError("slices= applies to a volume (a DICOM series, zip or NIfTI volume); the image is 2D")
         if thread_id is None:  # a one-off run: a fresh thread nobody else can reach
             yield from self._stream(question, image, thread_id)
             return

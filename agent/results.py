@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.volume_output import VolumeOutput
 from segmenter.types import Instance
 from tools.measure import Measurement
 
@@ -89,6 +90,8 @@ class AgentResult(BaseModel):
     status: Literal["done", "error"] = "done"
     error: str | None = None
     measurements: list[Measurement] = Field(default_factory=list)  # sizes, counts, ratios of the chosen masks
+    # a volume run: the 3D masks per concept (``masks`` then hold the key slice's cross-sections)
+    volume: Annotated[VolumeOutput | None, Field(repr=False, exclude=True)] = None
 
     def union_mask(self) -> np.ndarray:
         union = np.zeros(self.image_size, dtype=bool)
@@ -127,6 +130,7 @@ class AgentResult(BaseModel):
                 for i, m in enumerate(self.masks)
             ],
             "measurements": [{**m.model_dump(), "text": m.text} for m in self.measurements],
+            "volume": None if self.volume is None else self.volume.summary(),
             "trace": [event.summary() for event in self.trace],
         }
 
@@ -153,6 +157,8 @@ class AgentResult(BaseModel):
             for j, inst in enumerate(concept_mask.instances):
                 paths[("instance", i, j)] = f"masks/{name}_{j + 1}.png"
                 _save_mask(inst.mask, out / paths[("instance", i, j)])
+        if self.volume is not None and self.status == "done":  # NIfTI per concept (+ DICOM SEG for DICOM input)
+            self.volume.save(out, lambda concept: slug(concept) + "_3d")
         (out / "result.json").write_text(json.dumps(self.to_json(paths), indent=2) + "\n")
         return out
 

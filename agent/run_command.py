@@ -1,5 +1,8 @@
 """`medsam3-agent run IMAGE "question" --out DIR`: answer a question with masks, write the files.
 
+IMAGE may be a photo, a DICOM file, a DICOM series folder or zip, or a NIfTI volume, all read by
+``load_study``; a volume is answered per volume (NIfTI masks, and a DICOM SEG for DICOM input).
+
 Exit 0 with an answer (which may be "Nothing was found" when the planner said so); exit 2 with one
 line on stderr when the run failed (bad input, endpoint down, unusable MLLM replies). A run that
 failed after it started still writes DIR/result.json with "status": "error" and its trace.
@@ -14,7 +17,8 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="image file (png, jpg, ...); '-' with --thread-id reuses the thread's image")
+    parser.add_argument("image", help="image file (png, jpg, DICOM), DICOM series folder or zip, or NIfTI (.nii, "
+                                      ".nii.gz); '-' with --thread-id reuses the thread's image")
     parser.add_argument("question", help='e.g. "find the polyps"')
     parser.add_argument("--out", type=Path, required=True, help="folder for overlay.png, masks/ and result.json")
     parser.add_argument("--planner", choices=["auto", "offline", "openai"], default="auto",
@@ -30,6 +34,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="SQLite file that keeps threads (and their masks) between runs")
     parser.add_argument("--max-rounds", type=int, default=3, help="refinement rounds after the first (default 3)")
     parser.add_argument("--quiet", action="store_true", help="print only the answer")
+    parser.add_argument("--window", default=None, help="CT/MR display window: a preset (lung, abdomen, liver, "
+                                                      "brain, bone, ...) or CENTER,WIDTH (default: the file's own, "
+                                                      "else by concept for CT, else percentiles)")
+    parser.add_argument("--slices", default=None, metavar="START:END",
+                        help="segment only these slices of a volume, e.g. 40:80 (end exclusive)")
+    parser.add_argument("--slice-axis", type=int, choices=[0, 1, 2], default=None,
+                        help="a NIfTI volume's voxel axis to slice along (default: the last)")
 
 
 def checked_image(args: argparse.Namespace) -> str | None:
@@ -39,11 +50,37 @@ def checked_image(args: argparse.Namespace) -> str | None:
     if args.max_rounds < 0:
         raise ValueError(f"--max-rounds must be >= 0, got {args.max_rounds}")
     image: str | None = None if (args.thread_id and args.image == "-") else args.image
-    if image is not None and Path(image).is_dir():
-        raise ValueError(f"{image}: is a folder, not an image file")
-    if image is not None and not Path(image).is_file():
-        raise FileNotFoundError(f"{image}: no such image file")
+    if image is not None and not Path(image).exists():
+        raise FileNotFoundError(f"{image}: no such image file or series folder")
     return image
+
+
+def _study_or_path(image: str | None, args: argparse.Namespace):  # -> Study | str | None
+    """A DICOM/NIfTI input loaded once with the window and slice axis asked for (a one-slice study keeps its
+    pixel spacing for measurements); a photo stays a path for the 2D loader."""
+    from segmenter.study_io import sniff
+
+    if image is None:
+        return None
+    path = Path(image)
+    if path.is_file():
+        with path.open("rb") as stream:
+            if sniff(stream.read(544), path.name) == "image":
+                if args.window or args.slice_axis is not None or args.slices:
+                    raise ValueError("--window, --slices and --slice-axis apply to DICOM and NIfTI inputs")
+                return image
+    from segmenter.study_io import load_study
+
+    return load_study(path, window=args.window, slice_axis=args.slice_axis)
+
+
+def _print_event(event) -> None:
+    if event.node == "segment_volume" and event.kind == "tool_result" and event.data.get("total"):
+        done, total = event.data["done"], event.data["total"]
+        bar = "#" * (20 * done // total)
+        print(f"[segment_volume] slices {done}/{total} [{bar:<20}] {event.ms / 1000:.0f}s", flush=True)
+        return
+    print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     from agent.config import Settings
     from agent.errors import AgentError
 
-    image = checked_image(args)
+    image = _study_or_path(checked_image(args), args)
     settings = Settings()  # the environment, read once for this run
     planner = settings.planner_for(args.planner, base_url=args.base_url, model=args.model)
     llm = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
@@ -60,9 +97,9 @@ def main(args: argparse.Namespace) -> int:
                   checkpoint_db=args.checkpoint_db, llm_options=llm or None, settings=settings)
     with agent:
         try:
-            for event in agent.stream(args.question, image=image, thread_id=args.thread_id):
+            for event in agent.stream(args.question, image=image, thread_id=args.thread_id, slices=args.slices):
                 if not args.quiet and event.kind != "answer":
-                    print(f"[{event.node or event.kind}] {event.kind}: {event.text[:200]}")
+                    _print_event(event)
                 if event.result is not None:  # the last event, "answer"
                     result = event.result
         except AgentError as exc:
@@ -80,4 +117,9 @@ def main(args: argparse.Namespace) -> int:
         summary = json.loads((out / "result.json").read_text())
         print(f"wrote {out}/overlay.png, {sum(1 + len(m['instances']) for m in summary['masks'])} mask PNG(s), "
               f"{out}/result.json")
+        volume = summary.get("volume") or {}
+        files = [c["nifti"] for c in volume.get("concepts", []) if c.get("nifti")]
+        files += [volume["seg"]] if volume.get("seg") else []
+        if files:
+            print("wrote " + ", ".join(f"{out}/{f}" for f in files))
     return 0

@@ -214,10 +214,10 @@ def test_the_round_limit_still_leaves_room_to_measure(drawn_fundus):
     assert result.rounds == 1 and [m.kind for m in result.measurements] == ["cup-to-disc ratio"]
 
 
-def test_a_multi_slice_study_is_refused_for_now(drawn_fundus):
-    image, *_, agent = drawn_fundus
-    with pytest.raises(ValueError, match="2 slices"):
-        agent.run("how big is the optic disc?", image=Study(slices=np.stack([image, image])))
+def test_a_multi_slice_study_goes_to_the_volume_path_which_takes_no_follow_ups(drawn_fundus):
+    image, *_, agent = drawn_fundus  # volumes themselves: tests/test_volume.py
+    with pytest.raises(ValueError, match="one run"):
+        agent.run("how big is the optic disc?", image=Study(slices=np.stack([image, image])), thread_id="t")
 
 
 def test_result_json_carries_the_measurements(drawn_fundus, tmp_path):
