@@ -29,7 +29,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "concept-pick accuracy on --questions (default: the shipped dev set), no segmenter")
     parser.add_argument("--out", type=Path, required=True, help="output folder (reused to resume)")
     parser.add_argument("--limit", type=int, default=None, help="at most N cases per dataset")
-    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes (or Ray actors with --executor ray), each with its own segmenter")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="questions at once per process, in threads sharing its segmenter (for API-bound "
+                             "planners; the segmenter runs one prompt at a time)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local (default): this machine; ray: a pool of --workers actors on a Ray cluster "
+                             "(needs the [ray] extra)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --executor ray: the cluster (ray.init's address, e.g. auto or ray://head:10001); "
+                             "default: RAY_ADDRESS, else a new local instance")
     parser.add_argument("--datasets", type=_csv, default=None, help="comma-separated dataset names to keep")
     parser.add_argument("--concepts", type=_csv, default=None, help="comma-separated concepts to keep")
     parser.add_argument("--coco-images", type=Path, default=None, help="image folder for a COCO file's file_names")
@@ -41,6 +51,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-prompt", choices=("text+box", "box"), default="text+box",
                         help="box mode: the concept with the boxes (default, the paper's T+I) or the boxes alone")
     parser.add_argument("--planner", default=None, help="agent planner (default: the agent's own default)")
+    parser.add_argument("--model", default=None, help="the openai planner's model (default: OPENAI_MODEL)")
+    parser.add_argument("--base-url", default=None, metavar="URL",
+                        help="its OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else OpenAI's)")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR",
+                        help="the environment variable holding its API key (default: OPENAI_API_KEY); the key "
+                             "itself is never an argument and is written nowhere")
     parser.add_argument("--max-rounds", type=int, default=None, help="agent refinement rounds")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (saves a little time)")
     parser.add_argument("--save-masks", action="store_true", help="also write predicted masks to OUT/masks/")
@@ -63,31 +79,31 @@ def _questions(args: argparse.Namespace, modes: list[str]) -> Path | None:
     return None
 
 
+# option -> (flag, the default that is left out of the reproduced command)
+_REPRODUCED = (
+    ("limit", "--limit", None), ("datasets", "--datasets", None), ("concepts", "--concepts", None),
+    ("coco_images", "--coco-images", None), ("weights", "--weights", None), ("planner", "--planner", None),
+    ("model", "--model", None), ("base_url", "--base-url", None), ("api_key_env", "--api-key-env", None),
+    ("max_rounds", "--max-rounds", None), ("backend", "--backend", "lite"),
+    ("presence_threshold", "--presence-threshold", 0.5), ("box_strategy", "--box-strategy", "component"),
+    ("box_prompt", "--box-prompt", "text+box"), ("workers", "--workers", 1), ("concurrency", "--concurrency", 1),
+    ("executor", "--executor", "local"), ("address", "--address", None), ("seed", "--seed", 0),
+)
+
+
 def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run (for report.md), rebuilt from the parsed options."""
+    """The command that reproduces this run (for report.md), rebuilt from the parsed options (no secret
+    is among them: the API key is named by its variable)."""
     parts = ["medsam3-agent", "eval"]
     if args.data:
         parts += ["--data", *map(str, args.data)]
     if args.questions is not None:
         parts += ["--questions", str(args.questions)]
     parts += ["--split", args.split, "--mode", args.mode, "--out", str(args.out)]
-    for flag, value in (("--limit", args.limit), ("--datasets", args.datasets), ("--concepts", args.concepts),
-                        ("--coco-images", args.coco_images), ("--weights", args.weights),
-                        ("--planner", args.planner), ("--max-rounds", args.max_rounds)):
-        if value is not None:
+    for name, flag, default in _REPRODUCED:
+        value = getattr(args, name)
+        if value != default:
             parts += [flag, ",".join(value) if isinstance(value, list) else str(value)]
-    if args.backend != "lite":
-        parts += ["--backend", args.backend]
-    if args.presence_threshold != 0.5:
-        parts += ["--presence-threshold", str(args.presence_threshold)]
-    if args.box_strategy != "component":
-        parts += ["--box-strategy", args.box_strategy]
-    if args.box_prompt != "text+box":
-        parts += ["--box-prompt", args.box_prompt]
-    if args.workers != 1:
-        parts += ["--workers", str(args.workers)]
-    if args.seed != 0:
-        parts += ["--seed", str(args.seed)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -131,6 +147,9 @@ def main(args: argparse.Namespace) -> int:
         out=args.out,
         limit=args.limit,
         workers=args.workers,
+        concurrency=args.concurrency,
+        executor=args.executor,
+        address=args.address,
         datasets=args.datasets,
         concepts=args.concepts,
         image_root=args.coco_images,
@@ -140,6 +159,9 @@ def main(args: argparse.Namespace) -> int:
         box_strategy=args.box_strategy,
         box_text=args.box_prompt == "text+box",
         planner=args.planner,
+        model=args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
         max_rounds=args.max_rounds,
         hd95=not args.no_hd95,
         save_masks=args.save_masks,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -31,18 +32,42 @@ BoxStrategy = Literal["component", "union"]
 BOX_CHUNK = 32  # boxes per segment() call: bounds memory on images with hundreds of nuclei
 
 
+class EncodeMeter:
+    """Encoder milliseconds of the calls made while it is current (``with meter:``), in this thread and
+    in threads that copy its context (LangGraph's): concurrent cases each count their own encodes."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self._token: Any = None
+
+    def __enter__(self) -> EncodeMeter:
+        self._token = _METER.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _METER.reset(self._token)
+
+
+_METER: ContextVar[EncodeMeter | None] = ContextVar("evals_encode_meter", default=None)
+
+
 class MeteredSegmenter(Segmenter):
     """A ``Segmenter`` that adds up the encoder time its results report.
 
     The runner uses it to separate the once-per-image encode from per-prompt work, also for
-    calls the agent makes through it.
+    calls the agent makes through it (its handles call this ``segment``). ``encode_ms`` is the
+    total; the current ``EncodeMeter`` gets each call's share too.
     """
 
     encode_ms: float = 0.0
 
     def segment(self, *args: Any, **kwargs: Any):
         result = super().segment(*args, **kwargs)
-        self.encode_ms += float(result.timings_ms.get("encode", 0.0))
+        encode = float(result.timings_ms.get("encode", 0.0))
+        self.encode_ms += encode
+        meter = _METER.get()
+        if meter is not None:
+            meter.ms += encode
         return result
 
 

@@ -73,6 +73,7 @@ def metrics_table(rows: list[dict], *, by: str) -> list[str]:
 def category_table(records: list[dict]) -> list[str]:
     """Reasoning sets whose rows carry a ``category``: the metrics per mode and question category."""
     from evals.metrics import CaseScore, aggregate
+    from evals.summary import case_score
 
     groups: dict[tuple[str, str], list[CaseScore]] = defaultdict(list)
     errors: dict[tuple[str, str], int] = defaultdict(int)
@@ -80,10 +81,8 @@ def category_table(records: list[dict]) -> list[str]:
         if r.get("category") is None:
             continue
         key = (r["mode"], str(r["category"]))
-        if r.get("error"):
-            errors[key] += 1
-        else:
-            groups[key].append(CaseScore(**{k: r[k] for k in CaseScore.model_fields if k in r}))
+        errors[key] += bool(r.get("error"))
+        groups[key].append(case_score(r))  # a failure counts as its empty prediction, as in summary rows
     header = ["Mode", "Question category", "n", "Dice", "gIoU", "cIoU", "Presence acc.", "Errors"]
     body = []
     for key in sorted(set(groups) | set(errors)):
@@ -125,6 +124,16 @@ def plot_dice(out: Path, records: list[dict]) -> list[Path]:
     return paths
 
 
+def _agent_line(identity: dict) -> list[str]:
+    """The planner half of the run's identity, when the run had agent mode."""
+    if not identity.get("planner"):
+        return []
+    model = f", model `{identity['model']}` at `{identity['endpoint']}`" if identity.get("model") else ""
+    prompts = (identity.get("prompts_sha256") or "")[:12]
+    return [f"Agent: planner `{identity['planner']}`{model}, max rounds {identity.get('max_rounds') or 'default'}, "
+            f"prompts sha256 {prompts}…"]
+
+
 def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dict) -> Path:
     identity = run_info.get("identity", {})
     config = run_info.get("config", {})
@@ -142,6 +151,7 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
         f"modes {', '.join(config.get('modes', []))}; box prompts: {identity.get('box_strategy')}"
          f"{'' if identity.get('box_text', True) else ', without text'}; "
         f"{n_cases} scored (mode, case) pairs."),
+        *_agent_line(identity),
         "",
         "## Dice by dataset",
         "",
@@ -161,7 +171,9 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
         "",
         ("gIoU counts an empty prediction on an empty target as 1; cIoU = Σ intersection / Σ union; presence "
         "accuracy is the share of empty-target cases answered with an empty mask; HD95 in pixels (MONAI), over "
-        "cases where both masks are non-empty. s / case includes a share of the once-per-image encoder time."),
+        "cases where both masks are non-empty. s / case includes a share of the once-per-image encoder time. "
+        "n counts every case: one that failed (Errors) is scored as an empty prediction, or as a miss where "
+        "its target could not be read."),
         "",
         *metrics_table(rows, by="dataset"),
         "",

@@ -2,8 +2,11 @@
 
 Rows: ``{"mode", "dataset", "concept", "n", "dice", "iou", "giou", "ciou", "presence_acc",
 "hd95", "seconds_per_case", "errors"}``. ``"*"`` in ``dataset`` and/or ``concept`` aggregates
-over all of them. ``n`` counts scored cases; cases that raised are counted in ``errors`` and
-left out of the metrics.
+over all of them. ``n`` counts every case; a case that raised counts in ``errors`` *and* in the
+metrics as the empty prediction it delivered (scored against its target by the runner). One
+whose target could not be read either (an unreadable image) counts as a miss: Dice = IoU = 0 on
+a non-empty target, adding nothing to cIoU's sums. A failing planner therefore lowers the
+scores instead of leaving only its easy cases in the table.
 
 ``seconds_per_case`` is the time the mode would take alone: its own per-case work plus the
 image encodes its cases need, shared out over them (the runner encodes each image once, for
@@ -37,9 +40,21 @@ def _round(value: str | float | None) -> str | float | None:
     return round(value, 4) if isinstance(value, float) else value
 
 
+# a failed case with no readable target: a miss on an unknown (taken as non-empty) target
+_MISS = CaseScore(target_area=0, pred_area=0, intersection=0, union=0, ignored=0, target_empty=False,
+                  pred_empty=True, dice=0.0, iou=0.0)
+
+
+def case_score(record: dict) -> CaseScore:
+    """A record's scores; a failed one without scores (its target unread) is a miss (see the module doc)."""
+    if record.get("error") and "target_area" not in record:
+        return _MISS
+    return CaseScore(**{k: record[k] for k in SCORE_FIELDS if k in record})
+
+
 def _row(mode: str, dataset: str, concept: str, group: list[dict], encode: dict[str, float]) -> dict:
     ok = [r for r in group if not r.get("error")]
-    metrics = aggregate(CaseScore(**{k: r[k] for k in SCORE_FIELDS if k in r}) for r in ok)
+    metrics = aggregate(case_score(r) for r in group)
     seconds = None
     if ok:
         own = sum(float(r.get("seconds") or 0.0) for r in ok)

@@ -40,7 +40,10 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     for r in records:
         assert 0.0 <= r["dice"] <= 1.0 and r["target_area"] > 0 and r["seconds"] >= 0
     assert {r["n_boxes"] for r in records if r["mode"] == "box"} >= {1}
-    rows = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert summary["identity"]["backend"] == "lite" and len(summary["identity"]["weights_sha256"]) == 64
+    assert all(r["identity"] == {k: summary["identity"][k] for k in r["identity"]} for r in records)
     assert all(tuple(r) == FIELDS for r in rows)
     star = {(r["mode"], r["dataset"], r["concept"]): r for r in rows}
     assert star[("direct", "kvasir_seg", "*")]["n"] == 2 and star[("box", "*", "*")]["n"] == 2
@@ -57,11 +60,11 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     assert "0 (mode, case) pairs run, 4 resumed" in second.out
     assert "resuming: 4 of 4" in second.err
     assert len(lines(out / "results.jsonl")) == 4
-    assert json.loads((out / "summary.json").read_text()) == rows
+    assert json.loads((out / "summary.json").read_text())["rows"] == rows
 
     # other settings into the same folder are refused rather than mixed
     assert cli_main([*argv, "--presence-threshold", "0.7"]) == 2
-    assert "holds results made with other settings" in capsys.readouterr().err
+    assert "holds results made with other settings (presence_threshold: 0.5 -> 0.7)" in capsys.readouterr().err
 
 
 def test_errors_are_recorded_per_case_and_retried_on_rerun(tmp_path, metered):
@@ -151,7 +154,7 @@ def test_agent_mode_answers_questions_through_the_agent(tmp_path, metered, data_
         assert r["error"] is None, r["error"]
         assert isinstance(r["answer"], str) and r["answer"] and r["planner"]
     assert records["named"]["target_area"] > 0 and records["none"]["target_empty"]
-    rows = {(r["mode"], r["dataset"], r["concept"]): r for r in json.loads((out / "summary.json").read_text())}
+    rows = {(r["mode"], r["dataset"], r["concept"]): r for r in json.loads((out / "summary.json").read_text())["rows"]}
     assert rows[("agent", "q", "breast tumor")]["presence_acc"] in (0.0, 1.0)
     assert rows[("agent", "kvasir_seg", "polyp")]["n"] == 1
 

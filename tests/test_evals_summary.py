@@ -13,9 +13,10 @@ from evals.runner import assign_modes, read_results
 from evals.summary import FIELDS, summarize
 
 
-def record(mode, dataset, concept, image, *, inter, union, t_area, p_area, seconds=1.0, encode=0.0, error=None):
+def record(mode, dataset, concept, image, *, inter, union, t_area, p_area, seconds=1.0, encode=0.0, error=None,
+           category=None):
     dice = 1.0 if t_area + p_area == 0 else 2 * inter / (t_area + p_area)
-    return {
+    return {"category": category,
         "mode": mode, "key": f"{dataset}/{image}#{concept}", "dataset": dataset, "concept": concept,
         "image": image, "error": error, "target_area": t_area, "pred_area": p_area, "intersection": inter,
         "union": union, "ignored": 0, "target_empty": t_area == 0, "pred_empty": p_area == 0, "dice": dice,
@@ -50,11 +51,33 @@ def test_summary_rows_are_flat_and_aggregate_with_stars():
     assert lungs["ciou"] == pytest.approx(24 / 40, abs=1e-4)
     assert lungs["presence_acc"] is None
     busi = index[("direct", "busi", "*")]
-    assert busi["n"] == 2 and busi["errors"] == 1  # the failed case is counted, not scored
-    assert busi["dice"] is None and busi["presence_acc"] == 0.5 and busi["giou"] == 0.5 and busi["ciou"] == 0.0
+    # the failed case is counted in errors and scored as the empty prediction it delivered (right on d.png,
+    # whose target is empty too)
+    assert busi["n"] == 3 and busi["errors"] == 1
+    assert busi["dice"] is None and busi["presence_acc"] == pytest.approx(2 / 3, abs=1e-4)
+    assert busi["giou"] == pytest.approx(2 / 3, abs=1e-4) and busi["ciou"] == 0.0
     overall = index[("direct", "*", "*")]
     # rows round to 4 places
-    assert overall["n"] == 4 and overall["giou"] == pytest.approx((1 / 3 + 1 + 1 + 0) / 4, abs=1e-4)
+    assert overall["n"] == 5 and overall["giou"] == pytest.approx((1 / 3 + 1 + 1 + 0 + 1) / 5, abs=1e-4)
+
+
+def test_failures_lower_the_headline_metrics_and_stay_in_the_errors_column(tmp_path):
+    ok = record("agent", "kvasir", "polyp", "a.png", inter=8, union=24, t_area=16, p_area=16, category="lay")
+    # the planner failed on b.png: the runner scored its empty prediction against the 16-pixel target
+    failed = {**record("agent", "kvasir", "polyp", "b.png", inter=0, union=16, t_area=16, p_area=0,
+                       category="lay"), "error": "PlannerError: endpoint down"}
+    # c.png could not be read at all: no target, no scores; a miss
+    unread = {"mode": "agent", "key": "kvasir/c.png#polyp", "dataset": "kvasir", "concept": "polyp",
+              "image": "c.png", "error": "ImageError: not a readable image", "category": "lay"}
+    row = {(r["mode"], r["dataset"], r["concept"]): r for r in summarize([ok, failed, unread])}[
+        ("agent", "kvasir", "*")]
+    assert row["n"] == 3 and row["errors"] == 2
+    assert row["dice"] == pytest.approx(0.5 / 3, abs=1e-4)  # (0.5 + 0 + 0) / 3, not 0.5 over the one success
+    assert row["giou"] == pytest.approx((1 / 3) / 3, abs=1e-4)
+    assert row["ciou"] == pytest.approx(8 / (24 + 16), abs=1e-4)  # the unread case adds nothing it cannot know
+    assert row["seconds_per_case"] == pytest.approx(1.0)  # timing is over the cases that ran
+    text = write_report(tmp_path, summarize([ok, failed, unread]), [ok, failed, unread], {}).read_text()
+    assert "| agent | lay | 3 | 0.1667 | 0.1111 | 0.2000 | – | 2 |" in text
 
 
 def test_seconds_per_case_shares_each_image_encode_among_its_cases():

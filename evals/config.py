@@ -1,0 +1,95 @@
+"""``EvalConfig``: one benchmark run's settings, shared by the runner, its executors and its identity.
+
+It holds no secret: ``api_key_env`` names the environment variable the key is read from, in each
+process that builds an agent, so the key never reaches argv, ``run.json`` or a Ray task.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from evals.modes import MODES, BoxStrategy
+
+Executor = Literal["local", "ray"]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+class EvalConfig(BaseModel):
+    data: list[Path] = Field(default_factory=list)
+    questions: Path | None = None
+    split: str | None = "val"
+    modes: list[str] = Field(default_factory=lambda: ["direct"])
+    out: Path
+    limit: int | None = None  # cases per dataset (and source)
+    workers: int = 1  # processes (local) or Ray actors, each with its own segmenter
+    concurrency: int = 1  # questions at once per process, in threads sharing its segmenter
+    executor: Executor = "local"
+    address: str | None = None  # Ray cluster address (ray.init's); None: RAY_ADDRESS or a local instance
+    datasets: list[str] | None = None
+    concepts: list[str] | None = None
+    image_root: Path | None = None  # COCO file_name root
+    backend: str = "lite"
+    weights: Path | None = None
+    presence_threshold: float = 0.5
+    box_strategy: BoxStrategy = "component"
+    box_text: bool = True  # box mode sends the concept with the boxes (T+I); False: boxes alone
+    planner: str | None = None
+    model: str | None = None  # the MLLM planner's model (else OPENAI_MODEL)
+    base_url: str | None = None  # its OpenAI-compatible endpoint (else OPENAI_BASE_URL, else OpenAI's)
+    api_key_env: str | None = None  # the environment variable holding its key (else OPENAI_API_KEY)
+    max_rounds: int | None = None
+    hd95: bool = True
+    save_masks: bool = False
+    seed: int = 0
+    fresh: bool = False
+    command: str = ""
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, modes: list[str]) -> list[str]:
+        unknown = [m for m in modes if m not in MODES]
+        if unknown or not modes:
+            raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+        return list(dict.fromkeys(modes))
+
+    @field_validator("data")
+    @classmethod
+    def _absolute(cls, paths: list[Path]) -> list[Path]:
+        return [Path(p).resolve() for p in paths]  # records name images by absolute path, whatever the cwd
+
+    @field_validator("workers", "concurrency")
+    @classmethod
+    def _positive(cls, value: int, info) -> int:
+        if value < 1:
+            raise ValueError(f"--{info.field_name} must be at least 1")
+        return value
+
+    @field_validator("model", "base_url", "api_key_env")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if isinstance(value, str) else value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError("--api-key-env takes the name of an environment variable (letters, digits, _), "
+                             "not the key itself")
+        return value
+
+    @model_validator(mode="after")
+    def _llm_options_need_an_mllm(self) -> EvalConfig:
+        given = [flag for flag, value in (("--model", self.model), ("--base-url", self.base_url),
+                                          ("--api-key-env", self.api_key_env)) if value]
+        if given and self.planner == "offline":
+            raise ValueError(f"{', '.join(given)} configure the openai planner, not --planner offline")
+        if self.concurrency > 1 and self.workers > 1 and self.executor == "local":
+            raise ValueError("--concurrency with --workers > 1 needs --executor ray (each actor then runs "
+                             "--concurrency questions at once); locally use one or the other")
+        if self.address is not None and self.executor != "ray":
+            raise ValueError("--address is the Ray cluster's: give it with --executor ray")
+        return self

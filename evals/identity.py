@@ -1,0 +1,130 @@
+"""What a benchmark run's numbers mean: its identity, and the refusal to mix two identities in one table.
+
+The identity is the segmenter (backend, weights and their sha256, presence threshold, box settings)
+and, for agent mode, the planner (name, model, endpoint host, rounds, and the sha256 of every file
+in ``prompts/``). It goes into ``run.json``, ``summary.json`` and, in compact form, into every record
+of ``results.jsonl``; a resume whose identity differs from any record already there is refused with
+the settings that differ. No key is part of it: the endpoint is its host (and port) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from evals.config import EvalConfig
+
+SEGMENTER_KEYS = ("backend", "weights_sha256", "presence_threshold", "box_strategy", "box_text")
+AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256")
+OPENAI_HOST = "api.openai.com"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prompt_hashes() -> dict[str, str]:
+    """sha256 of every prompt text the agent loads (``prompts/*.txt``), by file name."""
+    folder = resources.files("prompts")
+    return {entry.name: hashlib.sha256(entry.read_bytes()).hexdigest()
+            for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".txt")}
+
+
+def endpoint_host(base_url: str | None) -> str:
+    """host[:port] of an endpoint URL: no scheme, path, query or user info (which may hold a key)."""
+    if not base_url:
+        return OPENAI_HOST
+    parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    return f"{host}:{port}" if port else host
+
+
+def _agent_identity(config: EvalConfig) -> dict[str, Any]:
+    from agent.config import Settings
+
+    settings = Settings()
+    planner = settings.planner_for(config.planner or "auto", base_url=config.base_url, model=config.model)
+    mllm = planner == "openai"
+    prompts = prompt_hashes()
+    return {
+        "planner": planner,
+        "model": (config.model or settings.openai_model or None) if mllm else None,
+        "endpoint": endpoint_host(config.base_url or settings.openai_base_url) if mllm else None,
+        "max_rounds": config.max_rounds,
+        "prompts_sha256": hashlib.sha256("".join(f"{k}:{v}\n" for k, v in prompts.items()).encode()).hexdigest(),
+        "prompts": prompts,
+    }
+
+
+def run_identity(config: EvalConfig) -> dict[str, Any]:
+    """The run's full identity (``run.json``, ``summary.json``); agent keys are None without agent mode."""
+    weights_sha = None
+    if config.backend == "lite":
+        from segmenter.lite.backend import default_weights_path
+
+        path = config.weights or default_weights_path()
+        weights_sha = sha256_file(path) if Path(path).is_file() else None
+    identity: dict[str, Any] = {
+        "backend": config.backend,
+        "weights": str(config.weights) if config.weights else "shipped",
+        "weights_sha256": weights_sha,
+        "presence_threshold": config.presence_threshold,
+        "box_strategy": config.box_strategy,
+        "box_text": config.box_text,
+        **dict.fromkeys(AGENT_KEYS),
+        "prompts": None,
+    }
+    if "agent" in config.modes:
+        identity.update(_agent_identity(config))
+    return identity
+
+
+def record_identity(identity: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The part of the identity one record's numbers depend on (the planner only for agent mode)."""
+    keys = SEGMENTER_KEYS + (AGENT_KEYS if mode == "agent" else ())
+    return {k: identity.get(k) for k in keys}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}…"
+
+
+def identity_changes(records: Iterable[dict], identity: dict[str, Any], *, with_agent: bool,
+                     previous: dict[str, Any] | None = None) -> list[str]:
+    """'key: old -> new' for every identity key a stored record (or, for records from before identities
+    were recorded, the previous run.json) holds with another value than ``identity``."""
+    changes: dict[str, str] = {}
+
+    def compare(stored: dict[str, Any], keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if key in stored and stored[key] != identity.get(key) and key not in changes:
+                changes[key] = f"{key}: {_short(stored[key])} -> {_short(identity.get(key))}"
+
+    legacy = False
+    for record in records:
+        stored = record.get("identity")
+        if not isinstance(stored, dict):
+            legacy = True
+            continue
+        compare(stored, SEGMENTER_KEYS + (AGENT_KEYS if with_agent and record.get("mode") == "agent" else ()))
+    if legacy and previous:
+        compare(previous, SEGMENTER_KEYS + (("planner", "max_rounds") if with_agent else ()))
+    if "prompts_sha256" in changes and previous and isinstance(previous.get("prompts"), dict):
+        now, before = identity.get("prompts") or {}, previous["prompts"]
+        files = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if files:
+            changes["prompts_sha256"] = f"prompt files changed: {', '.join(files)}"
+    return list(changes.values())

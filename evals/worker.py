@@ -1,0 +1,192 @@
+"""Answering cases in one process: its segmenter (and agent), and the (mode, case) pairs of one image.
+
+Every executor (in-process, threads, worker processes, Ray actors) makes one ``Runtime`` per
+process and calls ``run_image`` with a unit of work; the records it returns are what
+``results.jsonl`` holds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from evals.cases import EvalCase, Target
+from evals.config import EvalConfig
+from evals.identity import record_identity, run_identity
+from evals.metrics import score_case
+from evals.modes import EncodeMeter, MeteredSegmenter, predict_agent, predict_box, predict_direct
+from segmenter.facade import Segmenter
+
+AGENT_REBUILD_EVERY = 100  # questions; the agent's in-memory checkpointer and image store keep every thread
+Task = tuple[str, EvalCase]
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def api_key(config: EvalConfig) -> str | None:
+    """The MLLM key from the variable ``--api-key-env`` names (None: the agent reads OPENAI_API_KEY)."""
+    if config.api_key_env is None:
+        return None
+    key = os.environ.get(config.api_key_env, "").strip()
+    if not key:
+        raise RuntimeError(f"--api-key-env {config.api_key_env}: that environment variable is not set here")
+    return key
+
+
+def build_agent(segmenter: Segmenter, config: EvalConfig):
+    try:
+        from agent import Agent  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise RuntimeError(
+            f"agent mode needs the agent package's Agent class, which is not importable ({exc})"
+        ) from exc
+    options: dict[str, Any] = {"segmenter": segmenter}
+    if config.planner is not None:
+        options["planner"] = config.planner
+    if config.max_rounds is not None:
+        options["max_rounds"] = config.max_rounds
+    # only what the run sets: an unset one keeps the environment's (Settings) value
+    llm = {"model": config.model, "base_url": config.base_url, "api_key": api_key(config)}
+    llm = {k: v for k, v in llm.items() if v is not None}
+    if llm:
+        options["llm_options"] = llm
+    return Agent(**options)
+
+
+class Runtime:
+    """What one process needs to answer cases: the segmenter, and the agent on top of it when asked for.
+
+    Safe to share between threads: the segmenter's lock makes each prompt's set-image-and-segment
+    one step (``run_image`` works through a handle per image), and the agent runs each question
+    in its own thread id.
+    """
+
+    def __init__(self, config: EvalConfig, segmenter: MeteredSegmenter | None = None) -> None:
+        seed_everything(config.seed)
+        self.config = config
+        if segmenter is None:
+            options: dict[str, Any] = {}
+            if config.backend == "lite":
+                options = {"weights": config.weights, "presence_threshold": config.presence_threshold}
+            segmenter = MeteredSegmenter(config.backend, **options)
+        self.segmenter = segmenter
+        self.identity = run_identity(config)
+        self._agent = None
+        self._agent_questions = 0
+        self._agent_lock = threading.Lock()
+
+    @property
+    def agent(self):
+        """The agent on this process's segmenter, made fresh every ``AGENT_REBUILD_EVERY`` questions
+        so its per-thread memory does not grow with the benchmark."""
+        with self._agent_lock:
+            if self._agent is None or self._agent_questions >= AGENT_REBUILD_EVERY:
+                self._agent = build_agent(self.segmenter, self.config)
+                self._agent_questions = 0
+            self._agent_questions += 1
+            return self._agent
+
+
+def _safe_name(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
+
+
+def base_record(runtime: Runtime, mode: str, case: EvalCase) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "key": case.key,
+        "id": case.id,
+        "dataset": case.dataset,
+        "concept": case.concept_label,
+        "source": case.source,
+        "question": case.question,
+        "category": case.metadata.get("category"),  # reasoning sets: direct / synonym / lay / negative / ...
+        "image": str(case.image),
+        "error": None,
+        "identity": record_identity(runtime.identity, mode),
+    }
+
+
+def _predict(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, case: EvalCase,
+             target: Target) -> tuple[np.ndarray, dict[str, Any]]:
+    config = runtime.config
+    if mode == "direct":
+        return predict_direct(seg, image, case)
+    if mode == "box":
+        return predict_box(seg, image, case, target.mask, config.box_strategy, text=config.box_text)
+    return predict_agent(runtime.agent, image, case)
+
+
+def _answer(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, case: EvalCase) -> dict[str, Any]:
+    """One (mode, case) record. A failure is recorded with its error and, where the target could be read,
+    scored as an empty prediction (so it weighs in the metrics as the nothing it delivered)."""
+    config = runtime.config
+    record = base_record(runtime, mode, case)
+    target: Target | None = None
+    start = time.perf_counter()
+    with EncodeMeter() as meter:
+        try:
+            target = case.load_target(image.shape[:2])
+            if mode == "box" and target.empty:
+                # no box exists for "nothing there": recorded as skipped so a rerun does not retry it
+                return {**record, "skipped": "empty target: no box to prompt with"}
+            start = time.perf_counter()  # time the prediction, not the reading of the ground truth
+            pred, info = _predict(runtime, seg, image, mode, case, target)
+            record.update(info)
+            record.update(score_case(pred, target.mask, target.ignore, with_hd95=config.hd95).model_dump())
+            if config.save_masks:
+                from PIL import Image
+
+                folder = config.out / "masks" / mode
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pred.astype(np.uint8) * 255).save(folder / f"{_safe_name(case.key)}.png")
+        except Exception as exc:  # noqa: BLE001  (recorded per case; the run goes on)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            if target is not None:
+                empty = np.zeros(image.shape[:2], dtype=bool)
+                record.update(score_case(empty, target.mask, target.ignore, with_hd95=False).model_dump())
+    elapsed = time.perf_counter() - start
+    encode = meter.ms / 1000
+    record["encode_seconds"] = round(encode, 4)
+    record["seconds"] = round(max(0.0, elapsed - encode), 4)
+    return record
+
+
+def run_image(runtime: Runtime, image_path: str, tasks: list[Task]) -> list[dict]:
+    """All (mode, case) pairs on one image; the image is loaded and encoded once for all of them."""
+    try:
+        image = tasks[0][1].load_image()
+    except Exception as exc:  # noqa: BLE001  (unreadable image: every case on it fails the same way)
+        message = f"{type(exc).__name__}: {exc}"
+        return [{**base_record(runtime, m, c), "error": message} for m, c in tasks]
+    seg = runtime.segmenter.handle(image)  # this image's prompts go to this image, whatever other threads set
+    return [_answer(runtime, seg, image, mode, case) for mode, case in tasks]
+
+
+# worker processes: one Runtime each, made by the pool initializer
+_WORKER: Runtime | None = None
+
+
+def init_worker(config_json: str, threads: int) -> None:
+    import torch
+
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = Runtime(EvalConfig.model_validate_json(config_json))
+
+
+def run_in_worker(image_path: str, tasks: list[Task]) -> list[dict]:
+    if _WORKER is None:
+        raise RuntimeError("run_in_worker called outside a worker initialised by init_worker")
+    return run_image(_WORKER, image_path, tasks)
