@@ -12,7 +12,7 @@ extent), and a montage of it with its neighbours, slice index drawn, is the over
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,6 +122,15 @@ def _span(found: ConceptVolume) -> str:
     return f"slice {first}" if first == last else f"slices {first}-{last}"
 
 
+def _extent(mine: Mapping[str, Measurement], parts: int) -> str:
+    """", largest part 26.6 x 18.5 mm on slice 90": the (largest) component's diameters on its widest slice."""
+    longest, across = mine.get("longest diameter"), mine.get("perpendicular diameter")
+    if longest is None or across is None:
+        return ""
+    return (f", {'largest part ' if parts > 1 else ''}{longest.value:.1f} x {across.value:.1f} {longest.unit}"
+            f" on slice {longest.slice_index}")
+
+
 def answer_text(result: VolumeResult, measurements: list[Measurement]) -> str:
     """Per concept: its volume, components and slices, or that it was not found on the slices searched."""
     searched = result.slices
@@ -133,10 +142,12 @@ def answer_text(result: VolumeResult, measurements: list[Measurement]) -> str:
             best, at = max(scores)
             sentences.append(f"No {concept} was found on {where} (highest presence {best:.2f}, on slice {at}).")
             continue
-        size = next(m for m in measurements if m.concept == concept and m.kind == "volume")
+        mine: dict[str, Measurement] = {m.kind: m for m in measurements if m.concept == concept}
         parts = len(found.components)
-        sentences.append(f"{concept}: {size.short} on {_span(found)}"
-                         + (f", in {parts} separate parts" if parts > 1 else "") + ".")
+        sentences.append(f"{concept}: {mine['volume'].short} on {_span(found)}"
+                         + (f", in {parts} separate parts" if parts > 1 else "") + _extent(mine, parts) + ".")
+    if len(searched) < result.shape[0]:
+        sentences.append(f"Only {where} of {result.shape[0]} were searched; volumes cover those slices only.")
     if any(not m.spacing_known for m in measurements):
         sentences.append("The voxel size was unknown, so volumes are in voxels, not millilitres.")
     return " ".join(sentences)

@@ -1,4 +1,8 @@
-"""`medsam3-agent segment IMAGE "polyp" --out DIR`: masks, overlay and JSON for one prompt."""
+"""`medsam3-agent segment IMAGE "polyp" --out DIR`: masks, overlay and JSON for one prompt.
+
+IMAGE may also be a DICOM file, a DICOM series folder or zip, or a NIfTI volume (read by ``load_study``);
+a volume is segmented slice by slice with the concept (``segmenter/volume_cli.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import numpy as np
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
+    parser.add_argument("image", help="image file (PNG, JPEG, TIFF, DICOM), DICOM series folder or zip, or NIfTI")
     parser.add_argument("concept", nargs="?", default=None, help='concept phrase, e.g. "polyp"')
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="box prompt (repeatable)")
@@ -19,6 +23,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="lite", help="lite (default), sam3 or remote")
     parser.add_argument("--weights", default=None, help="MedSAM3-Lite weights (default: the shipped ones)")
     parser.add_argument("--presence-threshold", type=float, default=0.5)
+    parser.add_argument("--window", default=None, help="CT/MR window: a preset (lung, abdomen, brain, ...) or C,W")
+    parser.add_argument("--slices", default=None, metavar="START:END", help="a volume's slices to segment, e.g. 40:80")
+    parser.add_argument("--slice-axis", type=int, choices=[0, 1, 2], default=None,
+                        help="a NIfTI volume's voxel axis to slice along (default: the last)")
 
 
 def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -43,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
     from segmenter import Point, Segmenter
     from segmenter.overlay import render_overlay
+    from segmenter.volume_cli import read_study, segment_study
 
     boxes = [_numbers(b, (4,), "box") for b in args.box]
     points = []
@@ -54,10 +63,15 @@ def main(args: argparse.Namespace) -> int:
     options = {}
     if args.backend == "lite":
         options = {"weights": args.weights, "presence_threshold": args.presence_threshold}
+    study = read_study(args.image, args)  # None: a photo, read by the 2D loader below
     start = time.perf_counter()
     seg = Segmenter(args.backend, **options)
     load_ms = (time.perf_counter() - start) * 1000
-    seg.set_image(args.image)
+    if study is not None and study.is_volume:
+        return segment_study(seg, study, args)
+    if study is not None and args.slices:
+        raise ValueError("--slices applies to a volume; this input is one slice")
+    seg.set_image(args.image if study is None else study.slices[0])
     result = seg.segment(concept=args.concept, boxes=boxes, points=points)
     args.out.mkdir(parents=True, exist_ok=True)
     instances = []

@@ -8,6 +8,7 @@ the blank ones; and a real brain MR val volume restricted to six slices around i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -150,6 +151,13 @@ def test_cli_on_a_dicom_series_writes_nifti_and_seg_and_states_ml(tmp_path: Path
     referenced = {item.ReferencedSOPInstanceUID for frame in seg.PerFrameFunctionalGroupsSequence
                   for item in frame.DerivationImageSequence[0].SourceImageSequence}
     assert referenced <= {ds.SOPInstanceUID for ds in headers[1:3]}  # frames only where the lungs are
+
+    # 'segment' takes the same inputs and options: one concept over the chosen slices, no planner
+    seg_args = ["segment", str(tmp_path / "series"), "lung", "--out", str(tmp_path / "seg"), "--slices", "1:2"]
+    assert cli_main(seg_args) == 0
+    summary = json.loads((tmp_path / "seg" / "result.json").read_text())
+    assert summary["slices"] == [1, 2] and summary["volume_ml"] > 0 and len(summary["presence"]) == 1
+    assert (tmp_path / "seg" / "mask.nii.gz").exists() and (tmp_path / "seg" / "segmentation.dcm").exists()
 
 
 def _brats_val(data_root: Path) -> tuple[Path, Path]:
