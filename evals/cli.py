@@ -10,6 +10,10 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evals.config import EvalConfig
 
 
 def _csv(text: str) -> list[str]:
@@ -122,24 +126,10 @@ def _pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(args: argparse.Namespace) -> int:
-    from evals.modes import MODES
-    from evals.runner import EvalConfig, run_eval
+def _config(args: argparse.Namespace, modes: list[str], questions: Path | None) -> EvalConfig:
+    from evals.config import EvalConfig
 
-    modes = _csv(args.mode)
-    if "pick" in modes:
-        if modes != ["pick"]:
-            raise ValueError("--mode pick runs alone (it needs no segmenter); run the other modes separately")
-        return _pick(args)
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise ValueError(f"--mode {args.mode!r}: choose one or more of {', '.join(MODES)}, comma-separated")
-    questions = _questions(args, modes)
-    if not args.data and questions is None:
-        raise ValueError("give --data and/or --questions")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError("--limit must be at least 1")
-    config = EvalConfig(
+    return EvalConfig(
         data=args.data,
         questions=questions,
         split=None if args.split == "all" else args.split,
@@ -169,6 +159,31 @@ def main(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         command=command_line(args),
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from evals.modes import MODES
+    from evals.runner import run_eval
+
+    modes = _csv(args.mode)
+    if "pick" in modes:
+        if modes != ["pick"]:
+            raise ValueError("--mode pick runs alone (it needs no segmenter); run the other modes separately")
+        return _pick(args)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"--mode {args.mode!r}: choose one or more of {', '.join(MODES)}, comma-separated")
+    questions = _questions(args, modes)
+    if not args.data and questions is None:
+        raise ValueError("give --data and/or --questions")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    try:
+        config = _config(args, modes, questions)
+    except ValidationError as exc:  # one line per problem, in the option's words, not pydantic's report
+        raise ValueError("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())) from None
     outcome = run_eval(config, progress=not args.no_progress)
     print(f"{outcome.ran} (mode, case) pairs run, {outcome.skipped} resumed, {outcome.errors} errors -> {outcome.out}")
     rows = [r for r in outcome.summary if r["concept"] == "*"]

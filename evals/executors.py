@@ -89,8 +89,11 @@ def import_ray() -> Any:
 
 
 def _ray_init(ray: Any, address: str | None) -> None:
+    """Join ``address`` (else ``RAY_ADDRESS``), or start a new local instance: never, silently, some other
+    instance that happens to run on this machine (which is what ray.init() without an address would do)."""
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     options: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
-    if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+    if address == "local":
         options["object_store_memory"] = RAY_OBJECT_STORE_BYTES  # only a new local instance takes this
     ray.init(**options)
 

@@ -1,6 +1,7 @@
 """What a benchmark run's numbers mean: its identity, and the refusal to mix two identities in one table.
 
-The identity is the segmenter (backend, weights and their sha256, presence threshold, box settings)
+The identity is the segmenter (backend, weights and their sha256 for lite; for ``remote``, what the
+``serve-segmenter`` server says it serves; presence threshold, box settings)
 and, for agent mode, the planner (name, model, endpoint host, rounds, and the sha256 of every file
 in ``prompts/``). It goes into ``run.json``, ``summary.json`` and, in compact form, into every record
 of ``results.jsonl``; a resume whose identity differs from any record already there is refused with
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from evals.config import EvalConfig
 
-SEGMENTER_KEYS = ("backend", "weights_sha256", "presence_threshold", "box_strategy", "box_text")
+SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "box_strategy", "box_text")
 AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256")
 OPENAI_HOST = "api.openai.com"
 
@@ -68,6 +69,16 @@ def _agent_identity(config: EvalConfig) -> dict[str, Any]:
     }
 
 
+def served_segmenter() -> dict[str, Any]:
+    """What the ``remote`` backend's server (``MEDSAM3_SEGMENTER_URL``) serves: its backend, model and LoRA."""
+    from segmenter.service.client import RemoteBackend
+
+    info = RemoteBackend().info()
+    return {"backend": str(info.get("backend", "")).removeprefix("remote:"), "model": info.get("model"),
+            "lora": info.get("lora"),
+            "server": endpoint_host(str(info.get("url")))}
+
+
 def run_identity(config: EvalConfig) -> dict[str, Any]:
     """The run's full identity (``run.json``, ``summary.json``); agent keys are None without agent mode."""
     weights_sha = None
@@ -80,6 +91,7 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         "backend": config.backend,
         "weights": str(config.weights) if config.weights else "shipped",
         "weights_sha256": weights_sha,
+        "served": served_segmenter() if config.backend == "remote" else None,
         "presence_threshold": config.presence_threshold,
         "box_strategy": config.box_strategy,
         "box_text": config.box_text,

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from evals.cases import EvalCase
 from evals.config import EvalConfig
-from evals.executors import Unit, run_units
+from evals.executors import Unit, import_ray, run_units
 from evals.identity import identity_changes, run_identity
 from evals.loaders import find_manifests, load_path, load_reasoning_set
 from evals.modes import MODES, MeteredSegmenter
@@ -197,6 +197,8 @@ def run_eval(
     tasks = assign_modes(cases, config.modes)
     if any(m == "agent" for m, _ in tasks):
         _check_agent(config)
+    if config.executor == "ray":
+        import_ray()  # a missing extra is named before anything is written
     out = config.out
     results_path, identity = _start_run(config)
 

@@ -120,4 +120,4 @@ def test_extras_in_pyproject_match_the_hints():
         assert any(req.startswith(wanted) for req in extras[extra]), (package, extra)
         assert wanted not in core, f"{wanted} is optional: it belongs to [{extra}], not the core"
     test = " ".join(extras["test"])
-    assert "medsam3-agent[ui,serve,eval]" in test and "mypy" in test and "pytest" in test
+    assert "medsam3-agent[ui,serve,eval,ray]" in test and "mypy" in test and "pytest" in test

@@ -164,3 +164,57 @@ def test_ray_executor_gives_the_records_of_a_plain_run(plain_run, questions, ser
     assert (outcome.ran, outcome.errors) == (4, 1)
     assert comparable(lines(out / "results.jsonl")) == comparable(plain_run)
     assert json.loads((out / "run.json").read_text())["config"]["executor"] == "ray"
+
+
+def test_without_ray_the_executor_names_the_install_and_writes_nothing(questions, tmp_path):
+    from test_cli import run_blocked
+
+    out = tmp_path / "out"
+    done = run_blocked(["ray"], "eval", "--questions", str(questions), "--split", "all", "--mode", "direct",
+                       "--executor", "ray", "--out", str(out), "--no-progress")
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines_ = done.stderr.strip().splitlines()
+    assert len(lines_) == 1 and "pip install 'medsam3-agent[ray]'" in lines_[0], done.stderr[-2000:]
+    assert not (out / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--workers", "2", "--concurrency", "4"], "--concurrency with --workers > 1 needs --executor ray"),
+    (["--address", "auto"], "--address is the Ray cluster's: give it with --executor ray"),
+    (["--planner", "offline", "--model", "m"], "--model configure the openai planner, not --planner offline"),
+    (["--api-key-env", "sk-abc def"], "--api-key-env takes the name of an environment variable"),
+])
+def test_scale_options_are_checked_in_one_line(questions, tmp_path, capsys, extra, message):
+    argv = ["eval", "--questions", str(questions), "--split", "all", "--mode", "agent", "--out", str(tmp_path / "o")]
+    assert cli_main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert "sk-abc" not in err  # a key pasted in place of a variable name is not echoed back
+
+
+def test_a_remote_segmenter_service_is_part_of_the_identity(questions, segmenter, tmp_path, monkeypatch):
+    """The cluster set-up of docs/evals.md on one machine: the segmenter served over HTTP (as `serve-segmenter`
+    does on a GPU node), the benchmark through ``--backend remote`` with questions in threads."""
+    from segmenter.service.app import create_app, serve_in_background
+
+    token = "eval-remote-token"
+    with serve_in_background(create_app(segmenter.backend, token=token)) as url:
+        monkeypatch.setenv("MEDSAM3_SEGMENTER_URL", url)
+        monkeypatch.setenv("MEDSAM3_SEGMENTER_TOKEN", token)
+        base = {"questions": questions, "split": None, "modes": ["direct"], "hd95": False}
+        remote = run_eval(EvalConfig(**base, backend="remote", concurrency=2, out=tmp_path / "remote"),
+                          progress=False, log=lambda _: None)
+        local = run_eval(EvalConfig(**base, out=tmp_path / "local"), segmenter=MeteredSegmenter(segmenter.backend),
+                         progress=False, log=lambda _: None)
+    identity = json.loads((tmp_path / "remote" / "summary.json").read_text())["identity"]
+    port = url.rsplit(":", 1)[1].rstrip("/")
+    assert identity["backend"] == "remote" and identity["served"]["backend"] == "medsam3-lite"
+    assert identity["served"]["model"] == "MedSAM3-Lite (LiteMedSAM + concept head)"
+    assert identity["served"]["server"] == f"127.0.0.1:{port}" and token not in json.dumps(identity)
+    assert remote.errors == 0 and remote.ran == 4
+    # the same masks travelled: the scores equal those of the segmenter in this process
+    scores = ("dice", "iou", "pred_area", "intersection")
+    assert [[r[k] for k in scores] for r in comparable(lines(tmp_path / "remote" / "results.jsonl"))] == [
+        [r[k] for k in scores] for r in comparable(lines(tmp_path / "local" / "results.jsonl"))]
+    assert local.errors == 0
