@@ -1,8 +1,9 @@
 """A question about a volume: pick the concept(s), segment them slice by slice, clean up in 3D, answer in mL.
 
 ``Agent.stream`` hands a multi-slice ``Study`` (or a path ``load_study`` reads as one) here. The
-concepts come from the question as for a 2D image (the offline planner's concept picker, with the
-study's modality as a cue; the picker looks at one middle slice, never the whole volume). Every
+concepts come from the question as for a 2D image: an MLLM planner's model names them from a montage
+of three labelled slices; the offline planner's concept picker reads the question with the study's
+modality as a cue (and looks at one middle slice). Neither sees the whole volume. Every
 chosen slice is encoded once and all concepts are prompted on it (``segmenter.volume``); progress
 streams as step events per batch of slices. The answer states each concept's volume (mL where the
 voxel size is known), its components and the slices it spans; the overlay is the key slice (largest
@@ -19,8 +20,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from agent.errors import PlannerError
+from agent.mllm.base import ChatClient
 from agent.planners.base import Planner
 from agent.results import AgentResult, ConceptMask, StepEvent
+from agent.volume_mllm import mllm_concepts, sample_slices
 from agent.volume_output import VolumeOutput
 from segmenter.facade import Segmenter
 from segmenter.overlay import render_overlay
@@ -64,16 +68,27 @@ def as_volume(image: Any) -> Study | None:
     return study if study.is_volume else None
 
 
-def pick_concepts(agent: Agent, question: str, study: Study, middle: int) -> tuple[list[str], str]:
-    """The concepts the question asks for, as the offline planner picks them, with the study's modality as a cue."""
+def pick_concepts(agent: Agent, question: str, study: Study, chosen: range) -> tuple[list[str], str, np.ndarray | None]:
+    """The concepts to segment, how they were chosen, and the montage an MLLM was shown (None offline).
+
+    An MLLM planner's model names them from a few labelled slices (``agent.volume_mllm``); where its reply
+    names none, or for the offline planner, the concept picker reads the question with the study's
+    modality as a cue and the middle slice for the image's look.
+    """
     from agent.concepts import default_picker
 
+    note = ""
+    client = getattr(agent.planner, "client", None)
+    if isinstance(client, ChatClient):
+        try:
+            concepts, montage = mllm_concepts(client, question, study, chosen)
+            return concepts, f"named by {client.model} from slices {sample_slices(chosen)}", montage
+        except PlannerError as exc:
+            note = f"{exc}; picked from the question instead: "
     picker = getattr(agent.planner, "picker", None) or default_picker()
     cue = MODALITY_CUES.get((study.geometry.modality or "").upper())
-    text = f"{question} ({cue})" if cue else question
-    pick = picker.pick(text, image=study.slices[middle])
-    how = "; ".join(f"{c}: {pick.how.get(c, 'named')}" for c in pick.concepts)
-    return pick.concepts, how
+    pick = picker.pick(f"{question} ({cue})" if cue else question, image=study.slices[chosen[len(chosen) // 2]])
+    return pick.concepts, note + "; ".join(f"{c}: {pick.how.get(c, 'named')}" for c in pick.concepts), None
 
 
 def _key_slice(result: VolumeResult) -> int:
@@ -181,11 +196,11 @@ def stream_volume(agent: Agent, question: str, study: Study, *, slices: str | ra
         return event
 
     chosen = parse_slices(slices, study.shape[0])  # a bad range is refused before any work
-    concepts, how = pick_concepts(agent, question, study, chosen[len(chosen) // 2])
+    concepts, how, shown = pick_concepts(agent, question, study, chosen)
     if not concepts:
         raise ValueError("the question names nothing to segment in the volume")
     yield emit(StepEvent(kind="plan", node="plan", text=f"segment {concepts} on {len(chosen)} slice(s) ({how})",
-                         data={"concepts": concepts, "slices": [chosen.start, chosen.stop]}))
+                         data={"concepts": concepts, "slices": [chosen.start, chosen.stop]}, image=shown))
     # this run's handle on the shared segmenter: other runs may set their images in between
     run = VolumeSegmentation(agent.segmenter.handle(), study, concepts, slices=chosen)
     batch = max(1, len(run.chosen) // PROGRESS_EVENTS)

@@ -15,12 +15,14 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from agent_helpers import FakeOpenAI, openai_agent, text_reply
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from agent import Agent
 from agent.cli import main as cli_main
+from agent.volume_mllm import TILE
 from segmenter.study import Geometry
 from segmenter.study_io import load_study
 from segmenter.volume import VolumeError, clean_3d, island_threshold, parse_slices, segment_volume
@@ -101,6 +103,25 @@ def test_volume_found_on_its_slices_and_nifti_at_the_source_affine(tmp_path: Pat
     data = np.asarray(written.dataobj).transpose(2, 1, 0) > 0
     assert np.array_equal(data, answer.volume.concepts["lung"].mask)
     assert (out / "overlay.png").exists() and not (out / "segmentation.dcm").exists()  # SEG only for DICOM
+
+
+def test_an_mllm_planner_names_the_concepts_from_three_labelled_slices(tmp_path: Path, segmenter) -> None:
+    source = tmp_path / "chest.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(_stack().transpose(2, 1, 0)), np.diag([0.8, 0.8, 2.5, 1])),
+             str(source))
+    script = [text_reply('{"concepts": ["lung"]}'), text_reply("I cannot tell from these images.")]
+    with FakeOpenAI(script) as server:
+        agent = openai_agent(server, segmenter)
+        named = agent.run(QUESTION, image=source)
+        fallback = agent.run(QUESTION, image=source)
+    shown = server.images(0)
+    assert len(server.requests) == 2 and len(shown) == 1  # one montage per run, not the volume
+    assert shown[0].shape == (TILE, 3 * TILE, 3)  # slices 0, 2 and 3, each scaled to the tile
+    plan = named.trace[0]
+    assert plan.kind == "plan" and "named by fake-vlm" in plan.text and plan.image is not None
+    assert named.concepts_tried == ["lung"] and "mL" in named.answer
+    # an unusable reply: the concept picker reads the question instead, and the plan says so
+    assert fallback.concepts_tried == ["lung"] and "named no concept" in fallback.trace[0].text
 
 
 def _series(folder: Path, stack: np.ndarray, spacing: tuple[float, float] = (0.8, 0.8), step: float = 2.5
