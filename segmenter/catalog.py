@@ -2,15 +2,25 @@
 
 The segmenter uses it for training phrases and tiling; the offline planner uses it to map a
 question to concepts. One JSON file, shipped as package data.
+
+Paired organs are data here: a concept with ``paired`` (lung; kidney, adrenal gland... as they are
+added) can be asked with a side, and a lateral concept ("left lung") names its ``side`` and ``base``.
+``lateral`` resolves a phrase to (side, base concept): the Segmenter then segments the base concept and
+keeps that side by geometry (``segmenter.laterality``), so "left kidney" works for any paired concept
+even without an entry of its own.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+_SIDED = re.compile(r"(?:the\s+)?(?:patient'?s\s+)?(left|right)\s+(.+)", re.IGNORECASE)
 
 
 class Concept(BaseModel):
@@ -19,6 +29,9 @@ class Concept(BaseModel):
     description: str
     synonyms: list[str] = Field(default_factory=list)
     tile: int | None = None  # segment in native-resolution tiles of this side (small objects)
+    paired: bool = False  # an organ with a left and a right one: may be asked as "left X" / "right X"
+    side: Literal["left", "right"] | None = None  # a lateral concept: this side of ``base``
+    base: str | None = None  # the paired concept a lateral one is segmented as
 
 
 class ConceptCatalog(BaseModel):
@@ -36,6 +49,30 @@ class ConceptCatalog(BaseModel):
             if key == concept.name or key in (s.lower() for s in concept.synonyms):
                 return concept
         return None
+
+    def lateral(self, phrase: str) -> tuple[Literal["left", "right"], Concept] | None:
+        """(side, paired base concept) for a lateral phrase ("left lung", "the patient's right kidney"),
+        else None. A lateral entry's own synonyms count; otherwise "left"/"right" + a paired concept."""
+        concept = self.get(phrase)
+        if concept is not None and concept.side is not None and concept.base is not None:
+            base = self.get(concept.base)
+            return (concept.side, base) if base is not None else None
+        match = _SIDED.fullmatch(phrase.strip())
+        if concept is None and match:
+            base = self.get(match.group(2))
+            if base is not None and base.paired:
+                return match.group(1).lower(), base  # type: ignore[return-value]
+        return None
+
+    @model_validator(mode="after")
+    def _lateral_bases(self) -> ConceptCatalog:
+        for concept in self.concepts:
+            if (concept.side is None) != (concept.base is None):
+                raise ValueError(f"concept {concept.name!r}: 'side' and 'base' go together")
+            base = self.get(concept.base) if concept.base else None
+            if concept.base and (base is None or not base.paired):
+                raise ValueError(f"concept {concept.name!r}: base {concept.base!r} is not a paired concept")
+        return self
 
     def modalities(self) -> list[str]:
         return sorted({c.modality for c in self.concepts})

@@ -7,9 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from segmenter import laterality
 from segmenter.backends import build_backend
 from segmenter.base import PresenceGated, SegmenterBackend
+from segmenter.catalog import load_catalog
 from segmenter.image_io import ImageInput
+from segmenter.study import Geometry
 from segmenter.study_io import load_image
 from segmenter.types import Box, Point, Prompt, SegmentationResult
 
@@ -23,11 +26,17 @@ class Segmenter:
 
     One Segmenter may serve several runs at once (UI users, threads): ``handle(image)`` gives each
     run its own current image, and a lock makes "set this run's image, then segment" one step.
+
+    A lateral concept ("left lung", "right kidney": see ``ConceptCatalog.lateral``) is segmented as its
+    paired base concept (whose presence gate applies) and that side is kept by the image's orientation:
+    ``geometry`` (a DICOM/NIfTI affine) where given, else the radiological convention; the result's
+    ``laterality`` says which (``segmenter.laterality``). Box and point prompts go to the backend as given.
     """
 
     def __init__(self, backend: str | SegmenterBackend = "lite", **options: Any) -> None:
         self.backend = backend if isinstance(backend, SegmenterBackend) else build_backend(backend, **options)
         self._image: np.ndarray | None = None
+        self._geometry: Geometry | None = None  # the current image's orientation, where known
         self._lock = threading.RLock()  # the backend holds one current image: set_image + segment must not interleave
 
     @property
@@ -36,11 +45,13 @@ class Segmenter:
             raise RuntimeError("no image set: call set_image(image) first")
         return self._image
 
-    def set_image(self, image: ImageInput) -> str:
+    def set_image(self, image: ImageInput, geometry: Geometry | None = None) -> str:
+        """``geometry``: the image's (a DICOM/NIfTI slice's); it orients "left X"/"right X" prompts."""
         array = load_image(image)
         with self._lock:
             key = self.backend.set_image(array)
             self._image = array
+            self._geometry = geometry
         return key
 
     def segment(
@@ -52,10 +63,12 @@ class Segmenter:
         points: list[Point] | list[tuple[float, float]] | None = None,
         prompt: Prompt | None = None,
         presence_threshold: float | None = None,
+        geometry: Geometry | None = None,
     ) -> SegmentationResult:
         """Segment a concept phrase, boxes and/or points; ``image`` sets a new image first.
 
         ``presence_threshold`` overrides the backend's own for this call (backends that have one).
+        ``geometry``: the image's, for this call (else the one given with the current image).
         """
         if prompt is None:
             prompt = Prompt(
@@ -65,20 +78,34 @@ class Segmenter:
             )
         with self._lock:
             if image is not None:
-                self.set_image(image)
+                self.set_image(image, geometry)
+            geometry = geometry if geometry is not None else self._geometry
             h, w = self.image.shape[:2]
             prompt = prompt.model_copy(update={"boxes": [b.clipped(w, h) for b in prompt.boxes]})
             for p in prompt.points:
                 if not (0 <= p.x < w and 0 <= p.y < h):
                     raise ValueError(f"point ({p.x}, {p.y}) lies outside the {w}x{h} image")
-            if presence_threshold is not None and isinstance(self.backend, PresenceGated):
-                # an argument of this call: the shared backend's own threshold is never changed
-                return self.backend.segment(prompt, presence_threshold=float(presence_threshold))
-            return self.backend.segment(prompt)
+            text_only = prompt.concept is not None and not prompt.boxes and not prompt.points
+            lateral = load_catalog().lateral(prompt.concept) if text_only and prompt.concept else None
+            if lateral is None:
+                return self._backend_segment(prompt, presence_threshold)
+            side, base = lateral
+            orient = laterality.orientation(geometry)  # before the decode: a sagittal slice is refused at once
+            found = self._backend_segment(Prompt(concept=base.name), presence_threshold)
+            instances = laterality.lateral_instances(found.instances, side, orient, found.image_size)
+            return found.model_copy(update={"prompt": prompt, "instances": instances,
+                                            "laterality": orient.describe()})
 
-    def handle(self, image: ImageInput | None = None, *, presence_threshold: float | None = None) -> SegmenterHandle:
+    def _backend_segment(self, prompt: Prompt, presence_threshold: float | None) -> SegmentationResult:
+        if presence_threshold is not None and isinstance(self.backend, PresenceGated):
+            # an argument of this call: the shared backend's own threshold is never changed
+            return self.backend.segment(prompt, presence_threshold=float(presence_threshold))
+        return self.backend.segment(prompt)
+
+    def handle(self, image: ImageInput | None = None, *, presence_threshold: float | None = None,
+               geometry: Geometry | None = None) -> SegmenterHandle:
         """A handle for one run (or one user's settings) that shares this Segmenter's backend and lock."""
-        return SegmenterHandle(self, image, presence_threshold=presence_threshold)
+        return SegmenterHandle(self, image, presence_threshold=presence_threshold, geometry=geometry)
 
     def concepts(self) -> list[str]:
         return self.backend.concepts()
@@ -96,27 +123,33 @@ class SegmenterHandle(Segmenter):
     """
 
     def __init__(self, shared: Segmenter, image: ImageInput | None = None, *,
-                 presence_threshold: float | None = None) -> None:
+                 presence_threshold: float | None = None, geometry: Geometry | None = None) -> None:
         self.shared = shared
         self.backend = shared.backend
         self.presence_threshold = presence_threshold
         self._lock = shared._lock
         self._image = None
+        self._geometry = geometry
         if image is not None:
-            self.set_image(image)
+            self.set_image(image, geometry)
 
-    def set_image(self, image: ImageInput) -> str:
+    def set_image(self, image: ImageInput, geometry: Geometry | None = None) -> str:
         with self._lock:
-            key = self.shared.set_image(image)
+            key = self.shared.set_image(image, geometry)
             self._image = self.shared._image
+            self._geometry = geometry
         return key
 
     def segment(self, image: ImageInput | None = None, concept: str | None = None, **kwargs: Any) -> SegmentationResult:
         if image is not None:
             self.set_image(image)
         kwargs.setdefault("presence_threshold", self.presence_threshold)
+        if kwargs.get("geometry") is None:
+            kwargs["geometry"] = self._geometry
         return self.shared.segment(self.image, concept, **kwargs)
 
-    def handle(self, image: ImageInput | None = None, *, presence_threshold: float | None = None) -> SegmenterHandle:
+    def handle(self, image: ImageInput | None = None, *, presence_threshold: float | None = None,
+               geometry: Geometry | None = None) -> SegmenterHandle:
         threshold = self.presence_threshold if presence_threshold is None else presence_threshold
-        return SegmenterHandle(self.shared, image, presence_threshold=threshold)
+        return SegmenterHandle(self.shared, image, presence_threshold=threshold,
+                               geometry=geometry if geometry is not None else self._geometry)

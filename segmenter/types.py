@@ -128,6 +128,7 @@ class SegmentationResult(BaseModel):
     image_size: tuple[int, int]  # (height, width)
     backend: str
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    laterality: str | None = None  # "left X"/"right X": the convention that told the sides (segmenter.laterality)
 
     @property
     def union_mask(self) -> np.ndarray:
@@ -152,4 +153,5 @@ class SegmentationResult(BaseModel):
                 for i in self.instances
             ],
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            **({"laterality": self.laterality} if self.laterality else {}),
         }
