@@ -55,7 +55,7 @@ class Orientation(BaseModel):
         where = f"the patient's left on the image's {left}, the patient's right on the image's {right}"
         if self.source == "affine":
             return f"image orientation (DICOM/NIfTI affine): {where}"
-        return f"radiological convention (no orientation in the image): {where}"
+        return f"radiological convention (no image orientation given): {where}"
 
 
 RADIOLOGICAL = Orientation(axis=1, left_at_high=True, source="radiological")

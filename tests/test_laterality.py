@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import dice, read_mask, val_rows
@@ -156,3 +158,13 @@ def test_real_chest_xray_left_and_right_lung(segmenter):
                          read_mask(row["masks"][f"{side} lung"])) for side in ("left", "right")}
     # measured on cxr_009: left .892, right .940 (asked of the sentence embedding before: .865 / .629)
     assert scores["left"] >= 0.85 and scores["right"] >= 0.85, scores
+
+
+def test_the_convention_reaches_result_json_through_the_agent(segmenter, tmp_path):
+    from agent import Agent
+
+    image = val_rows("covid_cxr_lungs", limit=1)[0]["image"]
+    result = Agent(planner="offline", segmenter=segmenter).run("outline the right lung", image=image)
+    saved = json.loads((result.save(tmp_path) / "result.json").read_text())
+    texts = [event["text"] for event in saved["trace"] if event["kind"] == "tool_result"]
+    assert any("sides: radiological convention" in text for text in texts), texts

@@ -57,7 +57,8 @@ def _found(result: SegmentationResult, concept: str, phrase: str | None, call: T
         )
         masks[cid] = inst.mask
     ctx.masks.put(masks)
-    text = found_text(prompt, result.presence, candidates, h * w)
+    text = found_text(prompt, result.presence, candidates, h * w) + (f" (sides: {result.laterality})"
+                                                                      if result.laterality else "")
     return ToolResult(call=call, prompt=prompt, phrase=phrase, concept=concept, presence=result.presence,
                       candidates=candidates, text=text)
 
