@@ -25,7 +25,7 @@ from agent.planners.base import Planner, RunContext, ThreadMasks
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.state import AgentState, turn_input, update
 from agent.store import MaskStore, MemoryMaskStore, SqliteMaskStore
-from agent.volume import as_volume, stream_volume
+from agent.volume import as_study, stream_volume
 from segmenter.base import SegmenterBackend, image_key
 from segmenter.facade import Segmenter
 from segmenter.image_io import ImageInput
@@ -144,12 +144,13 @@ class Agent:
         question = question.strip()
         if len(question) > 4000:
             raise ValueError(f"question is {len(question)} characters long; the limit is 4000")
-        volume = as_volume(image)
-        if volume is not None:  # answered per volume, in one run
+        study = as_study(image)  # DICOM and NIfTI paths are read by load_study, keeping their geometry
+        if study is not None and study.is_volume:  # answered per volume, in one run
             if thread_id is not None:
                 raise ValueError("a volume is answered in one run: follow-up questions (thread_id) take 2D images")
-            yield from stream_volume(self, question, volume, slices=slices)
+            yield from stream_volume(self, question, study, slices=slices)
             return
+        image = study if study is not None else image
         if slices is not None:
             raise ValueError("slices= applies to a volume (a DICOM series, zip or NIfTI volume); the image is 2D")
         if thread_id is None:  # a one-off run: a fresh thread nobody else can reach

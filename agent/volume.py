@@ -47,13 +47,11 @@ PROGRESS_EVENTS = 10  # about this many progress events per run, whatever the sl
 MONTAGE_NEIGHBOURS = 1  # slices each side of the key slice in the montage
 
 
-def as_volume(image: Any) -> Study | None:
-    """The multi-slice study ``image`` is, or None for a 2D input (a photo, one DICOM slice, a 2D NIfTI).
-
-    A path is read through ``load_study`` only when it is a folder, a DICOM, a zip or a NIfTI.
-    """
+def as_study(image: Any) -> Study | None:
+    """``image`` as a ``Study`` when it is one or a path to a DICOM file, series folder, zip or NIfTI (read by
+    ``load_study``, so a one-slice DICOM or NIfTI keeps its pixel spacing); None for a photo or an array."""
     if isinstance(image, Study):
-        return image if image.is_volume else None
+        return image
     if not isinstance(image, (str, Path)):
         return None
     path = Path(image)
@@ -64,8 +62,7 @@ def as_volume(image: Any) -> Study | None:
             return None
     elif not path.is_dir():
         return None  # the 2D loader names the missing file
-    study = load_study(path)  # the default window; the CLI loads with --window / --slice-axis itself
-    return study if study.is_volume else None
+    return load_study(path)  # the default window; the CLI loads with --window / --slice-axis itself
 
 
 def pick_concepts(agent: Agent, question: str, study: Study, chosen: range) -> tuple[list[str], str, np.ndarray | None]:

@@ -104,6 +104,12 @@ def test_volume_found_on_its_slices_and_nifti_at_the_source_affine(tmp_path: Pat
     assert np.array_equal(data, answer.volume.concepts["lung"].mask)
     assert (out / "overlay.png").exists() and not (out / "segmentation.dcm").exists()  # SEG only for DICOM
 
+    # a one-slice NIfTI goes the 2D way, its pixel spacing kept: sizes in mm², not pixels
+    one = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(stack[1:2].transpose(2, 1, 0)), affine), str(one))
+    flat = agent.run("how big are the lungs?", image=one)
+    assert flat.volume is None and any(m.unit == "mm²" for m in flat.measurements), flat.answer
+
 
 def test_an_mllm_planner_names_the_concepts_from_three_labelled_slices(tmp_path: Path, segmenter) -> None:
     source = tmp_path / "chest.nii.gz"
