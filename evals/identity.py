@@ -52,7 +52,7 @@ def endpoint_host(base_url: str | None) -> str:
     return f"{host}:{port}" if port else host
 
 
-def _agent_identity(config: EvalConfig) -> dict[str, Any]:
+def agent_identity(config: EvalConfig) -> dict[str, Any]:
     from agent.config import Settings
 
     settings = Settings()
@@ -99,7 +99,7 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         "prompts": None,
     }
     if "agent" in config.modes:
-        identity.update(_agent_identity(config))
+        identity.update(agent_identity(config))
     return identity
 
 

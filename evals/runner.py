@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from evals.cases import EvalCase
 from evals.config import EvalConfig
 from evals.executors import Unit, import_ray, run_units
-from evals.identity import identity_changes, run_identity
+from evals.identity import agent_identity, identity_changes, run_identity
 from evals.loaders import find_manifests, load_path, load_reasoning_set
 from evals.modes import MODES, MeteredSegmenter
 from evals.summary import summarize
@@ -177,6 +177,9 @@ def _check_agent(config: EvalConfig) -> None:
         from agent import Agent  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"agent mode needs agent.Agent, which is not importable here ({exc})") from exc
+    planner = agent_identity(config)
+    if planner["planner"] == "openai" and not planner["model"]:
+        raise ValueError("the openai planner needs a model name: --model M, or set OPENAI_MODEL")
     if config.executor == "local":  # Ray actors read the variable on their own nodes
         api_key(config)
 

@@ -184,13 +184,16 @@ def test_without_ray_the_executor_names_the_install_and_writes_nothing(questions
     (["--address", "auto"], "--address is the Ray cluster's: give it with --executor ray"),
     (["--planner", "offline", "--model", "m"], "--model configure the openai planner, not --planner offline"),
     (["--api-key-env", "sk-abc def"], "--api-key-env takes the name of an environment variable"),
+    (["--planner", "openai"], "the openai planner needs a model name: --model M, or set OPENAI_MODEL"),
 ])
-def test_scale_options_are_checked_in_one_line(questions, tmp_path, capsys, extra, message):
+def test_scale_options_are_checked_in_one_line(questions, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.delenv("OPENAI_MODEL", raising=False)
     argv = ["eval", "--questions", str(questions), "--split", "all", "--mode", "agent", "--out", str(tmp_path / "o")]
     assert cli_main([*argv, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert "sk-abc" not in err  # a key pasted in place of a variable name is not echoed back
+    assert not (tmp_path / "o" / "results.jsonl").exists()
 
 
 def test_a_remote_segmenter_service_is_part_of_the_identity(questions, segmenter, tmp_path, monkeypatch):
