@@ -20,11 +20,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from agent.errors import PlannerError
+from agent.errors import AgentError
 from agent.mllm.base import ChatClient
 from agent.planners.base import Planner
 from agent.results import AgentResult, ConceptMask, StepEvent
-from agent.volume_mllm import mllm_concepts, sample_slices
+from agent.volume_mllm import UnusableReply, mllm_concepts, sample_slices
 from agent.volume_output import VolumeOutput
 from segmenter.facade import Segmenter
 from segmenter.overlay import render_overlay
@@ -80,7 +80,7 @@ def pick_concepts(agent: Agent, question: str, study: Study, chosen: range) -> t
         try:
             concepts, montage = mllm_concepts(client, question, study, chosen)
             return concepts, f"named by {client.model} from slices {sample_slices(chosen)}", montage
-        except PlannerError as exc:
+        except UnusableReply as exc:  # an endpoint failure is not caught: the run fails, as a 2D run does
             note = f"{exc}; picked from the question instead: "
     picker = getattr(agent.planner, "picker", None) or default_picker()
     cue = MODALITY_CUES.get((study.geometry.modality or "").upper())
@@ -184,9 +184,28 @@ def _progress_event(done: int, total: int, started: float) -> StepEvent:
 
 def stream_volume(agent: Agent, question: str, study: Study, *, slices: str | range | None = None,
                   ) -> Iterator[StepEvent]:
-    """Step events of a volume run; the last has kind "answer" and the ``AgentResult`` with the 3D masks."""
-    run_start = time.perf_counter()
+    """Step events of a volume run; the last has kind "answer" and the ``AgentResult`` with the 3D masks.
+
+    A failure yields an "error" event and raises; an ``AgentError`` (the MLLM endpoint) carries the trace
+    so far in ``partial`` (status "error", no masks), as a 2D run's does.
+    """
     trace: list[StepEvent] = []
+    try:
+        yield from _volume_events(agent, question, study, slices, trace)
+    except Exception as exc:
+        event = StepEvent(kind="error", text=f"{type(exc).__name__}: {exc}", node="agent")
+        trace.append(event)
+        if isinstance(exc, AgentError) and exc.partial is None:
+            exc.partial = AgentResult(question=question, answer="", planner=agent.planner.label, concepts_tried=[],
+                                      masks=[], image_size=study.shape[1:], overlay=study.slices[0], trace=trace,
+                                      status="error", error=str(exc))
+        yield event
+        raise
+
+
+def _volume_events(agent: Agent, question: str, study: Study, slices: str | range | None,
+                   trace: list[StepEvent]) -> Iterator[StepEvent]:
+    run_start = time.perf_counter()
 
     def emit(event: StepEvent) -> StepEvent:
         trace.append(event)

@@ -32,6 +32,10 @@ _PROMPT = (
 )
 
 
+class UnusableReply(PlannerError):
+    """The model answered, but its reply names no usable concept (an endpoint failure is a plain PlannerError)."""
+
+
 class ConceptReply(BaseModel):
     concepts: list[str] = Field(min_length=1, max_length=MAX_CONCEPTS)
 
@@ -70,8 +74,8 @@ def _parse(text: str) -> list[str]:
 
 
 def mllm_concepts(client: ChatClient, question: str, study: Study, chosen: range) -> tuple[list[str], np.ndarray]:
-    """The concepts the model names for ``question`` and the montage it was shown; ``PlannerError`` when its
-    reply names none (the caller decides what then)."""
+    """The concepts the model names for ``question`` and the montage it was shown; ``UnusableReply`` when its
+    reply names none (the caller decides what then), ``PlannerError`` when the endpoint fails."""
     indices = sample_slices(chosen)
     montage = labelled_montage(study, indices)
     prompt = _PROMPT.format(n=len(indices), modality=study.geometry.modality or "medical", total=study.shape[0],
@@ -82,4 +86,4 @@ def mllm_concepts(client: ChatClient, question: str, study: Study, chosen: range
     try:
         return _parse(reply.text or ""), montage
     except (ValueError, ValidationError) as exc:  # json.JSONDecodeError is a ValueError
-        raise PlannerError(f"{client.model} named no concept for the volume: {str(exc)[:200]}") from None
+        raise UnusableReply(f"{client.model} named no concept for the volume: {str(exc)[:200]}") from None

@@ -15,13 +15,14 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from agent_helpers import FakeOpenAI, openai_agent, text_reply
+from agent_helpers import FakeOpenAI, error_reply, openai_agent, text_reply
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from agent import Agent
 from agent.cli import main as cli_main
+from agent.errors import AgentError
 from agent.volume_mllm import TILE
 from segmenter.study import Geometry
 from segmenter.study_io import load_study
@@ -115,13 +116,18 @@ def test_an_mllm_planner_names_the_concepts_from_three_labelled_slices(tmp_path:
     source = tmp_path / "chest.nii.gz"
     nib.save(nib.Nifti1Image(np.ascontiguousarray(_stack().transpose(2, 1, 0)), np.diag([0.8, 0.8, 2.5, 1])),
              str(source))
-    script = [text_reply('{"concepts": ["lung"]}'), text_reply("I cannot tell from these images.")]
+    script = [text_reply('{"concepts": ["lung"]}'), text_reply("I cannot tell from these images."),
+              error_reply(500)]
     with FakeOpenAI(script) as server:
         agent = openai_agent(server, segmenter)
         named = agent.run(QUESTION, image=source)
         fallback = agent.run(QUESTION, image=source)
+        with pytest.raises(AgentError) as failed:  # the endpoint down fails the run, as in 2D: no fallback
+            agent.run(QUESTION, image=source)
+    partial = failed.value.partial
+    assert partial is not None and partial.status == "error" and partial.trace[-1].kind == "error"
     shown = server.images(0)
-    assert len(server.requests) == 2 and len(shown) == 1  # one montage per run, not the volume
+    assert len(server.requests) == 3 and len(shown) == 1  # one montage per run, not the volume
     assert shown[0].shape == (TILE, 3 * TILE, 3)  # slices 0, 2 and 3, each scaled to the tile
     plan = named.trace[0]
     assert plan.kind == "plan" and "named by fake-vlm" in plan.text and plan.image is not None
