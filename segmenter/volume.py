@@ -166,7 +166,8 @@ class VolumeSegmentation:
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for done, index in enumerate(self.chosen, start=1):
-            self.segmenter.set_image(self.study.slices[index])  # one encode; every concept below reuses it
+            # one encode, reused by every concept below; the geometry orients "left X" / "right X" prompts
+            self.segmenter.set_image(self.study.slices[index], self.study.geometry)
             for concept in self.names:
                 result = self.segmenter.segment(concept=concept, **self.gate)  # a handle's own gate holds if unset
                 self.presence[concept][index] = float(result.presence)

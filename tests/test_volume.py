@@ -83,8 +83,9 @@ def test_volume_found_on_its_slices_and_nifti_at_the_source_affine(tmp_path: Pat
     assert study.shape == (4, SIZE, SIZE)
     encodes = segmenter.backend.encode_count
     seen: list[tuple[int, int]] = []
-    result = segment_volume(segmenter, study, ["lung"], progress=lambda done, total: seen.append((done, total)))
-    assert segmenter.backend.encode_count - encodes <= 3  # each distinct slice encoded once at most
+    result = segment_volume(segmenter, study, ["lung", "left lung"],
+                            progress=lambda done, total: seen.append((done, total)))
+    assert segmenter.backend.encode_count - encodes <= 3  # each distinct slice encoded once, for both concepts
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     lung = result.concepts["lung"]
     per_slice = lung.mask.sum(axis=(1, 2))
@@ -92,6 +93,9 @@ def test_volume_found_on_its_slices_and_nifti_at_the_source_affine(tmp_path: Pat
     absent, present = lung.presence[0], lung.presence[1]
     assert absent is not None and present is not None and absent < 0.5 < present  # the gate, per slice
     assert 1 <= len(lung.components) <= 2  # the two lungs, each one 3D component across slices 1-2
+    # "left" by the study's affine: x falls as the column grows, so the patient's left is at high columns
+    left = result.concepts["left lung"].mask
+    assert left.any() and not (left & ~lung.mask).any() and np.nonzero(left)[2].mean() > SIZE / 2
 
     agent = Agent(planner="offline", segmenter=segmenter)
     answer = agent.run(QUESTION, image=source)  # the same slices again: embeddings come from the cache
