@@ -85,15 +85,22 @@ class Segmenter:
             for p in prompt.points:
                 if not (0 <= p.x < w and 0 <= p.y < h):
                     raise ValueError(f"point ({p.x}, {p.y}) lies outside the {w}x{h} image")
-            text_only = prompt.concept is not None and not prompt.boxes and not prompt.points
-            lateral = load_catalog().lateral(prompt.concept) if text_only and prompt.concept else None
+            catalog = load_catalog()
+            entry = catalog.get(prompt.concept) if prompt.concept else None
+            lateral = catalog.lateral(prompt.concept) if prompt.concept and not prompt.boxes and not prompt.points \
+                else None
             if lateral is None:
                 return self._backend_segment(prompt, presence_threshold)
             side, base = lateral
             orient = laterality.orientation(geometry)  # before the decode: a sagittal slice is refused at once
-            found = self._backend_segment(Prompt(concept=base.name), presence_threshold)
-            instances = laterality.lateral_instances(found.instances, side, orient, found.image_size)
-            return found.model_copy(update={"prompt": prompt, "instances": instances,
+            found = self._backend_segment(Prompt(concept=base.name), presence_threshold)  # the base's presence gate
+            timings, extra = dict(found.timings_ms), []
+            if found.instances and entry is not None and entry.side == side:  # an entry of its own: its mask helps
+                own = self._backend_segment(Prompt(concept=entry.name), presence_threshold)
+                extra = own.instances
+                timings.update({k: timings.get(k, 0.0) + v for k, v in own.timings_ms.items()})
+            instances = laterality.lateral_instances(found.instances, side, orient, found.image_size, extra)
+            return found.model_copy(update={"prompt": prompt, "instances": instances, "timings_ms": timings,
                                             "laterality": orient.describe()})
 
     def _backend_segment(self, prompt: Prompt, presence_threshold: float | None) -> SegmentationResult:

@@ -13,9 +13,13 @@ segments the paired organ's own concept and keeps the part on the asked side:
 - **Midline.** The centre, along that axis, between the centroids of the two largest connected
   components of the organ's mask when they are comparable (the smaller at least
   ``PAIR_AREA_RATIO`` of the larger) and lie on either side of the image centre; else the image
-  centre. Each instance keeps its part on the asked side of the midline, so a component that
-  crosses it (lungs merged over the mediastinum) is split there rather than given whole to one side;
-  a part under ``MIN_PART`` pixels is dropped as a sliver.
+  centre. The mask's part on the asked side of the midline is kept, so a component that crosses it
+  (lungs merged over the mediastinum) is split there rather than given whole to one side; a part
+  under ``MIN_PART`` pixels is dropped as a sliver.
+- **The lateral concept's own mask.** Where the catalog has the lateral concept as an entry of its own
+  (the model was trained on "left lung"), its mask's part on the geometric side is added: on
+  covid_cxr_lungs, left lung Dice .872 -> .897 on 30 train images, .885 -> .910 on val (right lung
+  unchanged, .926 / .939). It never moves pixels across the midline.
 """
 
 from __future__ import annotations
@@ -102,18 +106,25 @@ def side_region(shape: tuple[int, int], orient: Orientation, side: Side, cut: fl
     return keep[:, None] if orient.axis == 0 else keep[None, :]
 
 
-def lateral_instances(instances: list[Instance], side: Side, orient: Orientation,
-                      image_size: tuple[int, int]) -> list[Instance]:
-    """Each instance's part on the patient's ``side`` of the midline (scores kept), largest first."""
+def lateral_instances(instances: list[Instance], side: Side, orient: Orientation, image_size: tuple[int, int],
+                      own: list[Instance] | None = None) -> list[Instance]:
+    """The patient's ``side`` of the midline of ``instances`` (the base concept's), as connected components,
+    largest first, each scored by the best instance it overlaps. ``own``: the lateral concept's own
+    instances, where it has them: their part on that side is added (the side is still the geometry's)."""
     if not instances:
         return []
     union = np.zeros(image_size, dtype=bool)
     for inst in instances:
         union |= inst.mask
     region = np.broadcast_to(side_region(image_size, orient, side, midline(union, orient.axis)), image_size)
+    sources = instances + (own or [])
+    kept = np.zeros(image_size, dtype=bool)
+    for inst in sources:
+        kept |= inst.mask
+    count, labels = cv2.connectedComponents((kept & region).astype(np.uint8), connectivity=8)
     parts = []
-    for inst in instances:
-        part = inst.mask & region
+    for label in range(1, count):
+        part = labels == label
         if int(part.sum()) >= MIN_PART:
-            parts.append(Instance.from_mask(part, inst.score))
+            parts.append(Instance.from_mask(part, max(i.score for i in sources if (i.mask & part).any())))
     return sorted(parts, key=lambda i: -i.area)
