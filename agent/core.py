@@ -220,7 +220,7 @@ class Agent:
             prior = {}  # a new image starts the conversation afresh: old mask ids mean nothing on it
         # this run's handle on the shared segmenter: the embedding is computed once here and reused by every
         # prompt, even when other threads' runs set their images in between
-        segmenter = self.segmenter.handle(array)
+        segmenter = self.segmenter.handle(array, geometry=geometry)  # its affine orients 'left X'/'right X'
         state = turn_input(
             question, turn=int(prior.get("turn", 0)) + 1, max_rounds=self.max_rounds, planner=self.planner.label,
             image_ref=ref, image_key=key, image_size=list(array.shape[:2]), previous=prior.get("previous"),

@@ -180,3 +180,18 @@ def test_the_convention_reaches_result_json_through_the_agent(segmenter, tmp_pat
     saved = json.loads((result.save(tmp_path) / "result.json").read_text())
     texts = [event["text"] for event in saved["trace"] if event["kind"] == "tool_result"]
     assert any("sides: radiological convention" in text for text in texts), texts
+
+
+def test_a_one_slice_studys_affine_orients_the_agents_lateral_prompt():
+    """Agent.run on a one-slice Study with a flipped affine: 'left lung' follows the affine, not the convention."""
+    from agent import Agent
+    from segmenter.study import Study
+
+    image = np.zeros((H, W, 3), dtype=np.uint8)
+    agent = Agent(planner="offline", segmenter=Segmenter(DrawnBackend([IMAGE_LEFT, IMAGE_RIGHT])))
+    for geometry, expected in ((None, IMAGE_RIGHT), (FLIPPED, IMAGE_LEFT)):
+        result = agent.run("outline the left lung", image=Study.from_rgb(image, geometry))
+        union = np.zeros((H, W), dtype=bool)
+        for mask in result.masks:
+            union |= mask.mask
+        assert np.array_equal(union, expected), result.answer
