@@ -4,7 +4,9 @@ The TinyViT encoder is frozen, so each training image is encoded once (bf16 auto
 CPU has bf16 units, see precision.py) and its 256x64x64 embedding is kept as float16 in one ``.npz``
 per item together with its letterboxed masks. Caching is resumable: existing items are
 skipped. Concepts whose catalog entry has ``tile`` are cached as native-resolution tiles,
-exactly as the segmenter will see them at inference.
+exactly as the segmenter will see them at inference. A manifest's ``absent_concepts`` (organs the
+source labels on every slice, so truly absent from this one) are cached as empty masks: same-modality
+negatives for the mask and the presence gate. Masks of concepts the catalog lacks are left out.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from segmenter.lite.precision import fast_bf16
 
 # brain_tumor_3d_slices re-samples brain_mri's patients; pooling both would double-count them.
 DEFAULT_DATASETS = ["kvasir_seg", "isic2017", "busi", "drishti_gs1", "covid_cxr_lungs", "monuseg", "brain_mri"]
+# Licensed for evaluation only (ircadb_ct: CC BY-NC-ND): never a source of shipped weights.
+EVAL_ONLY_DATASETS = frozenset({"ircadb_ct"})
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class CacheItem:
     dataset: str
     item_id: str
     image_path: Path
-    masks: dict[str, Path]
+    masks: dict[str, Path | None]  # None: annotated absent (an all-zero mask)
     window: tuple[int, int, int, int] | None  # (y0, x0, y1, x1) for tiled concepts
 
     @property
@@ -42,6 +46,8 @@ class CacheItem:
 def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dataset: int | None) -> list[CacheItem]:
     """Items of the given split, round-robin across datasets so a partial cache is balanced."""
     catalog = load_catalog()
+    if split == "train" and EVAL_ONLY_DATASETS & set(datasets):
+        raise ValueError(f"{sorted(EVAL_ONLY_DATASETS & set(datasets))}: licensed for evaluation only, not training")
     per_dataset: list[list[CacheItem]] = []
     for name in datasets:
         manifest = data_root / name / "manifest.jsonl"
@@ -54,7 +60,10 @@ def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dat
         rng.shuffle(rows)
         items: list[CacheItem] = []
         for row in rows:
-            masks = {c: data_root / name / p for c, p in row["masks"].items()}
+            masks: dict[str, Path | None] = {
+                c: data_root / name / p for c, p in row["masks"].items() if catalog.get(c) is not None
+            }
+            masks.update({c: None for c in row.get("absent_concepts", []) if catalog.get(c) is not None})
             concepts = [catalog.get(c) for c in masks]
             tiles = {concept.tile for concept in concepts if concept is not None and concept.tile is not None}
             image_path = data_root / name / row["image"]
@@ -97,7 +106,10 @@ def build_cache(
             tensor, box = letterbox(image)
             masks = {}
             for concept, path in it.masks.items():
-                mask = _crop(np.asarray(Image.open(path).convert("L")) > 127, it.window)
+                if path is None:
+                    mask = np.zeros(image.shape[:2], bool)
+                else:
+                    mask = _crop(np.asarray(Image.open(path).convert("L")) > 127, it.window)
                 masks[concept] = letterbox_mask(mask)
             tensors.append(tensor)
             metas.append((it, box, masks))

@@ -5,6 +5,10 @@ train and val images once with the frozen encoder), fit (resumable from
 ``OUT/train_state.pt``), validate, and write ``OUT/medsam3_lite.safetensors`` plus
 ``OUT/MODEL_CARD.md``. Seeded: the same command on the same data gives the same weights
 (up to CPU thread nondeterminism).
+
+Incremental runs (new concepts): ``--init-from`` starts from trained concept weights instead of the
+stock decoder, and ``--replay`` mixes a few items of the datasets those weights were trained on
+into the new data, so the old concepts are not forgotten.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,12 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     checkpoint_every: int = 100
+    init_from: Path | None = None  # trained concept weights to start from (safetensors)
+    replay: list[str] = field(default_factory=list)  # datasets mixed in at replay_per_dataset items each
+    replay_per_dataset: int = 20
+    val_max_per_dataset: int | None = None  # cap on val items per dataset (None: all)
+    val_replay_per_dataset: int | None = None  # cap on val items of the replay datasets (None: all)
+    gate_epochs: int = 40
 
 
 def _phrase_table(catalog) -> tuple[list[str], dict[str, list[int]], dict[str, list[int]]]:
@@ -217,7 +227,8 @@ def fit(cfg: TrainConfig, net: MedSAM3Lite, samples: list[CachedSample], log=pri
             if out_of_time:
                 log(f"stopping at step {step}: --max-minutes {cfg.max_minutes} reached (rerun to resume)")
                 net.eval()
-                return {"steps": step, "total_steps": total_steps, "finished": False, "minutes": None}
+                minutes = round(minutes_before + (time.time() - start_time) / 60, 1)
+                return {"steps": step, "total_steps": total_steps, "finished": False, "minutes": minutes}
     net.eval()
     minutes = minutes_before + (time.time() - start_time) / 60
     return {"steps": step, "total_steps": total_steps, "finished": True, "minutes": round(minutes, 1)}
@@ -347,14 +358,25 @@ def export_weights(net: MedSAM3Lite, path: Path) -> None:
     save_file({k: v.detach().half().contiguous() for k, v in net.trainable_state_dict().items()}, str(path))
 
 
-def run_training(cfg: TrainConfig, log=print) -> dict:
-    torch.manual_seed(cfg.seed)
+def _initial_model(cfg: TrainConfig) -> MedSAM3Lite:
+    """LiteMedSAM with a copy of its decoder as the concept decoder, or ``cfg.init_from``'s concept weights."""
+    if cfg.init_from is not None:
+        from segmenter.lite.backend import load_model  # checks that the file fits the model
+
+        return load_model(cfg.init_from)
     net = MedSAM3Lite()
     load_litemedsam_weights(net)
-    net.eval()
+    return net.eval()
+
+
+def run_training(cfg: TrainConfig, log=print) -> dict:
+    torch.manual_seed(cfg.seed)
+    net = _initial_model(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     train_items = manifest_items(cfg.data, "train", cfg.datasets, cfg.max_per_dataset)
-    val_items = manifest_items(cfg.data, "val", cfg.datasets, None)
+    train_items += manifest_items(cfg.data, "train", cfg.replay, cfg.replay_per_dataset)
+    val_items = manifest_items(cfg.data, "val", cfg.datasets, cfg.val_max_per_dataset)
+    val_items += manifest_items(cfg.data, "val", cfg.replay, cfg.val_replay_per_dataset)
     if not train_items:
         raise FileNotFoundError(f"no training images found under {cfg.data} for datasets {cfg.datasets}")
     log(f"caching {len(train_items)} train and {len(val_items)} val items in {cfg.cache}")
@@ -364,7 +386,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     val = load_cache(cfg.cache / "val", val_items)
     progress = fit(cfg, net, train, log=log)
     gate_started = time.time()
-    fit_presence_gate(net, train, cfg, log=log)
+    fit_presence_gate(net, train, cfg, epochs=cfg.gate_epochs, log=log)
     gate_minutes = (time.time() - gate_started) / 60
     weights = cfg.out / "medsam3_lite.safetensors"
     export_weights(net, weights)
@@ -388,6 +410,13 @@ def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
     argv = sys.argv[sys.argv.index("train-lite") + 1 :] if "train-lite" in sys.argv else sys.argv[1:]
     command = " ".join(["medsam3-agent", "train-lite", *(shlex.quote(a) for a in argv)])
     precision = "bf16 autocast" if fast_bf16(torch.device("cpu")) else "fp32"
+    start = f"the concept weights `{cfg.init_from.name}`" if cfg.init_from else "a copy of LiteMedSAM's mask decoder"
+    replay = (
+        f" plus a replay of {', '.join(cfg.replay)} (at most {cfg.replay_per_dataset} train items each, so that the"
+        " concepts of the starting weights are not forgotten)"
+        if cfg.replay
+        else ""
+    )
     path.write_text(
         f"""# MedSAM3-Lite concept weights
 
@@ -398,10 +427,10 @@ the pooled image embedding that decides presence at inference. This file holds o
 
 - Command: `{command}`
 - Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} (at most {cfg.max_per_dataset} items per
-  dataset; monuseg as 256-px native tiles), {report["n_train_items"]} items; validation on the val split.
-- Training: {report["progress"]["steps"]} steps of batch {cfg.batch_size}, AdamW (decoder lr {cfg.lr},
-  head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on 2 CPU cores
-  ({precision}), then the presence gate on all (image, concept) pairs, {report["gate_minutes"]} min;
+  dataset; monuseg as 256-px native tiles){replay}, {report["n_train_items"]} items; validation on the val split.
+- Training, starting from {start}: {report["progress"]["steps"]} steps of batch {cfg.batch_size}, AdamW
+  (decoder lr {cfg.lr}, head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on
+  2 CPU cores ({precision}), then the presence gate on all (image, concept) pairs, {report["gate_minutes"]} min;
   synonyms and templates of each concept as phrases, {cfg.negative_ratio:.0%} negatives
   (concepts of another modality; BUSI normal and tumour-free MRI count as negatives too),
   {cfg.box_prompt_prob:.0%} of positives with a jittered box prompt.

@@ -13,6 +13,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", default=None,
                         help="comma-separated dataset folders (default: the seven MedSAM3-Lite is trained on)")
     parser.add_argument("--max-per-dataset", type=int, default=260, help="cap on train items per dataset (0: all)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from these trained concept weights (e.g. the shipped ones), not stock LiteMedSAM")
+    parser.add_argument("--replay", default="",
+                        help="comma-separated datasets the --init-from weights learnt, mixed in against forgetting")
+    parser.add_argument("--replay-per-dataset", type=int, default=20, help="train items per --replay dataset")
+    parser.add_argument("--val-max-per-dataset", type=int, default=0, help="cap on val items per dataset (0: all)")
+    parser.add_argument("--val-replay-per-dataset", type=int, default=0,
+                        help="cap on val items per --replay dataset (0: all)")
+    parser.add_argument("--min-positives", type=int, default=200,
+                        help="positives per dataset per epoch (a small dataset's are repeated up to this)")
+    parser.add_argument("--gate-epochs", type=int, default=40, help="presence gate epochs after the decoder")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4, help="decoder learning rate")
@@ -32,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.data.is_dir():
         raise FileNotFoundError(f"--data {args.data}: no such folder")
+    if args.init_from is not None and not args.init_from.is_file():
+        raise FileNotFoundError(f"--init-from {args.init_from}: no such weight file")
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
@@ -44,6 +57,13 @@ def main(args: argparse.Namespace) -> int:
         head_lr=args.head_lr,
         max_minutes=args.max_minutes,
         seed=args.seed,
+        init_from=args.init_from,
+        replay=[d for d in args.replay.split(",") if d],
+        replay_per_dataset=args.replay_per_dataset,
+        val_max_per_dataset=args.val_max_per_dataset or None,
+        val_replay_per_dataset=args.val_replay_per_dataset or None,
+        gate_epochs=args.gate_epochs,
+        min_positives_per_dataset=args.min_positives,
     )
     report = run_training(cfg, log=lambda m: print(m, flush=True))
     print(f"weights: {cfg.out / 'medsam3_lite.safetensors'}  model card: {cfg.out / 'MODEL_CARD.md'}")
