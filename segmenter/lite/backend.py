@@ -13,6 +13,7 @@ import torch
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.catalog import load_catalog
+from segmenter.lite.fast_encoder import build_encoder, torch_encoder
 from segmenter.lite.model import (
     MODEL_SIZE,
     Letterbox,
@@ -90,7 +91,10 @@ class LiteBackend(SegmenterBackend):
         bf16: bool | None = None,
         cache_images: int = 4,
         cache_mb: float = 512.0,
+        encoder: str | None = None,
     ) -> None:
+        """``encoder``: the image encoder's runtime, ``auto`` (default, or ``MEDSAM3_ENCODER``), ``torch``,
+        ``openvino`` or ``onnx`` (see segmenter/lite/fast_encoder.py)."""
         self.device = torch.device(device)
         self.net = load_model(weights).to(self.device)
         self.presence_threshold = presence_threshold
@@ -98,6 +102,9 @@ class LiteBackend(SegmenterBackend):
         self.min_area = min_area
         # bf16 autocast only where the CPU has bf16 units: emulated, it is ~20x slower (see precision.py)
         self.bf16 = fast_bf16(self.device) if bf16 is None else bf16
+        # the reference path stays at hand: bench and the accuracy test compare the fast one with it
+        self.reference_encoder = torch_encoder(self.net.image_encoder, self.bf16)
+        self.encoder_name, self.encoder = build_encoder(self.net.image_encoder, self.device, encoder, self.bf16)
         self.catalog = load_catalog()
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
         # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count
@@ -110,8 +117,7 @@ class LiteBackend(SegmenterBackend):
     def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
         tensor, box = letterbox(image, MODEL_SIZE)
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            emb = self.net.image_encoder(tensor[None].to(self.device)).float()
+        emb = self.encoder(tensor[None]).to(self.device)
         self._encode_count += 1
         self._last_encode_ms += (time.perf_counter() - start) * 1000
         return emb, box
@@ -145,7 +151,8 @@ class LiteBackend(SegmenterBackend):
         return self.catalog.names
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "device": str(self.device), "model": "MedSAM3-Lite (LiteMedSAM + concept head)"}
+        return {**super().info(), "device": str(self.device), "model": "MedSAM3-Lite (LiteMedSAM + concept head)",
+                "encoder": self.encoder_name}
 
     def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult:
         """``presence_threshold``: this call's, else the backend's own (a shared backend is never changed)."""
