@@ -5,7 +5,8 @@
   builders below speak as real models do: native tool calls, Hermes / Qwen ``<tool_call>`` tags in
   the content, JSON in prose or a fenced block, calls cut off at the token limit, refusals in prose,
   and ``looking_model``, which finds a bright object in the image it was sent and answers a box in
-  its own frame (pixels of the image as sent, or Qwen2-VL / Gemini's 0-1000).
+  its own frame (pixels of the image as sent, or Qwen2-VL / Gemini's 0-1000); ``mask_checker`` answers
+  the per-mask check requests of ``examine_masks`` by the mask id each names.
 * ``OracleBackend``: a segmenter backend that answers from the shared data's ground-truth masks
   (connected components of the named concept, presence high where the mask is non-empty). It
   makes planner-logic tests (follow-ups, negatives, thread resume) deterministic; the real model
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -222,9 +224,25 @@ def openai_agent(server: FakeOpenAI, segmenter: Any, **client_options: Any):
     max_rounds = client_options.pop("max_rounds", 2)
     model = client_options.pop("model", "fake-vlm")
     convention = client_options.pop("coordinate_convention", None)
+    check_budget = client_options.pop("check_budget", None)
     options = {"timeout": 10.0, "max_retries": 0, **client_options}
     client = OpenAIClient(base_url=server.base_url, model=model, api_key="test-key", **options)
+    if check_budget is not None:  # the planner built here, with its per-mask check budget
+        from agent.planners.mllm import MLLMPlanner
+
+        planner = MLLMPlanner(client, check_budget=check_budget, coordinate_convention=convention or "auto")
+        return Agent(planner=planner, segmenter=segmenter, max_rounds=max_rounds)
     return Agent(planner=client, segmenter=segmenter, max_rounds=max_rounds, coordinate_convention=convention)
+
+
+def mask_checker(verdicts: dict[int, str]) -> Callable[[dict], Reply]:
+    """A model answering a per-mask check request: the reply text given for the mask id the request names."""
+
+    def step(body: dict) -> Reply:
+        text = body["messages"][0]["content"][0]["text"]
+        return text_reply(verdicts[int(re.search(r"mask #(\d+)", text).group(1))])
+
+    return step
 
 
 # --- an oracle segmenter over ground-truth masks ------------------------------------------------------

@@ -1,8 +1,9 @@
 """The MLLM planner through the real `openai` client against a scripted OpenAI-compatible server on 127.0.0.1.
 
 Every scripted conversation must end in a result or a clear ``PlannerError``, never a hang or a
-crash; the images the model is sent must be the input image (first request) and the overlays
-the agent rendered (later requests). The segmenter is the real MedSAM3-Lite; the model's box
+crash; the images the model is sent must be the input image (first request), then the input image
+and the overlay the agent rendered (later requests: at most two), and for each mask examined a
+request of its own with the mask's clean and outlined crops. The segmenter is the real MedSAM3-Lite; the model's box
 prompts go through LiteMedSAM's box decoder, so a box always yields a mask.
 """
 
@@ -15,10 +16,12 @@ import pytest
 from agent_helpers import (
     FakeOpenAI,
     bare_json_reply,
+    completion,
     ellipse_image,
     error_reply,
     fenced_reply,
     looking_model,
+    mask_checker,
     openai_agent,
     polyp_case,
     tagged_reply,
@@ -31,6 +34,8 @@ from agent_helpers import (
 from agent import Agent, PlannerError
 from agent.mllm import OpenAIClient
 from agent.mllm.frame import Frame, convention_for
+from agent.planners.mask_check import parse_verdict
+from tools.examine import OUTLINE_RGB, mask_crops
 from tools.segment import masks_iou
 
 
@@ -63,7 +68,7 @@ def test_native_tool_calls_segment_then_select_and_images_are_the_overlays(case,
     # request 1: the input image itself
     sent = server.images(0)
     assert len(sent) == 1 and np.array_equal(sent[0], image)
-    # request 2: assistant tool call, the tool message (text), then a user message with the overlay
+    # request 2: assistant tool call, the tool message (text), then a user message with the image and the overlay
     second = messages(server, 1)
     roles = [m["role"] for m in second]
     assert roles[-3:] == ["assistant", "tool", "user"]
@@ -71,9 +76,10 @@ def test_native_tool_calls_segment_then_select_and_images_are_the_overlays(case,
     assert second[-2]["tool_call_id"] == "call_a" and "#1" in second[-2]["content"]
     assert isinstance(second[-2]["content"], str)  # tool messages stay text-only
     sent = server.images(1)
-    assert len(sent) == 1
-    assert any(np.array_equal(sent[0], overlay) for overlay in overlay_images(result))
-    assert not np.array_equal(sent[0], image)  # the overlay has the mask drawn on it
+    assert len(sent) == 2 and np.array_equal(sent[0], image)  # exactly the clean image, then the overlay
+    assert any(np.array_equal(sent[1], overlay) for overlay in overlay_images(result))
+    assert not np.array_equal(sent[1], image)  # the overlay has the mask drawn on it
+    assert "the image as it is, then the current overlay" in second[-1]["content"][0]["text"]
     # the result
     assert result.planner == "openai:fake-vlm"
     assert [m.concept for m in result.masks] == ["polyp"]
@@ -257,18 +263,103 @@ def test_selecting_an_unknown_id_is_reported_back(case, segmenter):
     assert len(result.masks) == 1
 
 
-def test_examine_masks_sends_zoomed_crops(case, segmenter):
+def two_masks_checked(case, segmenter, verdicts: dict[int, str], middle: list, select: list[int], **options):
+    """Segment the polyp's box and a corner box (#1, #2), play ``middle`` (None: a check request, answered from
+    ``verdicts`` by the mask id it names), then select ``select``. The server (its requests) and the result."""
     image, box = case
-    script = [tool_reply("segment_geometry", {"boxes": [box], "concept": "polyp"}, call_id="c1"),
-              tool_reply("examine_masks", {"ids": [1]}, call_id="c2"),
-              tool_reply("select_masks", {"ids": [1]}, call_id="c3")]
+    h, w = image.shape[:2]
+    checker = mask_checker(verdicts)
+    script = [tool_reply("segment_geometry", {"boxes": [box, [2.0, 2.0, w / 5, h / 5]]}, call_id="c1"),
+              *[checker if step is None else step for step in middle],
+              tool_reply("select_masks", {"ids": select, "answer": "One polyp."}, call_id="c9")]
     with FakeOpenAI(script) as server:
-        result = openai_agent(server, segmenter).run("find the polyp", image=image)
-    sent = server.images(2)
-    assert len(sent) == 2  # the overlay, then the crop of #1
-    overlays = overlay_images(result)
-    assert all(any(np.array_equal(s, o) for o in overlays) for s in sent)
-    assert len(result.masks) == 1
+        result = openai_agent(server, segmenter, **options).run("find the polyp", image=image)
+    return server, result
+
+
+def test_examine_checks_each_mask_in_its_own_request_and_a_rejected_mask_is_not_kept(case, segmenter):
+    image, _ = case
+    verdicts = {1: '{"verdict": "accept", "reason": "the outline follows the polyp"}',
+                2: 'Sure:\n```json\n{"verdict": "reject", "reason": "only mucosa, no polyp"}\n```'}
+    server, result = two_masks_checked(case, segmenter, verdicts, [tool_reply("examine_masks", {}, call_id="c2"),
+                                                                   None, None], [1, 2])
+    assert len(server.requests) == 5
+    crops = {e.data["ids"][0]: e.image for e in result.trace if e.kind == "overlay" and e.data.get("crop")}
+    checked = []
+    for index in (2, 3):  # one short request per mask: the question, the clean crop, the outlined crop; no tools
+        body = server.requests[index]["body"]
+        assert "tools" not in body and [m["role"] for m in body["messages"]] == ["user"]
+        text = body["messages"][0]["content"][0]["text"]
+        assert "find the polyp" in text and '"verdict"' in text
+        mask_id = int(text.split("mask #")[1].split(",")[0])
+        clean, outlined = server.images(index)
+        assert np.array_equal(outlined, crops[mask_id]) and clean.shape == outlined.shape
+        drawn = (clean != outlined).any(axis=-1)
+        assert drawn.any() and (outlined[drawn] == OUTLINE_RGB).all()  # the outline only; elsewhere the same pixels
+        checked.append(mask_id)
+    assert sorted(checked) == [1, 2]
+    kept = result.masks[0].instances[0].mask
+    assert all(np.array_equal(a, b) for a, b in zip(server.images(checked.index(1) + 2), mask_crops(image, kept),
+                                                    strict=True))
+    # the verdicts reach the planner as the examine call's one tool result; the request shows the image and the
+    # overlay without the rejected mask
+    told = tool_messages(server, 4)
+    assert [m["tool_call_id"] for m in told] == ["c2"]
+    assert "#1 'region'" in told[0]["content"] and "accept - the outline follows the polyp" in told[0]["content"]
+    assert "#2 'region'" in told[0]["content"] and "reject - only mucosa, no polyp" in told[0]["content"]
+    sent = server.images(4)
+    mine = [e for e in result.trace if e.kind == "overlay" and e.data.get("mllm")]
+    assert len(sent) == 2 and np.array_equal(sent[0], image)
+    assert mine[-1].data["ids"] == [1] and np.array_equal(sent[1], mine[-1].image)
+    assert "rejected by the per-mask check (not drawn, not kept if selected): #2" in messages(server, 4)[1]["content"]
+    # the model selects both; the rejected one is left out, and the answer says so
+    assert len(result.masks) == 1 and len(result.masks[0].instances) == 1
+    assert "One polyp. (#2 left out: the per-mask check rejected it)" in result.answer
+    verdicts = {e.data["ids"][0]: e.data["verdict"] for e in result.trace if "verdict" in e.data}
+    assert verdicts == {1: "accept", 2: "reject"}
+
+
+def test_the_check_budget_bounds_the_check_requests_of_a_run(case, segmenter):
+    verdicts = {1: "Accept. The outline follows the polyp.", 2: "Reject: background."}
+    middle = [tool_reply("examine_masks", {"ids": [1, 2]}, call_id="c2"), None,
+              tool_reply("examine_masks", {"ids": [1, 2]}, call_id="c3")]
+    server, result = two_masks_checked(case, segmenter, verdicts, middle, [1], check_budget=1)
+    assert len(server.requests) == 5  # one check request only: the budget of 1 is spent
+    assert len(server.images(2)) == 2 and "mask #1," in messages(server, 2)[0]["content"][0]["text"]
+    first = tool_messages(server, 3)[0]["content"]
+    assert "#1 'region'" in first and ": accept - The outline follows the polyp." in first
+    assert "#2 not checked: this run's budget of 1 MLLM calls for mask checks is spent" in first
+    again = tool_messages(server, 4)[0]["content"]  # the same masks again: nothing new is sent
+    assert "accept - The outline follows the polyp. (checked before)" in again and "#2 not checked" in again
+    assert result.status == "done" and len(result.masks) == 1
+
+
+def test_check_replies_that_are_neither_accept_nor_reject_are_unsure(case, segmenter):
+    verdicts = {1: "The image shows 42 purple elephants.", 2: '{"verdict": "maybe", "reason": "hard"}'}
+    server, result = two_masks_checked(case, segmenter, verdicts,
+                                       [tool_reply("examine_masks", {"ids": [1, 2]}, call_id="c2"), None, None], [1, 2])
+    told = tool_messages(server, 4)[0]["content"]
+    assert "unsure - the reply was not accept or reject: 'The image shows 42 purple elephants.'" in told
+    assert "unsure - the verdict was 'maybe', not accept or reject; reason given: hard" in told
+    assert len(server.images(4)) == 2 and "rejected" not in messages(server, 4)[1]["content"] + told
+    assert sum(len(m.instances) for m in result.masks) == 2  # unsure masks stay selectable
+
+
+@pytest.mark.parametrize(("reply", "verdict", "reason"), [
+    (text_reply('{"verdict": "reject", "reason": "covers a fold"}'), "reject", "covers a fold"),
+    (text_reply('Looking closely.\n```json\n{"verdict": "Accepted", "reason": "ok"}\n```'), "accept", "ok"),
+    (text_reply("**Verdict: reject** - the outline takes in the lumen."), "reject", "the outline takes in the lumen."),
+    (text_reply("accept"), "accept", ""),
+    (text_reply("I would not accept this; reject it."), "unsure", "the reply was not accept or reject"),
+    (text_reply('{"verdict": "accept"'), "unsure", "the reply was not accept or reject"),  # cut off
+    (completion({"content": None, "refusal": "I can't help with that."}), "unsure", "the model refused"),
+    (completion({"content": ""}, "length"), "unsure", "the reply was empty (cut off at the token limit)"),
+])
+def test_check_replies_are_read_robustly(reply, verdict, reason):
+    with FakeOpenAI([reply]) as server:
+        client = OpenAIClient(base_url=server.base_url, model="fake-vlm", api_key="k", max_retries=0)
+        got = parse_verdict(client.complete([{"role": "user", "content": "check"}]))
+    assert got[0] == verdict and got[1].startswith(reason)
 
 
 def test_round_limit_ends_the_run(case, segmenter):
@@ -295,7 +386,8 @@ def test_follow_up_turn_sees_the_previous_answer(case, segmenter):
         again = agent.run("now only the largest one", thread_id="conv")  # no image: the thread's
     context = json.dumps(messages(server, 2))
     assert "Earlier in this conversation" in context and "find the polyp" in context
-    assert len(server.images(2)) == 1 and not np.array_equal(server.images(2)[0], image)  # previous overlay
+    sent = server.images(2)  # the image, then the previous answer's overlay
+    assert len(sent) == 2 and np.array_equal(sent[0], image) and not np.array_equal(sent[1], image)
     assert len(again.masks) == 1 and "Still the same one." in again.answer
 
 
@@ -429,7 +521,8 @@ def test_masks_of_a_superseded_prompt_leave_the_overlay_but_stay_selectable(case
               tool_reply("select_masks", {"ids": [1]}, call_id="c3")]
     with FakeOpenAI(script) as server:
         result = openai_agent(server, segmenter).run("find the polyp", image=image)
-    sent = server.images(2)[0]
+    clean, sent = server.images(2)
+    assert np.array_equal(clean, image)
     mine = [e for e in result.trace if e.kind == "overlay" and e.data.get("mllm")]
     assert len(mine) == 1 and mine[0].data["ids"] == [2] and np.array_equal(sent, mine[0].image)
     both = [e for e in result.trace if e.kind == "overlay" and e.data.get("ids") == [1, 2]]
