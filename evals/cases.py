@@ -18,9 +18,13 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from segmenter.image_io import ImageError
-from segmenter.study_io import load_image
+from segmenter.nifti_io import read_nifti
+from segmenter.study import Study
+from segmenter.study_io import MAX_VOXELS, load_image
 
-Source = Literal["manifest", "reasoning", "reasonseg", "coco"]
+Source = Literal["manifest", "reasoning", "reasonseg", "coco", "volume", "measure"]
+Measure = Literal["cdr", "ctr"]
+MEASURE_NAMES: dict[str, str] = {"cdr": "cup-to-disc ratio", "ctr": "cardiothoracic ratio"}
 
 
 class Target(BaseModel):
@@ -174,7 +178,37 @@ class CocoAnnotations(BaseModel):
         return Target(mask=mask, ignore=ignore & ~mask if ignore.any() else None)
 
 
-TargetSpec = Annotated[MaskFiles | ReasonSegPolygons | CocoAnnotations, Field(discriminator="kind")]
+class VolumeLabels(BaseModel):
+    """Target of a volume case: the union of NIfTI label volumes, read on the study's (slice, row, col) grid."""
+
+    kind: Literal["volume_labels"] = "volume_labels"
+    paths: dict[str, Path] = Field(default_factory=dict)
+
+    def load_volume(self, study: Study) -> np.ndarray:
+        """(S, H, W) bool; a label whose shape or affine differs from the volume's is refused, naming the file."""
+        mask = np.zeros(study.shape, dtype=bool)
+        for path in self.paths.values():
+            mask |= read_label_volume(path, study)
+        return mask
+
+    def load(self, shape: tuple[int, int]) -> Target:
+        raise ValueError("a volume case's target is a label volume: it is read with the study (load_volume)")
+
+
+def read_label_volume(path: Path, study: Study) -> np.ndarray:
+    """A NIfTI label (any non-zero voxel inside) in the study's voxel order, checked against its grid."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"label file {path} not found")
+    values, geometry = read_nifti(Path(path), str(path), MAX_VOXELS)  # the same reorientation as the volume's
+    if values.shape != study.shape:
+        raise ValueError(f"{path}: label is {values.shape} (slice, row, col), the volume is {study.shape}")
+    ours, theirs = study.geometry.affine_array(), geometry.affine_array()
+    if ours is not None and theirs is not None and not np.allclose(ours, theirs, atol=1e-3):
+        raise ValueError(f"{path}: label affine differs from the volume's (not on the same voxel grid)")
+    return values > 0
+
+
+TargetSpec = Annotated[MaskFiles | ReasonSegPolygons | CocoAnnotations | VolumeLabels, Field(discriminator="kind")]
 
 
 class EvalCase(BaseModel):
@@ -190,6 +224,7 @@ class EvalCase(BaseModel):
     split: str | None = None
     target: TargetSpec
     metadata: dict[str, Any] = Field(default_factory=dict)
+    measure: Measure | None = None  # a measurement case (CDR, CTR): scored by its error, not by a mask
 
     @field_validator("image")
     @classmethod
@@ -202,8 +237,15 @@ class EvalCase(BaseModel):
         return "question" if self.question is not None else "concept"
 
     @property
+    def is_volume(self) -> bool:
+        return self.source == "volume"
+
+    @property
     def concept_label(self) -> str:
-        """The ``concept`` column of the summary: the concept(s) or "none" (a question with no target concept)."""
+        """The ``concept`` column of the summary: the concept(s), the measurement's name, or "none" (a question
+        with no target concept)."""
+        if self.measure is not None:
+            return MEASURE_NAMES[self.measure]
         return "+".join(self.concepts) if self.concepts else "none"
 
     def load_image(self) -> np.ndarray:

@@ -62,6 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the environment variable holding its API key (default: OPENAI_API_KEY); the key "
                              "itself is never an argument and is written nowhere")
     parser.add_argument("--max-rounds", type=int, default=None, help="agent refinement rounds")
+    parser.add_argument("--slices", default=None, metavar="START:END",
+                        help="volumes: segment only these slices (end exclusive), or 'target': the span where the "
+                             "labels are (an oracle restriction; the report says so); default: every slice")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (saves a little time)")
     parser.add_argument("--save-masks", action="store_true", help="also write predicted masks to OUT/masks/")
     parser.add_argument("--seed", type=int, default=0)
@@ -92,6 +95,7 @@ _REPRODUCED = (
     ("presence_threshold", "--presence-threshold", 0.5), ("box_strategy", "--box-strategy", "component"),
     ("box_prompt", "--box-prompt", "text+box"), ("workers", "--workers", 1), ("concurrency", "--concurrency", 1),
     ("executor", "--executor", "local"), ("address", "--address", None), ("seed", "--seed", 0),
+    ("slices", "--slices", None),
 )
 
 
@@ -154,6 +158,7 @@ def _config(args: argparse.Namespace, modes: list[str], questions: Path | None) 
         api_key_env=args.api_key_env,
         max_rounds=args.max_rounds,
         hd95=not args.no_hd95,
+        slices=args.slices,
         save_masks=args.save_masks,
         seed=args.seed,
         fresh=args.fresh,
@@ -187,11 +192,15 @@ def main(args: argparse.Namespace) -> int:
     outcome = run_eval(config, progress=not args.no_progress)
     print(f"{outcome.ran} (mode, case) pairs run, {outcome.skipped} resumed, {outcome.errors} errors -> {outcome.out}")
     rows = [r for r in outcome.summary if r["concept"] == "*"]
-    width = max(len(r["dataset"]) for r in rows)
+    width = max((len(r["dataset"]) for r in outcome.summary), default=7)
     print(f"{'mode':7} {'dataset':{width}} {'n':>5} {'dice':>7} {'giou':>7} {'ciou':>7} {'pres':>6} {'err':>4}")
     for r in rows:
         cells = [f"{r[k]:.4f}" if isinstance(r[k], float) else "    –  " for k in ("dice", "giou", "ciou")]
         pres = f"{r['presence_acc']:.2f}" if r["presence_acc"] is not None else "  –"
         print(f"{r['mode']:7} {r['dataset']:{width}} {r['n']:5d} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} "
               f"{pres:>6} {r['errors']:4d}")
+    for r in outcome.summary:  # measurement rows: the ratio's mean absolute error
+        if r["n_measured"] is not None and r["dataset"] != "*":
+            mae = f"{r['mae']:.4f}" if r["mae"] is not None else "–"
+            print(f"{r['mode']:7} {r['dataset']:{width}} {r['concept']}: MAE {mae} over {r['n_measured']} of {r['n']}")
     return 0

@@ -16,6 +16,7 @@ from evals.modes import MODES, BoxStrategy
 
 Executor = Literal["local", "ray"]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_SLICES = re.compile(r"target|\d{1,6}(:\d{0,6})?|:\d{1,6}")
 
 
 class EvalConfig(BaseModel):
@@ -43,6 +44,7 @@ class EvalConfig(BaseModel):
     api_key_env: str | None = None  # the environment variable holding its key (else OPENAI_API_KEY)
     max_rounds: int | None = None
     hd95: bool = True
+    slices: str | None = None  # volumes: "START:END" or "target" (the labels' slice span); None: every slice
     save_masks: bool = False
     seed: int = 0
     fresh: bool = False
@@ -80,6 +82,14 @@ class EvalConfig(BaseModel):
             raise ValueError("--api-key-env takes the name of an environment variable (letters, digits, _), "
                              "not the key itself")
         return value
+
+    @field_validator("slices")
+    @classmethod
+    def _slice_spec(cls, value: str | None) -> str | None:
+        if value is not None and not _SLICES.fullmatch(value.strip()):
+            raise ValueError("--slices takes START:END (e.g. 40:120, end exclusive), one index, or 'target' "
+                             "(the slices where the labels are)")
+        return None if value is None else value.strip()
 
     @model_validator(mode="after")
     def _llm_options_need_an_mllm(self) -> EvalConfig:

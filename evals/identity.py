@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from evals.config import EvalConfig
 
-SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "box_strategy", "box_text")
+SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "box_strategy", "box_text", "slices")
 AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256")
 OPENAI_HOST = "api.openai.com"
 
@@ -95,6 +95,7 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         "presence_threshold": config.presence_threshold,
         "box_strategy": config.box_strategy,
         "box_text": config.box_text,
+        "slices": config.slices,  # volumes only: which slices were segmented
         **dict.fromkeys(AGENT_KEYS),
         "prompts": None,
     }

@@ -1,6 +1,8 @@
 """Dataset loaders: each turns one on-disk format into a list of ``EvalCase``.
 
-1. ``load_manifest`` — ``<dataset>/manifest.jsonl`` (``../shared/data``): one case per (image, concept).
+1. ``load_manifest`` — ``<dataset>/manifest.jsonl`` (``../shared/data``): one case per (image, concept), plus
+   one measurement case (CDR, CTR: ``evals.measures``) per image holding the masks it needs; a manifest of
+   volumes (``volume`` instead of ``image``: NIfTI volume + NIfTI labels) gives one case per (volume, concept).
 2. ``load_reasoning_set`` — a JSONL of questions: ``id``, ``image``, ``question``, ``masks``
    ({concept: path}; the target is their union; ``{}`` = nothing there), optional ``concepts``,
    ``dataset`` and ``split``. Paths are relative to the JSONL file.
@@ -21,7 +23,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from evals.cases import CocoAnnotations, EvalCase, MaskFiles, ReasonSegPolygons, coco_index, read_reasonseg_json
+from evals.cases import (
+    CocoAnnotations,
+    EvalCase,
+    MaskFiles,
+    ReasonSegPolygons,
+    VolumeLabels,
+    coco_index,
+    read_reasonseg_json,
+)
+from evals.measures import measure_cases
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -75,42 +86,51 @@ def load_manifest(
     concepts: Iterable[str] | None = None,
     dataset: str | None = None,
 ) -> list[EvalCase]:
-    """One case per (row, concept) of a ``manifest.jsonl``; the dataset name is its folder's name."""
+    """One case per (row, concept) of a ``manifest.jsonl`` and its measurement cases (see the module doc);
+    the dataset name is its folder's name."""
     manifest = Path(manifest)
     root = manifest.parent
     dataset = dataset or root.name
+    kept = None if concepts is None else set(concepts)
     cases = []
     for number, row in _read_jsonl(manifest):
         where = f"{manifest}:{number}"
         if split is not None and row.get("split") != split:
             continue
+        volume = "volume" in row and "image" not in row
         row_id = str(_require(row, "id", (str, int), where))
-        image = root / _require(row, "image", str, where)
-        masks = _require(row, "masks", dict, where)
-        for concept, mask_path in masks.items():
-            if not _keep(concept, concepts):
-                continue
-            if not isinstance(mask_path, str):
-                raise ValueError(f"{where}: mask path for {concept!r} should be a string, got {mask_path!r}")  # noqa: TRY004
-            meta = {k: v for k, v in row.items() if k not in ("id", "image", "masks", "split")}
-            cases.append(
-                EvalCase(
-                    key=f"manifest:{dataset}/{row_id}#{concept}",
-                    id=row_id,
-                    dataset=dataset,
-                    source="manifest",
-                    image=image,
-                    concepts=[concept],
-                    split=row.get("split"),
-                    target=MaskFiles(paths={concept: root / mask_path}),
-                    metadata=meta,
-                )
+        image = root / _require(row, "volume" if volume else "image", str, where)
+        masks = _mask_paths(_require(row, "masks", dict, where), root, where)
+        meta = {k: v for k, v in row.items() if k not in ("id", "image", "volume", "masks", "split")}
+        row_cases = [
+            EvalCase(
+                key=f"{'volume' if volume else 'manifest'}:{dataset}/{row_id}#{concept}",
+                id=row_id,
+                dataset=dataset,
+                source="volume" if volume else "manifest",
+                image=image,
+                concepts=[concept],
+                split=row.get("split"),
+                target=VolumeLabels(paths={concept: path}) if volume else MaskFiles(paths={concept: path}),
+                metadata=meta,
             )
+            for concept, path in masks.items() if _keep(concept, kept)
+        ]
+        cases.extend(row_cases)
+        if row_cases and not volume:
+            cases.extend(measure_cases(row_cases[0], masks, kept))
     return _check_unique(cases)
 
 
+def _mask_paths(masks: dict, root: Path, where: str) -> dict[str, Path]:
+    for concept, mask_path in masks.items():
+        if not isinstance(mask_path, str):
+            raise ValueError(f"{where}: mask path for {concept!r} should be a string, got {mask_path!r}")  # noqa: TRY004
+    return {concept: root / mask_path for concept, mask_path in masks.items()}
+
+
 def is_2d_manifest(manifest: Path) -> bool:
-    """False for manifests of volumes (``volume`` instead of ``image``), which this benchmark does not score."""
+    """False for manifests of volumes (``volume`` instead of ``image``)."""
     for _, row in _read_jsonl(manifest)[:1]:
         return "image" in row
     return False
@@ -340,8 +360,8 @@ def load_path(
         if manifests:
             cases = []
             for manifest in manifests:
-                if not _keep(manifest.parent.name, datasets) or not is_2d_manifest(manifest):
-                    continue  # volumes (brain_tumor_3d) are not scored by this 2D benchmark
+                if not _keep(manifest.parent.name, datasets):
+                    continue
                 cases.extend(load_manifest(manifest, split=split, concepts=concepts))
             return cases
         if is_reasonseg_folder(path):

@@ -14,6 +14,8 @@ Aggregated (``aggregate``), following the usual definitions:
 - ``hd95``: mean 95th-percentile Hausdorff distance (pixels) over cases where both masks are
   non-empty; computed by MONAI (``compute_hausdorff_distance(percentile=95)``: the larger of
   the two directed 95th percentiles of boundary distances).
+- ``hd95_mm``: the same in millimetres, for volumes (S, H, W) scored with their voxel spacing;
+  a volume's Dice and IoU are over all its voxels (volumetric Dice), one volume one case.
 
 A metric that does not apply to a group (no non-empty targets, no empty targets, ...) is None.
 """
@@ -30,8 +32,8 @@ from pydantic import BaseModel
 
 def _binary(mask: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(mask)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2D mask, got shape {array.shape}")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D mask or a 3D (slice, row, col) volume, got shape {array.shape}")
     return array.astype(bool) if array.dtype != bool else array
 
 
@@ -62,9 +64,15 @@ def iou(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None) 
     return 1.0 if union == 0 else int((pred & target).sum()) / union
 
 
-def hd95(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None) -> float | None:
-    """95th-percentile Hausdorff distance in pixels (MONAI); None when either mask is empty."""
+def hd95(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None,
+         spacing: tuple[float, ...] | None = None) -> float | None:
+    """95th-percentile Hausdorff distance (MONAI); None when either mask is empty.
+
+    In pixels, or in millimetres with ``spacing`` (one per mask axis: (slice, row, col) for a volume).
+    """
     pred, target, _ = _prepare(pred, target, ignore)
+    if spacing is not None and len(spacing) != pred.ndim:
+        raise ValueError(f"spacing {spacing} has {len(spacing)} values for a {pred.ndim}D mask")
     if not pred.any() or not target.any():
         return None
     import torch
@@ -73,7 +81,8 @@ def hd95(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # MONAI warns about its own internal deprecated argument
         value = compute_hausdorff_distance(
-            torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None], percentile=95
+            torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None], percentile=95,
+            spacing=None if spacing is None else [float(v) for v in spacing],
         )
     distance = float(value.reshape(-1)[0])
     return distance if math.isfinite(distance) else None
@@ -92,12 +101,16 @@ class CaseScore(BaseModel):
     dice: float
     iou: float
     hd95: float | None = None
+    hd95_mm: float | None = None  # volumes: HD95 in millimetres (their voxel spacing)
 
 
 def score_case(
-    pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None, *, with_hd95: bool = True
+    pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None, *, with_hd95: bool = True,
+    spacing: tuple[float, ...] | None = None,
 ) -> CaseScore:
+    """Counts and scores of one case; with ``spacing`` (a volume's (slice, row, col) mm) HD95 goes to ``hd95_mm``."""
     pred, target, ignored = _prepare(pred, target, ignore)
+    distance = hd95(pred, target, spacing=spacing) if with_hd95 else None
     inter = int((pred & target).sum())
     union = int((pred | target).sum())
     t_area, p_area = int(target.sum()), int(pred.sum())
@@ -111,7 +124,8 @@ def score_case(
         pred_empty=p_area == 0,
         dice=1.0 if t_area + p_area == 0 else 2.0 * inter / (t_area + p_area),
         iou=1.0 if union == 0 else inter / union,
-        hd95=hd95(pred, target) if with_hd95 else None,
+        hd95=distance if spacing is None else None,
+        hd95_mm=distance if spacing is not None else None,
     )
 
 
@@ -120,12 +134,13 @@ def _mean(values: list[float]) -> float | None:
 
 
 def aggregate(scores: Iterable[CaseScore]) -> dict[str, float | int | None]:
-    """n, dice, iou, giou, ciou, presence_acc, hd95 over a group of cases (see the module doc)."""
+    """n, dice, iou, giou, ciou, presence_acc, hd95, hd95_mm over a group of cases (see the module doc)."""
     scores = list(scores)
     positive = [s for s in scores if not s.target_empty]
     negative = [s for s in scores if s.target_empty]
     union = sum(s.union for s in scores)
     hd = [s.hd95 for s in positive if s.hd95 is not None]
+    hd_mm = [s.hd95_mm for s in positive if s.hd95_mm is not None]
     return {
         "n": len(scores),
         "dice": _mean([s.dice for s in positive]),
@@ -134,4 +149,5 @@ def aggregate(scores: Iterable[CaseScore]) -> dict[str, float | int | None]:
         "ciou": sum(s.intersection for s in scores) / union if union else None,
         "presence_acc": _mean([1.0 if s.pred_empty else 0.0 for s in negative]),
         "hd95": _mean(hd),
+        "hd95_mm": _mean(hd_mm),
     }

@@ -1,7 +1,8 @@
 """``report.md`` and the Dice-distribution plots of a run, from its summary rows and records.
 
 The first table is laid out like the MedSAM3 paper's: datasets as rows, methods as columns,
-the published numbers (``evals.paper``, marked as quoted) beside ours.
+the published numbers (``evals.paper``, marked as quoted) beside ours. Volumes (volumetric Dice,
+HD95 in mm, seconds per volume) and measurements (CDR / CTR error) have sections of their own.
 """
 
 from __future__ import annotations
@@ -124,6 +125,54 @@ def plot_dice(out: Path, records: list[dict]) -> list[Path]:
     return paths
 
 
+def volume_section(rows: list[dict], records: list[dict], slices: str | None) -> list[str]:
+    """Volumetric rows and one line per scored volume (Dice, HD95 mm, mL predicted / labelled, slices run)."""
+    vol = [r for r in records if r.get("source") == "volume"]
+    if not vol:
+        return []
+    names = {r["dataset"] for r in vol}
+    chosen = [r for r in rows if r["dataset"] in names]
+    body = [[r["mode"], r["dataset"], r["concept"], str(r["n"]), _fmt(r["dice"]), _fmt(r["iou"]),
+             _fmt(r["hd95_mm"], 1), _fmt(r["seconds_per_volume"], 1), str(r["errors"])] for r in chosen]
+    if slices is None:
+        where = "every slice of each volume was segmented."
+    elif slices == "target":
+        where = ("only the slices spanned by each volume's labels were segmented (`--slices target`, an oracle "
+                 "restriction: no false positive outside that span is possible, so these scores flatter the model).")
+    else:
+        where = f"only slices `{slices}` were segmented (`--slices`); the scores are still over the whole volume."
+    lines = ["## Volumes", "", *_table(["Mode", "Dataset", "Concept", "n", "Dice (3D)", "IoU (3D)", "HD95 (mm)",
+                                        "s / volume", "Errors"], body), "",
+             ("Volumetric Dice / IoU over all voxels of each volume; HD95 in millimetres with the volume's "
+              f"spacing. s / volume: the volume's one pass (every slice encoded once, all its concepts prompted "
+              f"on it), per-concept rows showing that concept's share. In this run {where}"), "",
+             *_table(["Mode", "Volume", "Concept", "Dice", "HD95 (mm)", "mL predicted", "mL labelled", "Slices"],
+                     [[r["mode"], r["id"], r["concept"], _fmt(r.get("dice")), _fmt(r.get("hd95_mm"), 1),
+                       _fmt(r.get("pred_ml"), 1), _fmt(r.get("target_ml"), 1),
+                       "–" if not r.get("slices") else f"{r['slices'][0]}:{r['slices'][1]}"] for r in vol[:40]]), ""]
+    return lines
+
+
+def measure_section(rows: list[dict], records: list[dict]) -> list[str]:
+    """Mean absolute error of each ratio, then the cases: predicted, reference (ground-truth masks), error."""
+    chosen = [r for r in rows if r["n_measured"] is not None]
+    if not chosen:
+        return []
+    body = [[r["mode"], r["dataset"], r["concept"], str(r["n"]), str(r["n_measured"]), _fmt(r["mae"]),
+             str(r["errors"])] for r in chosen]
+    cases = [r for r in records if r.get("measure")]
+    lines = ["## Measurements", "", *_table(["Mode", "Dataset", "Measurement", "n", "Measured", "MAE", "Errors"],
+                                            body), "",
+             ("The same ratio (tools/measure.py) on the mode's masks and on the ground-truth masks; MAE = mean "
+              "absolute difference over the cases that gave a ratio (Measured). A case whose masks allow no ratio "
+              "(one came back empty) counts in n, not in the MAE."), "",
+             *_table(["Mode", "Case", "Measurement", "Predicted", "Reference", "Abs. error"],
+                     [[r["mode"], r["id"], r["concept"], _fmt(r.get("value"), 3), _fmt(r.get("reference"), 3),
+                       _fmt(r.get("abs_error"), 3) if r.get("value") is not None
+                       else (r.get("unmeasured") or r.get("error") or "–")] for r in cases[:40]]), ""]
+    return lines
+
+
 def _agent_line(identity: dict) -> list[str]:
     """The planner half of the run's identity, when the run had agent mode."""
     if not identity.get("planner"):
@@ -137,6 +186,9 @@ def _agent_line(identity: dict) -> list[str]:
 def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dict) -> Path:
     identity = run_info.get("identity", {})
     config = run_info.get("config", {})
+    all_rows = rows
+    volume_sets = {r["dataset"] for r in records if r.get("source") == "volume"}
+    rows = [r for r in rows if r["dataset"] not in volume_sets and r.get("n_measured") is None]  # 2D segmentation
     n_cases = len({(r["mode"], r["key"]) for r in records})
     sha = (identity.get("weights_sha256") or "")[:12]
     titles = dict(MODE_TITLES)
@@ -187,6 +239,8 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
     if multi:
         lines += ["## By dataset and concept", "",
                   *metrics_table([r for r in rows if r["dataset"] in multi], by="both"), ""]
+    lines += volume_section(all_rows, records, config.get("slices"))
+    lines += measure_section(all_rows, records)
     categories = category_table(records)
     if categories:
         lines += ["## By question category (reasoning sets)", "", *categories, ""]

@@ -90,13 +90,16 @@ def assign_modes(cases: list[EvalCase], modes: Iterable[str]) -> list[tuple[str,
     direct / box take the concept cases (manifests, COCO); a run with none takes the question
     cases that name concepts. agent takes the question cases (reasoning sets, ReasonSeg); a run
     with none asks the concept cases a templated question. box skips empty-target cases (at
-    scoring time, where the target is known).
+    scoring time, where the target is known), and takes no volume or measurement case.
     """
     concept_cases = [c for c in cases if c.kind == "concept"]
     question_cases = [c for c in cases if c.kind == "question"]
     tasks: list[tuple[str, EvalCase]] = []
     for mode in modes:
-        if mode in ("direct", "box"):
+        if mode == "box":
+            chosen = [c for c in concept_cases or [c for c in question_cases if c.concepts]
+                      if not c.is_volume and c.measure is None]
+        elif mode == "direct":
             chosen = concept_cases or [c for c in question_cases if c.concepts]
         else:
             chosen = question_cases or concept_cases

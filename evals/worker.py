@@ -18,6 +18,7 @@ import numpy as np
 from evals.cases import EvalCase, Target
 from evals.config import EvalConfig
 from evals.identity import record_identity, run_identity
+from evals.measures import answer_measure
 from evals.metrics import score_case
 from evals.modes import EncodeMeter, MeteredSegmenter, predict_agent, predict_box, predict_direct
 from segmenter.facade import Segmenter
@@ -98,7 +99,7 @@ class Runtime:
             return self._agent
 
 
-def _safe_name(key: str) -> str:
+def safe_name(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
 
 
@@ -128,9 +129,32 @@ def _predict(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, cas
     return predict_agent(runtime.agent, image, case)
 
 
+def _timed(record: dict[str, Any], start: float, meter: EncodeMeter) -> dict[str, Any]:
+    """The record's time split into the encoder's (metered) and the rest since ``start``."""
+    elapsed = time.perf_counter() - start
+    encode = meter.ms / 1000
+    record["encode_seconds"] = round(encode, 4)
+    record["seconds"] = round(max(0.0, elapsed - encode), 4)
+    return record
+
+
+def _answer_measure(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, case: EvalCase) -> dict[str, Any]:
+    """A measurement case's record (``evals.measures``); a failure keeps its error and no value."""
+    record = {**base_record(runtime, mode, case), "measure": case.measure}
+    start = time.perf_counter()
+    with EncodeMeter() as meter:
+        try:
+            record.update(answer_measure(seg, runtime.agent if mode == "agent" else None, image, mode, case))
+        except Exception as exc:  # noqa: BLE001  (recorded per case; the run goes on)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+    return _timed(record, start, meter)
+
+
 def _answer(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, case: EvalCase) -> dict[str, Any]:
     """One (mode, case) record. A failure is recorded with its error and, where the target could be read,
     scored as an empty prediction (so it weighs in the metrics as the nothing it delivered)."""
+    if case.measure is not None:
+        return _answer_measure(runtime, seg, image, mode, case)
     config = runtime.config
     record = base_record(runtime, mode, case)
     target: Target | None = None
@@ -150,21 +174,22 @@ def _answer(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, case
 
                 folder = config.out / "masks" / mode
                 folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pred.astype(np.uint8) * 255).save(folder / f"{_safe_name(case.key)}.png")
+                Image.fromarray(pred.astype(np.uint8) * 255).save(folder / f"{safe_name(case.key)}.png")
         except Exception as exc:  # noqa: BLE001  (recorded per case; the run goes on)
             record["error"] = f"{type(exc).__name__}: {exc}"
             if target is not None:
                 empty = np.zeros(image.shape[:2], dtype=bool)
                 record.update(score_case(empty, target.mask, target.ignore, with_hd95=False).model_dump())
-    elapsed = time.perf_counter() - start
-    encode = meter.ms / 1000
-    record["encode_seconds"] = round(encode, 4)
-    record["seconds"] = round(max(0.0, elapsed - encode), 4)
-    return record
+    return _timed(record, start, meter)
 
 
 def run_image(runtime: Runtime, image_path: str, tasks: list[Task]) -> list[dict]:
-    """All (mode, case) pairs on one image; the image is loaded and encoded once for all of them."""
+    """All (mode, case) pairs on one image; the image is loaded and encoded once for all of them.
+    A volume's pairs go to ``evals.volumes``."""
+    if tasks[0][1].is_volume:
+        from evals.volumes import run_volume  # it builds on this module
+
+        return run_volume(runtime, tasks)
     try:
         image = tasks[0][1].load_image()
     except Exception as exc:  # noqa: BLE001  (unreadable image: every case on it fails the same way)

@@ -67,8 +67,8 @@ def test_mismatched_shapes_raise_a_clear_error():
         score_case(np.zeros((4, 5), bool), np.zeros((5, 4), bool))
     with pytest.raises(ValueError, match="ignore mask"):
         score_case(EMPTY, EMPTY, np.zeros((3, 3), bool))
-    with pytest.raises(ValueError, match="2D"):
-        dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="2D mask or a 3D"):  # volumes are (slice, row, col); nothing else
+        dice(np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2, 2)))
 
 
 def test_aggregate_by_hand():

@@ -226,7 +226,7 @@ class MLLMPlanner(Planner):
         for mask_id in dict.fromkeys(ids):
             candidate = next(iter(view.by_id([mask_id])), None)
             if candidate is None:
-                continue  # examine_masks checked the ids; a mask of another turn cannot be here
+                continue  # not one of the thread's candidates: examine_masks refused it already
             if mask_id in done:
                 lines.append(done[mask_id].line(candidate, area) + " (checked before)")
                 continue
