@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PlannerName = Literal["offline", "openai"]
+PlannerName = Literal["offline", "openai", "replay"]  # replay: an MLLM run answered from its recording
 CoordinateChoice = Literal["auto", "pixels", "norm1000"]  # agent.mllm.frame's conventions, "auto" by model
 
 
@@ -45,10 +45,10 @@ class Settings(BaseSettings):
 
         ``base_url`` / ``model`` are the run's own (flags, llm options); unset ones fall back to the environment.
         """
-        if choice in ("offline", "openai"):
+        if choice in ("offline", "openai", "replay"):
             return choice  # type: ignore[return-value]  # narrowed by the test above
         if choice != "auto":
-            raise ValueError(f"unknown planner {choice!r}; choose auto, offline or openai")
+            raise ValueError(f"unknown planner {choice!r}; choose auto, offline, openai or replay")
         endpoint = (base_url or self.openai_base_url).strip() or (model or self.openai_model).strip()
         return "openai" if endpoint else "offline"
 

@@ -8,9 +8,12 @@ makes each run's set-image-then-segment one step, so they share it safely).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +42,19 @@ if TYPE_CHECKING:
 
 
 def build_planner(planner: Any = "auto", settings: Settings | None = None, *,
-                  coordinate_convention: str | None = None, **llm_options: Any) -> Planner:
-    """A planner from a name ("auto", "offline", "openai"), a chat client, or a Planner.
+                  coordinate_convention: str | None = None, replay: str | Path | None = None,
+                  **llm_options: Any) -> Planner:
+    """A planner from a name ("auto", "offline", "openai", "replay"), a chat client, or a Planner.
 
     "auto" follows ``Settings.planner_for`` (base URL or model given, in ``llm_options`` or ``settings``).
     ``coordinate_convention`` (else ``settings.medsam3_coordinates``) is how an MLLM's boxes read.
+    "replay" answers from the recording folder ``replay`` (``agent.mllm.recording``), with its model and
+    coordinate convention, and no network.
     """
+    if replay is not None:
+        planner = "replay" if planner == "auto" else planner
+        if planner != "replay":
+            raise ValueError(f"replay= answers from a recording: it goes with planner='replay', not {planner!r}")
     if isinstance(planner, Planner):
         return planner
     from agent.mllm.base import ChatClient
@@ -57,6 +67,8 @@ def build_planner(planner: Any = "auto", settings: Settings | None = None, *,
         return MLLMPlanner(planner, coordinate_convention=coordinates)
     if isinstance(planner, str):
         planner = settings.planner_for(planner, base_url=llm_options.get("base_url"), model=llm_options.get("model"))
+    if planner == "replay":
+        return _replay_planner(replay, coordinate_convention, llm_options)
     if planner == "offline":
         from agent.planners.offline import OfflinePlanner
 
@@ -67,6 +79,78 @@ def build_planner(planner: Any = "auto", settings: Settings | None = None, *,
 
         return MLLMPlanner(OpenAIClient.from_env(settings, **llm_options), coordinate_convention=coordinates)
     raise ValueError(f"unknown planner {planner!r}; choose offline, openai, or pass a Planner / chat client")
+
+
+@dataclass
+class _Turn:
+    """One 2D turn on its way through the graph: what ``stream`` and ``astream`` share."""
+
+    thread: str
+    thread_id: str | None  # the caller's (None: a one-off run on the fresh ``thread``)
+    config: dict[str, Any]
+    state: dict[str, Any]
+    ctx: RunContext
+    array: np.ndarray
+    trace: list[StepEvent] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)  # the graph's last streamed state
+
+    def take(self, mode: str, chunk: Any) -> StepEvent | None:
+        """Keep a streamed chunk: a step event (returned, to pass on) or the graph's state."""
+        if mode == "custom" and isinstance(chunk, StepEvent):
+            self.trace.append(chunk)
+            return chunk
+        if mode == "values":
+            self.final = chunk
+        return None
+
+
+def _final_result(answers: list[StepEvent]) -> AgentResult:
+    result = next((e.result for e in answers if e.result is not None), None)
+    if result is None:  # a stream always ends with the answer or raises; this guards the contract
+        raise RuntimeError("the agent finished without a result")
+    return result
+
+
+async def _in_thread(events: Iterator[StepEvent]) -> AsyncIterator[StepEvent]:
+    """A sync event stream stepped in worker threads (the event loop goes on between events)."""
+    done = object()
+    try:
+        while (event := await asyncio.to_thread(next, events, done)) is not done:
+            yield event  # type: ignore[misc]  # not the sentinel
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:  # a consumer that stops early: the generator's own clean-up runs
+            await asyncio.to_thread(close)
+
+
+def _replay_planner(folder: str | Path | None, coordinate_convention: str | None,
+                    llm_options: dict[str, Any]) -> Planner:
+    """The MLLM planner answering from a recording, with the recorded model and coordinate convention."""
+    from agent.mllm.recording import ReplayClient
+    from agent.planners.mllm import MLLMPlanner
+
+    if folder is None:
+        raise ValueError("planner='replay' needs replay=<a recording folder> (made with record=)")
+    if llm_options:
+        raise ValueError(f"a replay takes its model and settings from the recording, not {sorted(llm_options)}")
+    client = ReplayClient(folder)
+    return MLLMPlanner(client, coordinate_convention=coordinate_convention
+                       or client.recording.meta.coordinate_convention or "auto")
+
+
+def _record(planner: Planner, folder: str | Path) -> None:
+    """Write the MLLM planner's exchanges to ``folder`` (``agent.mllm.recording``)."""
+    from agent.mllm.openai_client import OpenAIClient
+    from agent.mllm.recording import Recorder, ReplayClient
+    from agent.planners.mllm import MLLMPlanner
+
+    client = getattr(planner, "client", None)
+    if not isinstance(planner, MLLMPlanner) or not isinstance(client, OpenAIClient):
+        raise ValueError(f"record= writes an OpenAI-compatible MLLM planner's requests; the {planner.label} "
+                         "planner sends none")
+    if isinstance(client, ReplayClient):
+        raise ValueError("a replay is not recorded again: it sends nothing (its recording is the record)")
+    Recorder.attach(client, folder, coordinate_convention=planner.coordinate_convention)
 
 
 def _build_segmenter(segmenter: Any, options: dict[str, Any]) -> Segmenter:
@@ -89,25 +173,31 @@ class Agent:
         segmenter_options: dict[str, Any] | None = None,
         settings: Settings | None = None,
         coordinate_convention: str | None = None,
+        record: str | Path | None = None,
+        replay: str | Path | None = None,
     ) -> None:
         """``settings``: the environment's endpoint, model and key (read now when not given).
         ``coordinate_convention``: how the MLLM planner reads boxes ("pixels", "norm1000"; default "auto":
-        by model family, or ``MEDSAM3_COORDINATES``)."""
+        by model family, or ``MEDSAM3_COORDINATES``).
+        ``record``: a folder where every MLLM request and reply is written (images included: patient pixels);
+        ``planner="replay", replay=<that folder>`` answers the same questions from it without a network."""
         if not isinstance(max_rounds, int) or max_rounds < 0:
             raise ValueError(f"max_rounds must be a whole number >= 0, got {max_rounds!r}")
         self.max_rounds = max_rounds
-        self.planner = build_planner(planner, settings, coordinate_convention=coordinate_convention,
+        self.planner = build_planner(planner, settings, coordinate_convention=coordinate_convention, replay=replay,
                                      **(llm_options or {}))
+        if record is not None:
+            _record(self.planner, record)
         self.segmenter = _build_segmenter(segmenter, segmenter_options or {})
         self.checkpoint_db = Path(checkpoint_db) if checkpoint_db else None
         if self.checkpoint_db is not None:
-            from langgraph.checkpoint.sqlite import SqliteSaver
+            from agent.checkpoints import ThreadedSqliteSaver
 
             self.checkpoint_db.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.checkpoint_db), check_same_thread=False)
             # a deleted thread's rows are zeroed, not left in free pages
             self._conn.execute("PRAGMA secure_delete = ON")
-            self.checkpointer: BaseCheckpointSaver = SqliteSaver(self._conn)
+            self.checkpointer: BaseCheckpointSaver = ThreadedSqliteSaver(self._conn)  # async methods too (arun)
             self.store: MaskStore = SqliteMaskStore(self.checkpoint_db)
         else:
             from langgraph.checkpoint.memory import InMemorySaver
@@ -128,36 +218,46 @@ class Agent:
         A multi-slice ``Study`` (or a DICOM series folder, zip or NIfTI volume path) is answered per
         volume (``agent.volume``): ``slices`` ("40:80" or a range) restricts the slices segmented.
         """
-        result = None
-        for event in self.stream(question, image=image, thread_id=thread_id, slices=slices):
-            if event.kind == "answer" and event.result is not None:
-                result = event.result
-        if result is None:  # stream always ends with the answer or raises; this guards the contract
-            raise RuntimeError("the agent finished without a result")
-        return result
+        events = self.stream(question, image=image, thread_id=thread_id, slices=slices)
+        return _final_result([e for e in events if e.kind == "answer"])
+
+    async def arun(self, question: str, image: ImageInput | Study | None = None,
+                   thread_id: str | None = None, *, slices: str | range | None = None) -> AgentResult:
+        """``run`` for asyncio: the same result and errors, on LangGraph's async API (``astream``)."""
+        events = self.astream(question, image=image, thread_id=thread_id, slices=slices)
+        return _final_result([e async for e in events if e.kind == "answer"])
 
     def stream(self, question: str, image: ImageInput | Study | None = None,
                thread_id: str | None = None, *, slices: str | range | None = None) -> Iterator[StepEvent]:
         """Step events as they happen; the last has kind "answer" and the run's ``result``."""
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question is empty")
-        question = question.strip()
-        if len(question) > 4000:
-            raise ValueError(f"question is {len(question)} characters long; the limit is 4000")
-        study = as_study(image)  # DICOM and NIfTI paths are read by load_study, keeping their geometry
-        if study is not None and study.is_volume:  # answered per volume, in one run
-            if thread_id is not None:
-                raise ValueError("a volume is answered in one run: follow-up questions (thread_id) take 2D images")
-            yield from stream_volume(self, question, study, slices=slices)
+        question, volume, image = self._inputs(question, image, thread_id, slices)
+        if volume is not None:  # answered per volume, in one run
+            yield from stream_volume(self, question, volume, slices=slices)
             return
-        image = study if study is not None else image
-        if slices is not None:
-            raise ValueError("slices= applies to a volume (a DICOM series, zip or NIfTI volume); the image is 2D")
         if thread_id is None:  # a one-off run: a fresh thread nobody else can reach
             yield from self._stream(question, image, thread_id)
             return
         with self._lock.hold(thread_id):
             yield from self._stream(question, image, thread_id)
+
+    async def astream(self, question: str, image: ImageInput | Study | None = None,
+                      thread_id: str | None = None, *, slices: str | range | None = None,
+                      ) -> AsyncIterator[StepEvent]:
+        """``stream`` for asyncio: the same events in the same order, and the same errors. The graph runs on
+        LangGraph's ``astream``; its nodes (segmenter, MLLM requests) and the image reading run in worker
+        threads, so the event loop is never blocked. A volume's slice loop runs in a worker thread too."""
+        question, volume, image = await asyncio.to_thread(self._inputs, question, image, thread_id, slices)
+        if volume is not None:
+            async for event in _in_thread(stream_volume(self, question, volume, slices=slices)):
+                yield event
+            return
+        hold = self._lock.hold(thread_id) if thread_id is not None else nullcontext()
+        await asyncio.to_thread(hold.__enter__)  # one thread's turns never interleave, sync or async
+        try:
+            async for event in self._astream(question, image, thread_id):
+                yield event
+        finally:
+            hold.__exit__(None, None, None)
 
     def forget(self, thread_id: str) -> None:
         """Delete a thread: its checkpoints, its masks, and its image unless another thread uses it."""
@@ -206,8 +306,25 @@ class Agent:
             raise ValueError(f"thread {thread!r}: its image is no longer stored; pass image= again")
         return stored, Geometry.model_validate(prior.get("geometry") or {})
 
-    def _stream(self, question: str, image: ImageInput | Study | None,
-                thread_id: str | None) -> Iterator[StepEvent]:
+    def _inputs(self, question: str, image: ImageInput | Study | None, thread_id: str | None,
+                slices: str | range | None) -> tuple[str, Study | None, ImageInput | Study | None]:
+        """The checked question and, read once, either the volume to answer per volume or the 2D image."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty")
+        question = question.strip()
+        if len(question) > 4000:
+            raise ValueError(f"question is {len(question)} characters long; the limit is 4000")
+        study = as_study(image)  # DICOM and NIfTI paths are read by load_study, keeping their geometry
+        if study is not None and study.is_volume:
+            if thread_id is not None:
+                raise ValueError("a volume is answered in one run: follow-up questions (thread_id) take 2D images")
+            return question, study, None
+        if slices is not None:
+            raise ValueError("slices= applies to a volume (a DICOM series, zip or NIfTI volume); the image is 2D")
+        return question, None, study if study is not None else image
+
+    def _turn(self, question: str, image: ImageInput | Study | None, thread_id: str | None) -> _Turn:
+        """A 2D turn ready for the graph: its image stored and encoded, its input state and run context."""
         thread = thread_id or f"run-{uuid.uuid4().hex}"
         config = {"configurable": {"thread_id": thread},
                   "recursion_limit": recursion_limit(self.max_rounds, self.planner.max_steps)}
@@ -227,33 +344,62 @@ class Agent:
             keep_candidates=list(prior.get("candidates", [])), next_id=int(prior.get("next_id", 1)),
         )
         state.update(update(geometry=geometry))  # spacing and modality only: a follow-up measures in the same units
-        trace: list[StepEvent] = []
-        final: dict[str, Any] = {}
         ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, masks=ThreadMasks(self.store, thread),
                          geometry=geometry)
+        return _Turn(thread=thread, thread_id=thread_id, config=config, state=state, ctx=ctx, array=array)
+
+    def _stream(self, question: str, image: ImageInput | Study | None,
+                thread_id: str | None) -> Iterator[StepEvent]:
+        turn = self._turn(question, image, thread_id)
         try:
-            for mode, chunk in self.graph.stream(state, config, context=ctx, stream_mode=["custom", "values"]):
-                if mode == "custom" and isinstance(chunk, StepEvent):
-                    trace.append(chunk)
-                    yield chunk
-                elif mode == "values":
-                    final = chunk
-            result = self._result(final, array, ctx, trace, thread_id)
+            chunks = self.graph.stream(turn.state, turn.config, context=turn.ctx, stream_mode=["custom", "values"])
+            yield from filter(None, (turn.take(mode, chunk) for mode, chunk in chunks))
+            done = self._answered(turn)
         except Exception as exc:
-            event = StepEvent(kind="error", text=f"{type(exc).__name__}: {exc}", node="agent")
-            trace.append(event)
-            if isinstance(exc, AgentError) and exc.partial is None:  # keep what ran before the failure
-                exc.partial = self._result(final, array, ctx, trace, thread_id, error=exc)
-            yield event
+            yield self._failed(turn, exc)
             raise
         finally:
-            if thread_id is None:  # a one-off run: nothing will continue it
-                self.checkpointer.delete_thread(thread)
-                self.store.delete_thread(thread)
+            self._end(turn)
+        yield done
+
+    async def _astream(self, question: str, image: ImageInput | Study | None,
+                       thread_id: str | None) -> AsyncIterator[StepEvent]:
+        turn = await asyncio.to_thread(self._turn, question, image, thread_id)  # reads and encodes the image
+        try:
+            async for mode, chunk in self.graph.astream(turn.state, turn.config, context=turn.ctx,
+                                                        stream_mode=["custom", "values"]):
+                event = turn.take(mode, chunk)
+                if event is not None:
+                    yield event
+            answered = self._answered(turn)
+        except Exception as exc:
+            yield self._failed(turn, exc)
+            raise
+        finally:
+            await asyncio.to_thread(self._end, turn)
+        yield answered
+
+    def _answered(self, turn: _Turn) -> StepEvent:
+        """The "answer" event: the result made from the graph's last state."""
+        result = self._result(turn.final, turn.array, turn.ctx, turn.trace, turn.thread_id)
+        final = turn.final
         done = StepEvent(kind="answer", text=result.answer, node="answer", image=result.overlay, result=result,
                          data={"ids": list(final.get("selection", []))}, ms=final.get("answer_ms", 0.0))
         result.trace.append(done)
-        yield done
+        return done
+
+    def _failed(self, turn: _Turn, exc: Exception) -> StepEvent:
+        """The "error" event of a failed turn; an ``AgentError`` keeps what ran before it in ``partial``."""
+        event = StepEvent(kind="error", text=f"{type(exc).__name__}: {exc}", node="agent")
+        turn.trace.append(event)
+        if isinstance(exc, AgentError) and exc.partial is None:  # keep what ran before the failure
+            exc.partial = self._result(turn.final, turn.array, turn.ctx, turn.trace, turn.thread_id, error=exc)
+        return event
+
+    def _end(self, turn: _Turn) -> None:
+        if turn.thread_id is None:  # a one-off run: nothing will continue it
+            self.checkpointer.delete_thread(turn.thread)
+            self.store.delete_thread(turn.thread)
 
     def _result(self, final: dict[str, Any], image: np.ndarray, ctx: RunContext, trace: list[StepEvent],
                 thread_id: str | None, error: AgentError | None = None) -> AgentResult:

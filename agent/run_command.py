@@ -21,9 +21,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                       ".nii.gz); '-' with --thread-id reuses the thread's image")
     parser.add_argument("question", help='e.g. "find the polyps"')
     parser.add_argument("--out", type=Path, required=True, help="folder for overlay.png, masks/ and result.json")
-    parser.add_argument("--planner", choices=["auto", "offline", "openai"], default="auto",
+    parser.add_argument("--planner", choices=["auto", "offline", "openai", "replay"], default="auto",
                         help="auto (default): openai when a base URL or a model is given (flag or OPENAI_BASE_URL / "
-                             "OPENAI_MODEL), else offline")
+                             "OPENAI_MODEL), else offline; replay: answer from --replay DIR without a network")
+    add_recording_options(parser)
     parser.add_argument("--segmenter", default="lite", help="segmenter backend: lite (default), sam3 or remote")
     parser.add_argument("--model", default=None, help="MLLM model name (else OPENAI_MODEL)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (else OPENAI_BASE_URL); the "
@@ -43,16 +44,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a NIfTI volume's voxel axis to slice along (default: the last)")
 
 
+def add_recording_options(parser: argparse.ArgumentParser, scope: str = "") -> None:
+    """--record DIR and --replay DIR (``run`` and ``eval``); ``scope`` starts their help ("agent mode: ")."""
+    parser.add_argument("--record", type=Path, default=None, metavar="DIR",
+                        help=f"{scope}write every MLLM request and reply to DIR (with the images sent: patient "
+                             "pixels), to replay the run later with --replay DIR; nothing is recorded without it")
+    parser.add_argument("--replay", type=Path, default=None, metavar="DIR",
+                        help=f"{scope}answer from a recording made with --record DIR (planner replay, no network); "
+                             "a request the recording does not hold is an error naming what differs")
+
+
 def checked_image(args: argparse.Namespace) -> str | None:
     """The image to send (None: the thread's own), after the checks that need no model loaded."""
     if args.thread_id and args.checkpoint_db is None:
         raise ValueError("--thread-id needs --checkpoint-db: without it the thread would not outlive this command")
     if args.max_rounds < 0:
         raise ValueError(f"--max-rounds must be >= 0, got {args.max_rounds}")
+    check_replay_options(args)
     image: str | None = None if (args.thread_id and args.image == "-") else args.image
     if image is not None and not Path(image).exists():
         raise FileNotFoundError(f"{image}: no such image file or series folder")
     return image
+
+
+def check_replay_options(args: argparse.Namespace) -> None:
+    """--replay goes with --planner replay (or auto) and takes the model from the recording."""
+    if args.replay is not None and args.planner == "auto":
+        args.planner = "replay"
+    if (args.planner == "replay") != (args.replay is not None):
+        raise ValueError("--planner replay and --replay DIR go together")
+    if args.replay is not None:
+        given = [flag for flag, value in (("--model", args.model), ("--base-url", args.base_url),
+                                          ("--record", args.record)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)}: a replay takes its model from the recording and sends nothing")
+    if args.record is not None and args.planner == "offline":
+        raise ValueError("--record writes an MLLM planner's requests; the offline planner sends none")
 
 
 def _study_or_path(image: str | None, args: argparse.Namespace):  # -> Study | str | None
@@ -94,7 +121,8 @@ def main(args: argparse.Namespace) -> int:
     llm = {k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v}
     llm = {**llm, "timeout": args.timeout} if planner == "openai" else {}
     agent = Agent(planner=planner, segmenter=args.segmenter, max_rounds=args.max_rounds,
-                  checkpoint_db=args.checkpoint_db, llm_options=llm or None, settings=settings)
+                  checkpoint_db=args.checkpoint_db, llm_options=llm or None, settings=settings,
+                  record=args.record, replay=args.replay)
     with agent:
         try:
             for event in agent.stream(args.question, image=image, thread_id=args.thread_id, slices=args.slices):

@@ -21,6 +21,8 @@ def _csv(text: str) -> list[str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from agent.run_command import add_recording_options
+
     parser.add_argument("--data", type=Path, nargs="+", default=[], metavar="PATH",
                         help="data root of <dataset>/manifest.jsonl, a manifest, a reasoning-set .jsonl, "
                              "a ReasonSeg folder or a COCO annotation .json")
@@ -61,6 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", default=None, metavar="VAR",
                         help="the environment variable holding its API key (default: OPENAI_API_KEY); the key "
                              "itself is never an argument and is written nowhere")
+    add_recording_options(parser, "agent mode: ")
     parser.add_argument("--max-rounds", type=int, default=None, help="agent refinement rounds")
     parser.add_argument("--slices", default=None, metavar="START:END",
                         help="volumes: segment only these slices (end exclusive), or 'target': the span where the "
@@ -91,6 +94,7 @@ _REPRODUCED = (
     ("limit", "--limit", None), ("datasets", "--datasets", None), ("concepts", "--concepts", None),
     ("coco_images", "--coco-images", None), ("weights", "--weights", None), ("planner", "--planner", None),
     ("model", "--model", None), ("base_url", "--base-url", None), ("api_key_env", "--api-key-env", None),
+    ("record", "--record", None), ("replay", "--replay", None),
     ("max_rounds", "--max-rounds", None), ("backend", "--backend", "lite"),
     ("presence_threshold", "--presence-threshold", 0.5), ("box_strategy", "--box-strategy", "component"),
     ("box_prompt", "--box-prompt", "text+box"), ("workers", "--workers", 1), ("concurrency", "--concurrency", 1),
@@ -156,6 +160,8 @@ def _config(args: argparse.Namespace, modes: list[str], questions: Path | None) 
         model=args.model,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
+        record=args.record,
+        replay=args.replay,
         max_rounds=args.max_rounds,
         hd95=not args.no_hd95,
         slices=args.slices,

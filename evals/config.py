@@ -42,6 +42,8 @@ class EvalConfig(BaseModel):
     model: str | None = None  # the MLLM planner's model (else OPENAI_MODEL)
     base_url: str | None = None  # its OpenAI-compatible endpoint (else OPENAI_BASE_URL, else OpenAI's)
     api_key_env: str | None = None  # the environment variable holding its key (else OPENAI_API_KEY)
+    record: Path | None = None  # write every MLLM request and reply here (agent.mllm.recording)
+    replay: Path | None = None  # answer the agent's MLLM requests from this recording (planner "replay")
     max_rounds: int | None = None
     hd95: bool = True
     slices: str | None = None  # volumes: "START:END" or "target" (the labels' slice span); None: every slice
@@ -62,6 +64,11 @@ class EvalConfig(BaseModel):
     @classmethod
     def _absolute(cls, paths: list[Path]) -> list[Path]:
         return [Path(p).resolve() for p in paths]  # records name images by absolute path, whatever the cwd
+
+    @field_validator("record", "replay")
+    @classmethod
+    def _absolute_folder(cls, path: Path | None) -> Path | None:
+        return None if path is None else Path(path).resolve()  # the same folder in every process
 
     @field_validator("workers", "concurrency")
     @classmethod
@@ -95,11 +102,23 @@ class EvalConfig(BaseModel):
     def _llm_options_need_an_mllm(self) -> EvalConfig:
         given = [flag for flag, value in (("--model", self.model), ("--base-url", self.base_url),
                                           ("--api-key-env", self.api_key_env)) if value]
-        if given and self.planner == "offline":
-            raise ValueError(f"{', '.join(given)} configure the openai planner, not --planner offline")
+        if given and self.planner in ("offline", "replay"):
+            raise ValueError(f"{', '.join(given)} configure the openai planner, not --planner {self.planner}")
+        self._check_recording()
         if self.concurrency > 1 and self.workers > 1 and self.executor == "local":
             raise ValueError("--concurrency with --workers > 1 needs --executor ray (each actor then runs "
                              "--concurrency questions at once); locally use one or the other")
         if self.address is not None and self.executor != "ray":
             raise ValueError("--address is the Ray cluster's: give it with --executor ray")
         return self
+
+    def _check_recording(self) -> None:
+        """--replay DIR goes with --planner replay (set when no planner is given); --record with an MLLM."""
+        if self.replay is not None and self.planner is None:
+            self.planner = "replay"
+        if (self.planner == "replay") != (self.replay is not None):
+            raise ValueError("--planner replay and --replay DIR go together")
+        if self.record is not None and self.planner in ("offline", "replay"):
+            raise ValueError(f"--record writes the openai planner's requests; --planner {self.planner} sends none")
+        if (self.record or self.replay) and "agent" not in self.modes:
+            raise ValueError("--record and --replay apply to --mode agent (the other modes ask no MLLM)")

@@ -3,9 +3,10 @@
 The identity is the segmenter (backend, weights and their sha256 for lite; for ``remote``, what the
 ``serve-segmenter`` server says it serves; presence threshold, box settings)
 and, for agent mode, the planner (name, model, endpoint host, rounds, and the sha256 of every file
-in ``prompts/``). It goes into ``run.json``, ``summary.json`` and, in compact form, into every record
-of ``results.jsonl``; a resume whose identity differs from any record already there is refused with
-the settings that differ. No key is part of it: the endpoint is its host (and port) alone.
+in ``prompts/``; for a replay, the recorded model and the recording's sha256 instead of an endpoint).
+It goes into ``run.json``, ``summary.json`` and, in compact form, into every record of ``results.jsonl``;
+a resume whose identity differs from any record already there is refused with the settings that differ.
+No key is part of it: the endpoint is its host (and port) alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 from evals.config import EvalConfig
 
 SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "box_strategy", "box_text", "slices")
-AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256")
+AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256", "recording_sha256")
 OPENAI_HOST = "api.openai.com"
 
 
@@ -59,14 +60,24 @@ def agent_identity(config: EvalConfig) -> dict[str, Any]:
     planner = settings.planner_for(config.planner or "auto", base_url=config.base_url, model=config.model)
     mllm = planner == "openai"
     prompts = prompt_hashes()
-    return {
+    identity = {
         "planner": planner,
         "model": (config.model or settings.openai_model or None) if mllm else None,
         "endpoint": endpoint_host(config.base_url or settings.openai_base_url) if mllm else None,
         "max_rounds": config.max_rounds,
         "prompts_sha256": hashlib.sha256("".join(f"{k}:{v}\n" for k, v in prompts.items()).encode()).hexdigest(),
         "prompts": prompts,
+        "recording_sha256": None,
     }
+    if config.record is not None and planner != "openai":
+        raise ValueError(f"--record writes the openai planner's requests; this run's planner is {planner} "
+                         "(give --model, or set OPENAI_MODEL)")
+    if planner == "replay" and config.replay is not None:
+        from agent.mllm.recording import Recording
+
+        recording = Recording(config.replay)  # a missing or changed recording stops the run here
+        identity.update(model=recording.meta.model, recording_sha256=recording.sha256())
+    return identity
 
 
 def served_segmenter() -> dict[str, Any]:

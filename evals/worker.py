@@ -57,6 +57,8 @@ def build_agent(segmenter: Segmenter, config: EvalConfig):
         options["planner"] = config.planner
     if config.max_rounds is not None:
         options["max_rounds"] = config.max_rounds
+    if config.record is not None or config.replay is not None:
+        options.update(record=config.record, replay=config.replay)
     # only what the run sets: an unset one keeps the environment's (Settings) value
     llm = {"model": config.model, "base_url": config.base_url, "api_key": api_key(config)}
     llm = {k: v for k, v in llm.items() if v is not None}

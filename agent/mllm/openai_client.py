@@ -4,20 +4,32 @@ Configuration: arguments only; ``from_env(settings)`` fills them from ``agent.co
 (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``OPENAI_MODEL``, read once by whoever built the settings).
 Retries with exponential backoff on 429 / 5xx / timeouts are the ``openai`` client's own
 (``max_retries``); what still fails becomes one ``PlannerError`` naming the endpoint and cause.
+With a ``recorder`` (``agent.mllm.recording``) every request and reply is also written to a recording.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import openai
+from openai import BaseModel
+from openai.types.chat import ChatCompletion
 
 from agent.config import Settings
 from agent.errors import PlannerError
 from agent.mllm.base import ChatClient, LLMReply, ToolsUnsupported, parse_native_call, parse_text_tool_calls
 
 
+class ExchangeRecorder(Protocol):
+    """Where a client writes each exchange (``agent.mllm.recording.Recorder``)."""
+
+    def save(self, request: dict[str, Any], *, response: dict[str, Any] | None = None,
+             error: PlannerError | None = None) -> object: ...
+
+
 class OpenAIClient(ChatClient):
+    recorder: ExchangeRecorder | None = None  # set by ``Recorder.attach``: every exchange is written to a recording
+
     def __init__(
         self,
         base_url: str | None = None,
@@ -55,22 +67,40 @@ class OpenAIClient(ChatClient):
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> LLMReply:
         use_tools = bool(tools) and self.native_tools
+        request = self._request(messages, tools if use_tools else None)
         try:
-            response = self._create(messages, tools if use_tools else None)
-        except openai.BadRequestError as exc:
-            if use_tools and "tool" in str(exc).lower():
-                # servers started without a tool parser reject `tools`: the planner switches to the text protocol
-                self.native_tools = False
-                raise ToolsUnsupported(f"{self.where} does not accept native tool calls: {exc.message}") from exc
-            raise PlannerError(f"{self.where} rejected the request (HTTP 400): {exc.message}") from exc
-        return self._reply(response)
+            body = self._send(request)
+        except PlannerError as exc:
+            if isinstance(exc, ToolsUnsupported):  # servers started without a tool parser reject `tools`:
+                self.native_tools = False  # the planner switches to the text protocol
+            if self.recorder is not None:
+                self.recorder.save(request, error=exc)
+            raise
+        if self.recorder is not None:
+            self.recorder.save(request, response=body)
+        # a live reply and a replayed one are read from the same JSON body, the same way
+        return self._reply(ChatCompletion.construct(**body))
 
-    def _create(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None):
+    def _request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The request's JSON body (what a recording stores and a replay matches): no key, no headers."""
         options: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
                                    "max_tokens": self.max_tokens}
         if tools:
             options["tools"] = tools
             options["tool_choice"] = "auto"
+        return options
+
+    def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The endpoint's reply to ``request`` as its JSON body; a failure for good is a ``PlannerError``."""
+        try:
+            response = self._create(request)
+        except openai.BadRequestError as exc:
+            if "tools" in request and "tool" in str(exc).lower():
+                raise ToolsUnsupported(f"{self.where} does not accept native tool calls: {exc.message}") from exc
+            raise PlannerError(f"{self.where} rejected the request (HTTP 400): {exc.message}") from exc
+        return response.to_dict(mode="json") if isinstance(response, BaseModel) else {}
+
+    def _create(self, options: dict[str, Any]) -> Any:
         tries = self.max_retries + 1
         try:
             return self._client.chat.completions.create(**options)
