@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from agent_helpers import FakeOpenAI, polyp_case, tool_reply
+from agent_helpers import FakeOpenAI, error_reply, polyp_case, tagged_reply, tool_reply
 from test_evals_scale import TIMING, fake_model, lines, write_questions
 
 from agent import Agent, PlannerError
@@ -147,3 +147,26 @@ def test_an_eval_run_replays_to_the_same_summary_rows(segmenter, tmp_path):
     assert len(identity["recording_sha256"]) == 64 and live["identity"]["recording_sha256"] is None
     records = lines(tmp_path / "replay" / "results.jsonl")
     assert all(r["identity"]["recording_sha256"] == identity["recording_sha256"] for r in records)
+
+
+def test_an_endpoint_error_is_recorded_and_replayed(case, segmenter, tmp_path):
+    """A server without a tool parser rejects `tools` (HTTP 400): the live run switches to the text protocol;
+    the recording keeps that error, and the replay switches at the same request and ends the same way."""
+    image, box = case
+    folder = tmp_path / "rec"
+    steps = [error_reply(400, "this server does not support tools"),
+             tagged_reply("segment_geometry", {"boxes": [box], "concept": "polyp"}),
+             tagged_reply("select_masks", {"ids": [1], "answer": "One polyp."})]
+    with FakeOpenAI(steps) as server:
+        client = OpenAIClient(base_url=server.base_url, model="fake-vlm", api_key="k", max_retries=0)
+        live = Agent(planner=client, segmenter=segmenter, max_rounds=2, record=folder).run("find the polyp",
+                                                                                           image=image)
+    entries = [json.loads(p.read_text()) for p in (folder / "requests").glob("*.json")]
+    assert sorted(bool(e["error"]) for e in entries) == [False, False, True]
+    assert next(e for e in entries if e["error"])["error"]["kind"] == "tools_unsupported"
+    replayed = Agent(planner="replay", replay=folder, segmenter=segmenter, max_rounds=2).run("find the polyp",
+                                                                                            image=image)
+    assert "One polyp." in replayed.answer and replayed.answer == live.answer
+    assert [(e.kind, e.text) for e in replayed.trace if e.kind == "error"] == \
+        [(e.kind, e.text) for e in live.trace if e.kind == "error"] != []
+    assert np.array_equal(replayed.union_mask(), live.union_mask()) and live.union_mask().any()
