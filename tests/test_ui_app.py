@@ -181,7 +181,7 @@ def test_concurrent_users_are_queued_and_a_16_bit_tiff_is_accepted(server, test_
     ]
     outs = [job.result(timeout=800) for job in jobs]
     threads = set()
-    for chat, _box, overlay, _legend, downloads, status in outs:
+    for chat, _box, overlay, _legend, downloads, status, _slider in outs:
         assert status.startswith("Done"), _texts(chat[-1])
         assert Image.open(overlay).size == Image.open(test_image).size
         threads.add(json.loads(Path(downloads[1]).read_text())["thread_id"])

@@ -64,6 +64,28 @@ def test_transcript_streams_steps_tools_images_and_problems(tmp_path):
     assert len(list(tmp_path.glob("*.png"))) == 1
 
 
+def test_a_volume_runs_slice_progress_is_one_step_and_measurements_are_listed_with_units(tmp_path):
+    from segmenter.study import Geometry
+    from tools.measure import area, count
+
+    transcript = Transcript(tmp_path)
+    transcript.add(StepEvent(kind="plan", text="segment ['lung'] on 40 slice(s)"))
+    for done in (10, 20, 40):  # a volume run's progress events: one step, updated in place
+        transcript.add(StepEvent(kind="tool_result", node="segment_volume", text=f"slices {done}/40",
+                                 data={"done": done, "total": 40}, ms=done * 100.0))
+    progress = transcript.messages[-1]
+    assert len(transcript.messages) == 2 and progress["content"] == "slices 40/40"
+    assert progress["metadata"] == {"title": "Segmenting slices", "status": "pending", "duration": 4.0}
+    transcript.add(StepEvent(kind="answer", text="lung: volume 50 mL."))
+    assert progress["metadata"]["status"] == "done"
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    transcript.measurements([area(mask, Geometry(pixel_spacing=(0.5, 0.5)), "lung", [1]), count("lung", [1])])
+    transcript.measurements([])  # nothing measured: no message
+    assert transcript.messages[-1]["content"] == "**Measurements**\n- lung area 25.0 mm² (100 px, 25.0% of the " \
+        "image)\n- lung: 1 instance"
+
+
 def test_legend_lists_every_instance_with_area_in_pixels_and_percent(result):
     rows = legend_rows(result, (60, 80))
     assert len(rows[0]) == len(LEGEND_HEADERS)

@@ -1,10 +1,14 @@
-"""Helpers for the UI tests (tests/test_ui_app.py and tests/security/test_ui_*.py): a served UI on a
-free loopback port, gradio_client calls, raw API calls that send any payload, and drawn images."""
+"""Helpers for the UI tests (tests/test_ui_*.py and tests/security/test_ui_*.py): a served UI on a
+free loopback port, gradio_client calls, raw API calls that send any payload, drawn images, a NIfTI volume
+and a zip of a DICOM series built in the test."""
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import socket
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 ASK_SETTINGS = ["offline", "", "", "lite", 3, 0.5]  # planner, base URL, model, backend, rounds, threshold
+XRAY = Path(__file__).resolve().parents[1] / "examples" / "chest_xray_pa_radiopaedia_9171.jpg"
+AFFINE = np.array([[-0.9, 0, 0, 80.0], [0, -0.9, 0, 60.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])  # (slice, row, col)
 
 
 def free_port() -> int:
@@ -49,6 +55,43 @@ def sample_polyp(folder: Path) -> Path:
     return draw_polyp(folder / "synthetic_polyp.png")
 
 
+def chest_nifti(path: Path, size: int = 160) -> Path:
+    """Four slices (blank, the repo's CC BY chest X-ray twice, blank) saved with nibabel at ``AFFINE``."""
+    import nibabel as nib
+    import pytest
+
+    if not XRAY.exists():
+        pytest.skip(f"{XRAY.name} not found in examples/")
+    xray = np.asarray(Image.open(XRAY).convert("L").resize((size, size)))
+    stack = np.stack([np.zeros_like(xray), xray, xray, np.zeros_like(xray)])  # (slice, row, col)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(stack.transpose(2, 1, 0)), AFFINE), str(path))  # (x, y, z)
+    return path
+
+
+def ct_series_zip(path: Path, slices: int = 3, **tags: str) -> Path:
+    """A zip of one CT series: pydicom's CT_small.dcm repeated at 5 mm steps along its normal, with ``tags``."""
+    import pydicom
+    import pydicom.data
+    from pydicom.uid import generate_uid
+
+    source = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    series = generate_uid()
+    normal = np.cross(*np.reshape([float(v) for v in source.ImageOrientationPatient], (2, 3)))
+    with zipfile.ZipFile(path, "w") as archive:
+        for k in range(slices):
+            ds = copy.deepcopy(source)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.SeriesInstanceUID, ds.InstanceNumber = series, k + 1
+            position = np.asarray(source.ImagePositionPatient, float) + 5 * k * normal
+            ds.ImagePositionPatient = [float(v) for v in position]
+            for key, value in tags.items():
+                setattr(ds, key, value)
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            archive.writestr(f"series/{slices - k:03d}.dcm", buffer.getvalue())  # names against the order
+    return path
+
+
 @contextmanager
 def serve_ui(**config: Any) -> Iterator[Any]:
     """The real UI (offline planner + MedSAM3-Lite) on a free loopback port; yields the RunningUi."""
@@ -72,10 +115,11 @@ def ask(ui_client, text: str, image: Path | None = None, **settings: Any) -> dic
     import gradio_client
 
     files = [gradio_client.handle_file(str(image))] if image else []
-    chat, box, overlay, legend, downloads, status = ui_client.predict(
+    chat, box, overlay, legend, downloads, status, slider = ui_client.predict(
         {"text": text, "files": files}, api_name="/ask", **settings
     )
-    return {"chat": chat, "box": box, "overlay": overlay, "legend": legend, "downloads": downloads, "status": status}
+    return {"chat": chat, "box": box, "overlay": overlay, "legend": legend, "downloads": downloads, "status": status,
+            "slider": slider}
 
 
 def texts(message: dict) -> str:

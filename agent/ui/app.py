@@ -19,19 +19,31 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from agent.results import AgentResult
 from agent.ui.auth import LoopbackHostOnly, check_exposure
 from agent.ui.downloads import write_downloads
-from agent.ui.render import LEGEND_HEADERS, Transcript, final_overlay, legend_rows, save_png
+from agent.ui.render import (
+    LEGEND_HEADERS,
+    Transcript,
+    describe_study,
+    final_overlay,
+    legend_rows,
+    save_png,
+    slice_overlay,
+)
 from agent.ui.retention import RunFiles
 from agent.ui.runner import AgentPool
 from agent.ui.settings import BACKENDS, KEY_ENV, UiSettings, is_loopback, key_status
 from agent.ui.uploads import UploadBox, UploadPolicy
+from agent.volume_output import VolumeOutput
+from segmenter.image_io import MAX_PIXELS
+from segmenter.study import Study
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+# what the one loader (segmenter.study_io.load_study) reads: 2D images, DICOM (a file or a zip of one series), NIfTI
+INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".zip", ".nii", ".nii.gz")
+UPLOAD_TYPES = ["image", *INPUT_SUFFIXES]
 PLANNER_CHOICES = [("offline (no LLM, no key)", "offline"), ("OpenAI-compatible endpoint", "openai")]
 
 
@@ -50,17 +62,19 @@ class UiConfig(BaseModel):
     insecure: bool = False  # serve a non-loopback host without auth (another layer protects it)
     debug: bool = False  # show Python errors in the browser
     cache_ttl: int = Field(3600, ge=60, le=7 * 24 * 3600)  # seconds a chat's files outlive its last use
+    max_voxels: int = Field(MAX_PIXELS, ge=1)  # decoded pixels of one upload (all slices of a volume), at most
     api_key: SecretStr | None = None  # $OPENAI_API_KEY at launch (agent.config.Settings); never shown
 
 
 @dataclass
 class ChatSession:
-    """One browser tab's conversation: its thread, its image and its files."""
+    """One browser tab's conversation: its thread, its image (or volume) and its files."""
 
     folder: Path
     thread_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    image: np.ndarray | None = None
+    study: Study | None = None  # the upload as the loader read it: one slice (2D) or a volume
     image_name: str = ""
+    volume: VolumeOutput | None = None  # the last volume answer's 3D masks, which the slice slider draws
     turn: int = 0
     history: list[dict] = field(default_factory=list)  # the chat, kept here so clients cannot rewrite it
 
@@ -76,7 +90,7 @@ def find_examples(paths: list[Path], limit: int = 12) -> list[Path]:
     for path in paths:
         path = Path(path).expanduser().resolve()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(INPUT_SUFFIXES))
         elif path.is_file():
             found.append(path)
         else:
@@ -115,18 +129,29 @@ class _Turn:
         self.overlay: Any = gr.skip()
         self.legend: Any = gr.skip()
         self.files: Any = gr.skip()
+        self.slider: Any = gr.skip()
         self.steps = 0
         self.busy_box = gr.MultimodalTextbox(value=None, interactive=False)
         self.free_box = gr.MultimodalTextbox(value=None, interactive=True)
 
     def state(self, box: Any, status: str) -> tuple:
         history = self.session.history + self.transcript.messages
-        return history, box, self.overlay, self.legend, self.files, self.session, status
+        return history, box, self.overlay, self.legend, self.files, self.session, status, self.slider
 
     def final(self, status: str = "") -> tuple:
         self.session.history.extend(self.transcript.messages)
         self.transcript.messages = []
         return self.state(self.free_box, status)
+
+
+def _working(steps: int, event: Any, progress: Any) -> str:
+    """The status line while a turn runs; a volume run's slice progress also drives Gradio's progress bar."""
+    done, total = (event.data or {}).get("done"), (event.data or {}).get("total")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        if progress is not None:
+            progress((done, total), desc="slices", unit="slices")
+        return f"Working ... slices {done}/{total}"
+    return f"Working ... step {steps}: {event.kind}"
 
 
 def _problem(exc: ValueError | OSError) -> str:
@@ -164,9 +189,10 @@ class ChatApp:
             shutil.rmtree(session.folder, ignore_errors=True)
 
     # --- validation ---------------------------------------------------------------
-    def _load_upload(self, file: Path) -> tuple[np.ndarray, str]:
-        """Read an upload that ``self.uploads`` allowed; named by its file name, as the user knows it."""
-        from segmenter.study_io import load_image
+    def _load_upload(self, file: Path) -> tuple[Study, str]:
+        """Read an upload that ``self.uploads`` allowed (an image, a DICOM file or zip of one series, a NIfTI)
+        with the one loader, within the voxel budget; named by its file name, as the user knows it."""
+        from segmenter.study_io import load_study
 
         name = file.name
         size = file.stat().st_size
@@ -175,7 +201,7 @@ class ChatApp:
                 f"{name} is {size / 1e6:.1f} MB, above the upload limit of {self.config.max_upload_mb:g} MB"
             )
         try:
-            return load_image(file), name
+            return load_study(file, max_pixels=self.config.max_voxels), name
         except ValueError as exc:  # name the file as the user knows it, not by its upload cache path
             raise ValueError(str(exc).replace(str(file), name)) from None
 
@@ -188,21 +214,25 @@ class ChatApp:
             return
         file = self.uploads.check(uploads[0])  # before anything about the path is opened or shown
         user_content.append(f"(uploaded {file.name})")  # shown if it cannot be read
-        image, name = self._load_upload(file)
+        study, name = self._load_upload(file)
         user_content.pop()
-        if session.image is not None:
+        if session.study is not None:
             self.pool.forget(session.new_thread())
             notes.append(f"New image ({name}): starting a new thread.")
-        session.image, session.image_name = image, name
-        preview = save_png(image, turn_dir / "input.png")
+        session.study, session.image_name, session.volume = study, name, None
+        if study.is_volume:
+            notes.append(describe_study(name, study))
+        # a volume is previewed by its middle slice
+        preview = save_png(study.slices[study.shape[0] // 2], turn_dir / "input.png")
         user_content.append({"path": str(preview), "mime_type": "image/png", "alt_text": name})
 
     def _turn_settings(self, session: ChatSession, text: str, planner: str, base_url: str, model: str,
-                       backend: str, max_rounds: float, score_threshold: float) -> tuple[UiSettings, np.ndarray]:
-        """The run's settings and image once there are an image and a question; pydantic checks the settings,
+                       backend: str, max_rounds: float, score_threshold: float) -> tuple[UiSettings, Study]:
+        """The run's settings and study once there are an image and a question; pydantic checks the settings,
         echoing nothing."""
-        if session.image is None:
-            raise ValueError("upload an image first (PNG, JPEG or TIFF), then ask about it")
+        if session.study is None:
+            raise ValueError("upload an image first (PNG, JPEG, TIFF, DICOM, a zip of one DICOM series or NIfTI), "
+                             "then ask about it")
         if not text:
             raise ValueError('type a question about the image, e.g. "find the polyps"')
         settings = UiSettings.model_validate({
@@ -211,19 +241,19 @@ class ChatApp:
             # the operator's, not the browser's
             "timeout": self.config.defaults.timeout, "retries": self.config.defaults.retries,
         })
-        return settings, session.image
+        return settings, session.study
 
-    def _stream(self, turn: _Turn, settings: UiSettings, text: str,
-                image: np.ndarray) -> Generator[tuple, None, AgentResult | None]:
+    def _stream(self, turn: _Turn, settings: UiSettings, text: str, study: Study,
+                progress: Any = None) -> Generator[tuple, None, AgentResult | None]:
         """The agent's steps, as they happen; returns the run's result, or None once a failure is in the chat."""
         result = None
         try:
-            for event in self.pool.stream(settings, text, image, turn.session.thread_id):
+            for event in self.pool.stream(settings, text, study, turn.session.thread_id):
                 turn.steps += 1
                 turn.transcript.add(event)
                 if event.result is not None:  # the last event, "answer", carries the run's result
                     result = event.result
-                yield turn.state(turn.busy_box, f"Working ... step {turn.steps}: {event.kind}")
+                yield turn.state(turn.busy_box, _working(turn.steps, event, progress))
         except Exception as exc:  # noqa: BLE001  (endpoint down, bad reply, missing backend: say so, stay usable)
             turn.transcript.error(_readable(exc))
             yield turn.final()
@@ -235,8 +265,12 @@ class ChatApp:
         return result
 
     @staticmethod
-    def _finish(turn: _Turn, result: AgentResult, image: np.ndarray) -> tuple:
-        """The final overlay, the legend and the downloads, or the reason they could not be made."""
+    def _finish(turn: _Turn, result: AgentResult, study: Study) -> tuple:
+        """The measurements, the final overlay, the legend, the downloads and, for a volume, the slice slider
+        (at the key slice: the legend numbers its masks); or the reason they could not be made."""
+        volume = result.volume
+        image = study.slices[0] if volume is None else volume.study.slices[volume.key_slice]
+        turn.transcript.measurements(result.measurements)
         try:
             rows = legend_rows(result, image.shape)
             turn.overlay = str(save_png(final_overlay(image, result), turn.folder / "final_overlay.png"))
@@ -246,7 +280,14 @@ class ChatApp:
             turn.transcript.error(f"could not prepare the downloads: {_readable(exc)}")
             return turn.final()
         found = f"{len(rows)} instance(s)" if rows else "no mask"
-        return turn.final(f"Done: {found}, {turn.steps} step(s).")
+        where = ""
+        if volume is not None:
+            turn.session.volume = volume
+            last = volume.study.shape[0] - 1
+            turn.slider = gr.Slider(minimum=0, maximum=last, value=volume.key_slice, step=1, visible=True,
+                                    label=f"Slice (0-{last}; the overlay opens on key slice {volume.key_slice})")
+            where = f" on key slice {volume.key_slice}"
+        return turn.final(f"Done: {found}{where}, {turn.steps} step(s).")
 
     # --- events ---------------------------------------------------------------------
     def ask(
@@ -259,8 +300,9 @@ class ChatApp:
         backend: str,
         max_rounds: float,
         score_threshold: float,
+        progress: Any = gr.Progress(),  # noqa: B008  (Gradio's marker: slice progress of a volume run)
     ) -> Iterator[tuple]:
-        """Stream one turn. Yields (chat, input box, overlay, legend, downloads, session, status)."""
+        """Stream one turn. Yields (chat, input box, overlay, legend, downloads, session, status, slider)."""
         session = session if isinstance(session, ChatSession) else self.new_session()
         text, uploads = _message_parts(message)
         turn = _Turn(session, session.folder / f"turn_{session.turn + 1:02d}")
@@ -272,7 +314,7 @@ class ChatApp:
             self._take_upload(session, uploads, turn.folder, user_content, notes)
             if text:
                 user_content.append(text)
-            settings, image = self._turn_settings(session, text, planner, base_url, model, backend, max_rounds,
+            settings, study = self._turn_settings(session, text, planner, base_url, model, backend, max_rounds,
                                                   score_threshold)
         except (ValueError, OSError) as exc:  # a bad file, a missing question or bad settings: say so, stay usable
             if user_content:
@@ -285,17 +327,30 @@ class ChatApp:
         session.turn += 1
         for note in notes:
             turn.transcript.note(f"_{note}_")
-        turn.overlay, turn.legend, turn.files = None, [], None  # no stale downloads while the new turn runs
+        # no stale downloads, nor a slider over the last answer's masks, while the new turn runs
+        turn.overlay, turn.legend, turn.files, turn.slider = None, [], None, gr.Slider(visible=False)
+        session.volume = None
         yield turn.state(turn.busy_box, f"Working ({settings.describe()}) ...")
 
         # 2. the agent's steps, as they happen; 3. the final overlay, the legend, the downloads
-        result = yield from self._stream(turn, settings, text, image)
+        result = yield from self._stream(turn, settings, text, study, progress)
         if result is not None:
-            yield self._finish(turn, result, image)
+            yield self._finish(turn, result, study)
+
+    def show_slice(self, index: float, session: ChatSession | None) -> Any:
+        """Slice ``index`` of the last volume answer with its masks (what the slider shows); unchanged without one.
+
+        The array goes to Gradio, which writes it as a PNG in its cache, inside the run's folder."""
+        volume = session.volume if isinstance(session, ChatSession) else None
+        if volume is None:
+            return gr.skip()
+        last = volume.study.shape[0] - 1
+        return slice_overlay(volume, min(max(int(index), 0), last))
 
     def new_chat(self, session: ChatSession | None) -> tuple:
         self.end_session(session)
-        return [], gr.MultimodalTextbox(value=None, interactive=True), None, [], None, self.new_session(), ""
+        return ([], gr.MultimodalTextbox(value=None, interactive=True), None, [], None, self.new_session(), "",
+                gr.Slider(visible=False))
 
 
 def build_app(config: UiConfig, pool: AgentPool | None = None,
@@ -311,8 +366,9 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
     # few minutes), and all of them at shutdown
     with gr.Blocks(title="MedSAM3 Agent", analytics_enabled=False, delete_cache=(min(ttl, 300), ttl)) as demo:
         gr.Markdown(
-            "## MedSAM3 Agent\nUpload a medical image (PNG, JPEG, TIFF), ask what to find, watch the agent "
-            "work, and download the masks. Follow-up questions refine the last answer."
+            "## MedSAM3 Agent\nUpload a medical image (PNG, JPEG, TIFF, DICOM) or a volume (a zip of one DICOM "
+            "series, NIfTI `.nii`/`.nii.gz`), ask what to find, watch the agent work, and download the masks. "
+            "Follow-up questions refine the last answer on a 2D image; a volume is answered per question."
         )
         # a chat unused for the TTL is forgotten (thread, masks, image, files); a closed tab's after Gradio's hour
         session = gr.State(None, delete_callback=app.end_session, time_to_live=ttl)
@@ -321,7 +377,7 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                 chat = gr.Chatbot(label="Conversation", height=560, elem_id="chat", buttons=["copy"])
                 box = UploadBox(
                     placeholder='Upload an image and ask, e.g. "find the polyps"',
-                    file_types=["image", ".tif", ".tiff", ".dcm"], file_count="single",
+                    file_types=UPLOAD_TYPES, file_count="single",
                     sources=["upload"], elem_id="ask-box", show_label=False,
                 )
                 with gr.Row():
@@ -333,11 +389,15 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                         inputs=[box], label="Example images", example_labels=[p.name for p in examples],
                     )
             with gr.Column(scale=2):
-                overlay = gr.Image(label="Final overlay", type="filepath", interactive=False, height=420,
+                # PNG: the slider's slices come as arrays, and a lossy format would blur the mask outlines
+                overlay = gr.Image(label="Final overlay", type="filepath", interactive=False, height=420, format="png",
                                    elem_id="final-overlay", buttons=["download", "fullscreen"])
+                # a volume answer's slices, each with the masks; hidden for a 2D image
+                slider = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice")
                 legend = gr.Dataframe(headers=LEGEND_HEADERS, label="Masks", interactive=False, elem_id="legend",
                                       value=[])
-                downloads = gr.File(label="Downloads: masks (zip) and result.json", file_count="multiple",
+                downloads = gr.File(label="Downloads: masks (zip: PNG; NIfTI and DICOM SEG for volumes) and "
+                                          "result.json", file_count="multiple",
                                     interactive=False, elem_id="downloads")
                 with gr.Accordion("Settings", open=False):
                     planner = gr.Radio(PLANNER_CHOICES, value=d.planner, label="Planner")
@@ -349,12 +409,14 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                     max_rounds = gr.Slider(1, 10, value=d.max_rounds, step=1, label="Round limit")
                     score_threshold = gr.Slider(0.0, 1.0, value=d.score_threshold, step=0.05,
                                                 label="Score threshold")
-        outputs = [chat, box, overlay, legend, downloads, session, status]
+        outputs = [chat, box, overlay, legend, downloads, session, status, slider]
         box.submit(
             app.ask,
             inputs=[box, session, planner, base_url, model, backend, max_rounds, score_threshold],
             outputs=outputs, api_name="ask", show_progress="minimal",
         )
+        slider.input(app.show_slice, inputs=[slider, session], outputs=[overlay], api_name="show_slice",
+                     trigger_mode="always_last", show_progress="hidden")
         new_chat.click(app.new_chat, inputs=[session], outputs=outputs, api_name="new_chat", queue=False)
         # its bin icon; not an API endpoint
         chat.clear(app.new_chat, inputs=[session], outputs=outputs, api_visibility="private", queue=False)

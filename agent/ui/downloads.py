@@ -1,8 +1,10 @@
-"""What the user takes away from a turn: the masks as PNGs in a zip, and result.json.
+"""What the user takes away from a turn: the masks in a zip, and result.json.
 
-``AgentResult.save`` writes the files (overlay.png, mask PNGs, result.json); this only packs
-them, so the UI's download and the CLI's ``--out`` folder hold the same things. The names are
-neutral (``masks.zip``, ``result.json``): an upload's file name often names the patient.
+``AgentResult.save`` writes the files (overlay.png, mask PNGs, result.json and, for a volume, a
+NIfTI per concept at the source affine and, for DICOM input, a DICOM SEG); this only packs them,
+so the UI's download and the CLI's ``--out`` folder hold the same things. The names are neutral
+(``masks.zip``, ``result.json``): an upload's file name often names the patient. The SEG, by its
+standard, carries the source's patient module (docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+MASK_SUFFIXES = (".png", ".nii.gz", ".dcm")  # 2D masks; NIfTI per concept; the DICOM SEG
 
 
 class Downloads(BaseModel):
@@ -24,14 +28,16 @@ class Downloads(BaseModel):
 
 
 def write_downloads(result: Any, folder: Path) -> Downloads:
-    """Save ``result`` under ``folder/result`` and zip its mask PNGs (with result.json, whose paths they are)."""
+    """Save ``result`` under ``folder/result`` and zip its masks (PNG; NIfTI and DICOM SEG for a volume) with
+    result.json, whose paths they are."""
     out = folder / "result"
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     result_json = out / "result.json"
     if not result_json.exists():
         raise RuntimeError(f"AgentResult.save wrote no result.json in {out}")
-    masks = sorted(p for p in out.rglob("*.png") if p.name != "overlay.png")
+    masks = sorted(p for p in out.rglob("*") if p.is_file() and p.name.endswith(MASK_SUFFIXES)
+                   and p.name != "overlay.png")
     masks_zip = folder / "masks.zip"
     with zipfile.ZipFile(masks_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in masks:

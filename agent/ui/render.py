@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -17,7 +18,10 @@ from segmenter.overlay import render_overlay
 
 if TYPE_CHECKING:
     from agent.results import AgentResult
+    from agent.volume_output import VolumeOutput
+    from segmenter.study import Study
     from segmenter.types import Instance
+    from tools.measure import Measurement
 
 LEGEND_HEADERS = ["#", "concept", "instance", "score", "area (px)", "area (%)"]
 
@@ -53,6 +57,7 @@ class Transcript:
         self.image_dir = image_dir
         self.messages: list[dict] = []
         self._open_tool: int | None = None
+        self._progress: int | None = None  # the message a volume run's slice progress updates in place
         self._images = 0
 
     def _thought(self, title: str, text: str, *, status: str | None = "done", ms: float | None = None) -> dict:
@@ -70,6 +75,7 @@ class Transcript:
 
     def error(self, text: str) -> None:
         self._close_tool()
+        self._end_progress()
         self.messages.append({"role": "assistant", "content": f"**Error:** {text}"})
 
     def image(self, image: np.ndarray, caption: str = "") -> Path:
@@ -92,11 +98,33 @@ class Transcript:
             message["metadata"]["duration"] = round(ms / 1000, 2)
         self._open_tool = None
 
+    def measurements(self, items: list[Measurement]) -> None:
+        """The run's measurements, one a line with their units (sizes in mm, mm², mL; ratios; counts)."""
+        if items:
+            self.note("**Measurements**\n" + "\n".join(f"- {m.text}" for m in items))
+
+    def _slice_progress(self, text: str, ms: float | None) -> None:
+        """A volume run's "slices k/N" events: one step, updated in place, not one message per batch."""
+        if self._progress is None:
+            self._close_tool()
+            self._thought("Segmenting slices", text, status="pending", ms=ms)
+            self._progress = len(self.messages) - 1
+            return
+        message = self.messages[self._progress]
+        message["content"] = text
+        if ms:
+            message["metadata"]["duration"] = round(ms / 1000, 2)
+
     def add(self, event: Any) -> None:
         kind = getattr(event, "kind", "")
         text = (getattr(event, "text", "") or "").strip()
         ms = getattr(event, "ms", None)
         image = getattr(event, "image", None)
+        data = getattr(event, "data", None) or {}
+        if kind == "tool_result" and "done" in data and "total" in data:
+            self._slice_progress(text, ms)
+            return
+        self._end_progress()  # the slices are done once anything else happens
         if kind == "tool_call":
             self._close_tool()
             self._thought(_tool_title(event), text, status="pending")
@@ -127,8 +155,14 @@ class Transcript:
         if image is not None and kind != "overlay":
             self.image(image)
 
+    def _end_progress(self) -> None:
+        if self._progress is not None:
+            self.messages[self._progress]["metadata"]["status"] = "done"
+            self._progress = None
+
     def finish(self) -> None:
         self._close_tool()
+        self._end_progress()
 
 
 def numbered_instances(result: AgentResult) -> list[tuple[str, int, Instance]]:
@@ -155,3 +189,25 @@ def final_overlay(image: np.ndarray, result: AgentResult) -> np.ndarray:
     instances = numbered_instances(result)
     masks = [inst.mask for _, _, inst in instances]
     return render_overlay(image, masks, [str(n) for n in range(1, len(masks) + 1)])
+
+
+def describe_study(name: str, study: Study) -> str:
+    """What the chat says of an uploaded volume: its size, modality and voxel size (geometry only, no tag)."""
+    slices, rows, cols = study.shape
+    g = study.geometry
+    spacing = ("voxel size unknown" if g.pixel_spacing is None or g.slice_spacing is None else
+               f"voxels {g.pixel_spacing[0]:.2f} x {g.pixel_spacing[1]:.2f} x {g.slice_spacing:.2f} mm")
+    modality = f"{g.modality} " if g.modality else ""
+    return (f"{name}: a {modality}volume of {slices} slices of {rows} x {cols} ({spacing}). Each question is "
+            "answered over the whole volume; the slider under the overlay then shows every slice with its masks.")
+
+
+def slice_overlay(volume: VolumeOutput, index: int) -> np.ndarray:
+    """Slice ``index`` of a volume answer with each concept's cross-section outlined and named."""
+    canvas = render_overlay(volume.study.slices[index], [v.mask[index] for v in volume.concepts.values()],
+                            list(volume.concepts))
+    scale = max(0.4, min(canvas.shape[:2]) / 500)
+    label = f"slice {index} of {volume.study.shape[0] - 1}"
+    cv2.putText(canvas, label, (4, int(20 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0),
+                max(1, round(scale * 2)), cv2.LINE_AA)
+    return canvas

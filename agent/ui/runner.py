@@ -18,17 +18,19 @@ import numpy as np
 
 from agent.locks import KeyedLocks
 from agent.ui.settings import UiSettings, key_for
+from segmenter.study import Study
 
 
 class AgentPool:
     def __init__(self, checkpoint_db: Path, *, launch_base_url: str = "", host: str = "127.0.0.1",
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, segmenters: dict[str, Any] | None = None) -> None:
+        """``segmenters``: already loaded Segmenters by backend name (a test's shared one), else built on use."""
         self.checkpoint_db = Path(checkpoint_db)
         self.launch_base_url = launch_base_url
         self.host = host
         self._api_key = api_key  # the operator's, read at launch; ``key_for`` decides where it may go
         self._agents: dict[tuple, Any] = {}
-        self._segmenters: dict[str, Any] = {}
+        self._segmenters: dict[str, Any] = dict(segmenters or {})
         self._build_lock = threading.Lock()
         self._threads = KeyedLocks()
 
@@ -93,8 +95,13 @@ class AgentPool:
             agent.checkpointer.delete_thread(thread_id)
             agent.store.delete_thread(thread_id)
 
-    def stream(self, settings: UiSettings, question: str, image: np.ndarray, thread_id: str) -> Iterator[Any]:
-        """The agent's step events for one turn; other threads' turns run meanwhile."""
+    def stream(self, settings: UiSettings, question: str, image: np.ndarray | Study,
+               thread_id: str) -> Iterator[Any]:
+        """The agent's step events for one turn; other threads' turns run meanwhile.
+
+        A volume is answered in one run (the agent keeps no thread for it): each question on it is a new
+        run, still one at a time within the chat."""
         agent = self.agent(settings)
+        volume = isinstance(image, Study) and image.is_volume
         with self._threads.hold(thread_id):
-            yield from agent.stream(question, image=image, thread_id=thread_id)
+            yield from agent.stream(question, image=image, thread_id=None if volume else thread_id)

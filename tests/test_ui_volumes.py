@@ -1,0 +1,124 @@
+"""The chat UI with clinical inputs (issue 10 item 6): a NIfTI volume, a zip of one DICOM series and a single
+DICOM file, uploaded through the real UI on 127.0.0.1 and asked about.
+
+A volume answer shows the slice slider (its range is the volume's slices), an overlay per slice with the
+masks, the measurements in the chat, and the NIfTI (and, for DICOM, the SEG) in masks.zip. The volumes are
+a few slices of the repo's CC BY chest X-ray (examples/) or pydicom's CT_small.dcm, so each run encodes
+one or two distinct slices; the UI shares the test session's segmenter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from PIL import Image
+from ui_helpers import AFFINE, ask, chest_nifti, client, ct_series_zip, free_port, last_turn, texts
+
+pytest.importorskip("gradio_client")
+
+SIZE = 160
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, segmenter):
+    """The real UI (offline planner), its agents on the session's segmenter (no second model load)."""
+    from agent.ui.app import UiConfig, launch_app
+    from agent.ui.runner import AgentPool
+
+    work = tmp_path_factory.mktemp("ui_volumes")
+    pool = AgentPool(work / "threads.sqlite", segmenters={"lite": segmenter})
+    ui = launch_app(UiConfig(port=free_port(), workdir=work), pool, block=False)
+    yield ui
+    ui.close()
+
+
+def _coloured(path: str) -> int:
+    """Pixels with a hue (mask tints, outlines, the label): a greyscale slice has none."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 30).sum())
+
+
+@pytest.fixture(scope="module")
+def nifti_answer(served, tmp_path_factory):
+    """One question on an uploaded NIfTI volume: the client (its session holds the answer) and the outputs."""
+    ui_client = client(served.url)
+    volume = chest_nifti(tmp_path_factory.mktemp("nifti") / "chest.nii.gz", SIZE)
+    return ui_client, ask(ui_client, "outline the lungs and give their volume", volume)
+
+
+def test_a_nifti_volume_answer_shows_its_measurements_and_a_slider_with_the_masks_on_each_slice(nifti_answer):
+    ui_client, out = nifti_answer
+    turn = last_turn(out["chat"])
+    said = "\n".join(texts(m) for m in turn)
+    assert out["status"].startswith("Done") and "key slice" in out["status"], said
+    assert "a volume of 4 slices of 160 x 160" in said and "0.90 x 0.90 x 3.00 mm" in said
+    measurements = next(texts(m) for m in turn if texts(m).startswith("**Measurements**"))
+    assert "lung volume" in measurements and " mL " in measurements and " mm " in measurements, measurements
+
+    slider = out["slider"]  # the update that shows the slider over the volume's slices
+    assert slider["visible"] is True and (slider["minimum"], slider["maximum"]) == (0, 3)
+    key = slider["value"]
+    assert key in (1, 2)  # the lungs are on the X-ray slices only
+    shown = ui_client.predict(key, api_name="/show_slice")
+    blank = ui_client.predict(0, api_name="/show_slice")
+    assert Image.open(shown).size == Image.open(blank).size == (SIZE, SIZE)
+    assert _coloured(shown) > _coloured(blank) + 500  # the masks are drawn on the lung slice, not on the blank one
+
+
+def test_a_nifti_volume_answer_downloads_its_nifti_masks_at_the_source_affine(served, nifti_answer):
+    zip_path, json_path = nifti_answer[1]["downloads"]
+    saved = json.loads(Path(json_path).read_text())
+    nifti = saved["volume"]["concepts"][0]["nifti"]
+    with zipfile.ZipFile(zip_path) as archive:
+        assert nifti in archive.namelist() and "segmentation.dcm" not in archive.namelist()  # SEG: DICOM input only
+        written = nib.Nifti1Image.from_bytes(gzip.decompress(archive.read(nifti)))
+    assert np.allclose(written.affine, AFFINE) and written.shape == (SIZE, SIZE, 4)
+    per_slice = (np.asarray(written.dataobj) > 0).sum(axis=(0, 1))
+    assert per_slice[0] == per_slice[3] == 0 and per_slice[1] > 0
+
+    # everything the turn wrote is inside the run's folder, which goes on clear/exit
+    root = served.app.files.root
+    assert list((root / "sessions").rglob("masks.zip")) and list((root / "gradio").rglob("*.png"))
+
+
+def test_a_dicom_series_zip_gets_its_seg_and_no_patient_tag_in_the_chat(served, tmp_path):
+    ui_client = client(served.url)
+    series = ct_series_zip(tmp_path / "ct_series.zip", slices=3, PatientName="Marker^Jane", PatientID="PID-8675309")
+    out = ask(ui_client, "how large is the kidney?", series)
+    said = "\n".join(texts(m) for m in last_turn(out["chat"]))
+    assert out["status"].startswith("Done"), said
+    shown = json.dumps(out["chat"]) + Path(out["downloads"][1]).read_text()
+    assert "Marker" not in shown and "8675309" not in shown  # no patient tag in the chat or result.json
+    assert "a CT volume of 3 slices of 128 x 128" in said and "0.66 x 0.66 x 5.00 mm" in said
+    assert out["slider"]["maximum"] == 2
+    saved = json.loads(Path(out["downloads"][1]).read_text())
+    assert saved["volume"]["shape"] == [3, 128, 128] and saved["volume"]["seg"] == "segmentation.dcm"
+    with zipfile.ZipFile(out["downloads"][0]) as archive:
+        names = set(archive.namelist())
+        assert "segmentation.dcm" in names and all(c["nifti"] in names for c in saved["volume"]["concepts"])
+        seg = pydicom.dcmread(io.BytesIO(archive.read("segmentation.dcm")))
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID  # references the series
+    assert seg.PatientID == "PID-8675309"  # the SEG carries the source's patient module, as the standard requires
+
+
+def test_a_single_dicom_file_goes_the_2d_way_with_its_pixel_spacing(served):
+    """One DICOM file is one slice: the 2D way, no slider, sizes in millimetres from its pixel spacing."""
+    single = ask(client(served.url), "how large is the kidney?", Path(pydicom.data.get_testdata_file("CT_small.dcm")))
+    said = "\n".join(texts(m) for m in last_turn(single["chat"]))
+    assert single["status"].startswith("Done") and "volume of" not in said, said
+    assert single["slider"]["visible"] is False
+    one = json.loads(Path(single["downloads"][1]).read_text())
+    assert one["image_size"] == [128, 128] and one["volume"] is None
+    sizes = [m for m in one["measurements"] if m["kind"] != "count"]
+    assert all(m["unit"].startswith("mm") for m in sizes)  # spacing known: never pixels
+    if sizes:  # what was measured is listed in the chat with its units
+        assert "**Measurements**" in said and "mm²" in said
