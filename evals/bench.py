@@ -1,7 +1,9 @@
 """`medsam3-agent bench`: how fast and how big. Medians over a few real images.
 
 Measures, on one loaded segmenter (model loading is timed separately, not in the rest):
-encoder ms / image, decoder ms / prompt (concept and box prompts on an encoded image), agent
+encoder ms / image, decoder ms / prompt (concept and box prompts on an encoded image), for
+MedSAM3-Lite the fast encoder and concept decoder (OpenVINO on CPU) against the PyTorch reference
+on the same images in the same run (median, p90, ratio), agent
 seconds / question (offline planner, image encode included: what a user waits), images / s of
 ``eval --mode direct`` (the runner end to end, minus model loading) and the process's peak RSS.
 """
@@ -9,6 +11,7 @@ seconds / question (offline planner, image encode included: what a user waits), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import resource
@@ -18,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+_nothing = contextlib.nullcontext
 
 if TYPE_CHECKING:
     from evals.cases import EvalCase
@@ -35,10 +42,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--skip-eval", action="store_true", help="skip the eval --mode direct throughput run")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    parser.add_argument("--dice", type=int, default=0, metavar="N",
+                        help="also score N val cases per dataset with the fast and the reference (PyTorch) path "
+                             "and print their Dice side by side (MedSAM3-Lite; 0 skips)")
 
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
+
+
+def _p90(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, -(-9 * len(ordered) // 10) - 1)], 3)  # nearest rank
 
 
 def _peak_rss_mb() -> float:
@@ -70,9 +87,80 @@ def pick_cases(data: Path, split: str, n: int) -> list[EvalCase]:
     return picked
 
 
-def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
-    import numpy as np
+def compare_paths(backend: Any, images: list[Any], concepts: list[str]) -> dict[str, Any]:
+    """The fast encoder / concept decoder against the PyTorch reference, alternating on the same images."""
+    import torch
 
+    from segmenter.lite.model import letterbox
+
+    times: dict[str, list[float]] = {"enc_fast": [], "enc_ref": [], "dec_fast": [], "dec_ref": []}
+
+    def timed(key: str, fn: Any, *xs: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*xs)
+        times[key].append((time.perf_counter() - start) * 1000)
+        return out
+
+    with torch.no_grad():
+        for i, (image, concept) in enumerate(zip(images, concepts, strict=True)):
+            if i == 1:  # the first image warms both paths up (first-call allocations); not counted
+                times = {key: [] for key in times}
+            x = letterbox(image)[0][None]
+            emb = timed("enc_fast", backend.encoder, x)
+            timed("enc_ref", backend.reference_encoder, x)
+            text = backend._text(concept)
+            timed("dec_fast", backend._decode_concept, emb, text)
+            timed("dec_ref", lambda e, t: backend.net.decode_concept(e, t)[0], emb, text)
+    numbers: dict[str, Any] = {"encoder_runtime": backend.encoder_name}
+    for part in ("enc", "dec"):
+        for path in ("fast", "ref"):
+            numbers[f"{part}_{path}_ms_median"] = _median(times[f"{part}_{path}"])
+            numbers[f"{part}_{path}_ms_p90"] = _p90(times[f"{part}_{path}"])
+        ref, fast = numbers[f"{part}_ref_ms_median"], numbers[f"{part}_fast_ms_median"]
+        numbers[f"{part}_speedup"] = round(ref / fast, 2) if ref and fast else None
+    return numbers
+
+
+def compare_dice(seg: Any, data: Path, split: str, per_dataset: int) -> list[dict[str, Any]]:
+    """Mean Dice per dataset/concept of the fast path and the reference path on the same val cases."""
+    from evals.loaders import load_path
+    from evals.metrics import dice
+
+    picked: dict[str, list[EvalCase]] = {}
+    for case in load_path(data, split=split):
+        if case.concepts and len(picked.setdefault(case.dataset, [])) < per_dataset:
+            picked[case.dataset].append(case)
+    rows = []
+    for dataset, cases in sorted(picked.items()):
+        scores: dict[str, list[float]] = {"fast": [], "reference": []}
+        for case in cases:
+            image = case.load_image()
+            target = case.load_target(image.shape[:2])
+            for path in scores:
+                with seg.backend.reference_path() if path == "reference" else _nothing():
+                    masks = [seg.segment(image, concept=c).union_mask for c in case.concepts]
+                scores[path].append(dice(np.logical_or.reduce(masks), target.mask, target.ignore))
+        fast, ref = statistics.fmean(scores["fast"]), statistics.fmean(scores["reference"])
+        rows.append({"dataset": dataset, "concepts": "+".join(sorted({c for x in cases for c in x.concepts})),
+                     "cases": len(cases), "dice_fast": round(fast, 4), "dice_reference": round(ref, 4),
+                     "delta": round(fast - ref, 4)})
+    return rows
+
+
+def _lite_paths(args: argparse.Namespace, seg: Any, cases: list[EvalCase], log: Any) -> dict[str, Any]:
+    """Fast vs reference timings (and Dice with ``--dice``) where the backend has both paths (MedSAM3-Lite)."""
+    backend = getattr(seg, "backend", None)
+    if not hasattr(backend, "reference_path"):
+        return {}
+    numbers = compare_paths(backend, [c.load_image() for c in cases], [c.concepts[0] for c in cases])
+    log(f"fast ({numbers['encoder_runtime']}) and reference encoder timed on {len(cases) - 1} images")
+    if args.dice > 0:
+        numbers["dice"] = compare_dice(seg, args.data, args.split, args.dice)
+        log(f"Dice of both paths on {sum(r['cases'] for r in numbers['dice'])} {args.split} cases")
+    return numbers
+
+
+def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
     from evals.modes import MeteredSegmenter, target_boxes
     from evals.runner import EvalConfig, run_eval
 
@@ -104,6 +192,7 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
         encode_ms.append(first.timings_ms.get("encode", 0.0))
         decode_ms += [r.timings_ms.get("decode", 0.0) for r in [first, *later]]
     log(f"encoder and decoder timed on {len(encode_ms)} images")
+    paths = _lite_paths(args, seg, cases, log)
 
     agent_s: list[float] = []
     agent_note = None
@@ -147,7 +236,25 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
         "agent_note": agent_note,
         "eval_direct_images_per_s": images_per_s,
         "peak_rss_mb": _peak_rss_mb(),
+        **paths,
     }
+
+
+def _print_paths(numbers: dict[str, Any]) -> None:
+    """Reference (PyTorch) against fast path, median and p90 in ms, and Dice side by side where measured."""
+    if "enc_ref_ms_median" not in numbers:
+        return
+    print(f"  fast path ({numbers['encoder_runtime']}) vs reference (PyTorch), same images, ms median / p90:")
+    for part, label in (("enc", "image encoder"), ("dec", "concept decoder (1 prompt)")):
+        ref = f"{numbers[f'{part}_ref_ms_median']} / {numbers[f'{part}_ref_ms_p90']}"
+        fast = f"{numbers[f'{part}_fast_ms_median']} / {numbers[f'{part}_fast_ms_p90']}"
+        print(f"    {label:28} reference {ref:20} fast {fast:20} {numbers[f'{part}_speedup']}x")
+    if numbers.get("dice"):
+        print(f"  Dice, fast vs reference path ({sum(r['cases'] for r in numbers['dice'])} cases):")
+        print(f"    {'dataset':24} {'concepts':28} {'cases':>5} {'fast':>7} {'ref':>7} {'delta':>8}")
+        for r in numbers["dice"]:
+            print(f"    {r['dataset'][:24]:24} {r['concepts'][:28]:28} {r['cases']:5} {r['dice_fast']:7.4f} "
+                  f"{r['dice_reference']:7.4f} {r['delta']:+8.4f}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -164,6 +271,7 @@ def main(args: argparse.Namespace) -> int:
     for key, label in labels.items():
         value = numbers[key]
         print(f"  {label:46} {'–' if value is None else value}")
+    _print_paths(numbers)
     if numbers["agent_note"]:
         print(f"  agent: {numbers['agent_note']}")
     if args.out is not None:

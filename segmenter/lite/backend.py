@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,9 +15,10 @@ import torch
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.catalog import load_catalog
-from segmenter.lite.fast_encoder import build_encoder, torch_encoder
+from segmenter.lite.fast_encoder import Run, build_encoder, build_runner, torch_encoder
 from segmenter.lite.model import (
     MODEL_SIZE,
+    BoxDecoder,
     Letterbox,
     MedSAM3Lite,
     letterbox,
@@ -105,13 +108,54 @@ class LiteBackend(SegmenterBackend):
         # the reference path stays at hand: bench and the accuracy test compare the fast one with it
         self.reference_encoder = torch_encoder(self.net.image_encoder, self.bf16)
         self.encoder_name, self.encoder = build_encoder(self.net.image_encoder, self.device, encoder, self.bf16)
+        self.concept_decoder_fast = self._fast_concept_decoder(encoder)
+        test_box = (torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.device),
+                    torch.tensor([[[40.0, 50.0, 200.0, 180.0]]], device=self.device))
+        self.box_decoder_fast = build_runner(BoxDecoder(self.net), self.device, encoder, test_box, "box decoder")[1]
         self.catalog = load_catalog()
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
         # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count
-        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(int(cache_mb * 2**20), max_items=cache_images)
+        self._cache_limits = (int(cache_mb * 2**20), cache_images)
+        self._cache: EmbeddingCache[_Encoded] = EmbeddingCache(self._cache_limits[0], max_items=cache_images)
         self._current: _Encoded | None = None
         self._encode_count = 0
         self._last_encode_ms = 0.0
+
+    def _fast_concept_decoder(self, choice: str | None) -> Run | None:
+        """The concept decoder on the encoder's runtime, for its commonest call: one phrase, no box
+        (fixed shapes; other calls run PyTorch's). About 4x faster than PyTorch's on a 2-core AVX2 CPU."""
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            sparse, dense = self.net.concept_prompt(torch.randn(1, 384, generator=g).to(self.device))
+            test = (torch.randn(1, 256, 64, 64, generator=g).to(self.device), self.net.dense_pe(), sparse, dense)
+        return build_runner(self.net.concept_decoder, self.device, choice, test, "concept decoder")[1]
+
+    def _decode_concept(self, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Mask logits (1, 1, 256, 256) for one phrase without a box."""
+        if self.concept_decoder_fast is None:
+            return self.net.decode_concept(emb, text)[0]
+        sparse, dense = self.net.concept_prompt(text)
+        return self.concept_decoder_fast(emb, self.net.dense_pe(), sparse, dense)[0]
+
+    @contextmanager
+    def reference_path(self) -> Iterator[None]:
+        """PyTorch for the encoder and both decoders while inside, with an embedding cache of its own (so
+        nothing the fast path encoded is reused): `medsam3-agent bench --dice` compares the two paths."""
+        saved = (self.encoder, self.concept_decoder_fast, self.box_decoder_fast, self._cache, self._current)
+        self.encoder, self.concept_decoder_fast, self.box_decoder_fast = self.reference_encoder, None, None
+        self._cache, self._current = EmbeddingCache(self._cache_limits[0], max_items=self._cache_limits[1]), None
+        try:
+            yield
+        finally:
+            self.encoder, self.concept_decoder_fast, self.box_decoder_fast, self._cache, self._current = saved
+
+    def _decode_boxes(self, emb: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, 256, 256) mask logits and (N, 1) IoU for N boxes (N, 1, 4): one call in PyTorch, one
+        box at a time on the fast runtime (its shapes are fixed; each call there is ~4x cheaper)."""
+        if self.box_decoder_fast is None:
+            return self.net.decode_geometry(emb, boxes=boxes)
+        outs = [self.box_decoder_fast(emb, boxes[i : i + 1].float()) for i in range(len(boxes))]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
     # --- images ------------------------------------------------------------------
     def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
@@ -195,7 +239,7 @@ class LiteBackend(SegmenterBackend):
             prob = np.zeros((h, w), dtype=np.float32)
             presence = 0.0
             for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
-                logits, _, _ = self.net.decode_concept(emb, text)
+                logits = self._decode_concept(emb, text)
                 tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
                 presence = max(presence, float(self.net.presence(emb, text)[0]))
@@ -204,7 +248,7 @@ class LiteBackend(SegmenterBackend):
         presence = float(self.net.presence(emb, text)[0])
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
-            logits, _, _ = self.net.decode_concept(emb, text)
+            logits = self._decode_concept(emb, text)
             return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence
         # concept + box(es): one decode per box, union of the results
         logits, _, _ = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
@@ -221,10 +265,10 @@ class LiteBackend(SegmenterBackend):
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
             return self._click_instances(emb, box, prompt)
+        logits, iou = self._decode_boxes(emb, boxes)
         results: list[Instance] = []
         for i in range(len(boxes)):  # one object per box
-            logits, iou = self.net.decode_geometry(emb, boxes=boxes[i : i + 1])
-            results += self._geometry_to_instances(logits, iou, box)
+            results += self._geometry_to_instances(logits[i : i + 1], iou[i : i + 1], box)
         return results
 
     # Box sides (fractions of the model frame) tried around a click, small to large.
@@ -246,7 +290,7 @@ class LiteBackend(SegmenterBackend):
             half = side * MODEL_SIZE / 2
             seed = [max(0, min(xs) - half), max(0, min(ys) - half), min(nw, max(xs) + half), min(nh, max(ys) + half)]
             for _ in range(2):
-                logits, iou = self.net.decode_geometry(emb, boxes=torch.tensor([[seed]], dtype=torch.float32))
+                logits, iou = self._decode_boxes(emb, torch.tensor([[seed]], dtype=torch.float32))
                 mask = (logits[0, 0] > 0).numpy()
                 if not all(_holds(mask, pos)) or any(_holds(mask, neg)):
                     break

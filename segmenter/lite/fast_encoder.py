@@ -39,6 +39,7 @@ CHOICES = ("auto", "torch", "openvino", "onnx")
 MAX_RELATIVE_ERROR = 0.03
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, 256, 256) float -> (1, 256, 64, 64) float
+Run = Callable[..., tuple[torch.Tensor, ...]]  # a converted module: its inputs -> its outputs
 
 
 def _say(text: str) -> None:
@@ -90,11 +91,11 @@ def torch_encoder(module: nn.Module, bf16: bool = False) -> Encode:
     return encode
 
 
-def _convert_once(target: Path, write: Callable[[Path], None], runtime: str) -> None:
+def _convert_once(target: Path, write: Callable[[Path], None], what: str) -> None:
     """Run ``write(tmp_dir)`` and move the folder to ``target`` atomically (another process may win the race)."""
     if target.is_dir():
         return
-    _say(f"converting the image encoder for {runtime} once (about a minute on 2 cores); cached in {target}")
+    _say(f"converting {what} once (about a minute on 2 cores); cached in {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,86 +110,110 @@ def _convert_once(target: Path, write: Callable[[Path], None], runtime: str) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _openvino(module: nn.Module, folder: Path) -> tuple[Encode, Path]:
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+
+
+def _openvino(module: nn.Module, examples: tuple[torch.Tensor, ...], folder: Path, what: str) -> tuple[Run, Path]:
     import openvino as ov
 
     target = folder / f"openvino-{ov.get_version().split('-')[0]}"
-    example = torch.zeros(1, 3, MODEL_SIZE, MODEL_SIZE)
 
     def write(tmp: Path) -> None:
         with torch.no_grad():
-            converted = ov.convert_model(module, example_input=example)
-        ov.save_model(converted, str(tmp / "encoder.xml"), compress_to_fp16=False)  # fp16 weights cost accuracy
+            converted = ov.convert_model(module, example_input=examples)
+        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)  # fp16 weights cost accuracy
 
-    _convert_once(target, write, "OpenVINO")
+    _convert_once(target, write, f"{what} for OpenVINO")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    compiled = ov.Core().compile_model(str(target / "encoder.xml"), "CPU", config)
+    compiled = ov.Core().compile_model(str(target / "model.xml"), "CPU", config)
     request = compiled.create_infer_request()
-    lock = threading.Lock()  # one infer request: its output buffer is reused by the next call
+    lock = threading.Lock()  # one infer request: its output buffers are reused by the next call
 
-    def encode(x: torch.Tensor) -> torch.Tensor:
+    def run(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with lock:
-            out = request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-            return torch.from_numpy(np.array(out[compiled.output(0)], dtype=np.float32, copy=True))
+            out = request.infer({i: _numpy(x) for i, x in enumerate(xs)})
+            return tuple(torch.from_numpy(np.array(out[o], dtype=np.float32, copy=True)) for o in compiled.outputs)
 
-    return encode, target
+    return run, target
 
 
-def _onnx(module: nn.Module, folder: Path) -> tuple[Encode, Path]:
+def _onnx(module: nn.Module, examples: tuple[torch.Tensor, ...], folder: Path, what: str) -> tuple[Run, Path]:
     import onnxruntime as ort
 
     target = folder / f"onnx-torch{torch.__version__.split('+')[0]}"
 
     def write(tmp: Path) -> None:
         with torch.no_grad():
-            torch.onnx.export(module, (torch.zeros(1, 3, MODEL_SIZE, MODEL_SIZE),), str(tmp / "encoder.onnx"),
-                              dynamo=False, opset_version=17, input_names=["image"], output_names=["embeddings"])
+            torch.onnx.export(module, examples, str(tmp / "model.onnx"), dynamo=False, opset_version=17)
 
-    _convert_once(target, write, "ONNX Runtime")
+    _convert_once(target, write, f"{what} for ONNX Runtime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(target / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(target / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
 
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
-        return torch.from_numpy(out)
+    def run(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(o) for o in session.run(None, dict(zip(names, map(_numpy, xs), strict=True))))
 
-    return encode, target
-
-
-BUILDERS: dict[str, Callable[[nn.Module, Path], tuple[Encode, Path]]] = {"openvino": _openvino, "onnx": _onnx}
+    return run, target
 
 
-def _checked(module: nn.Module, encode: Encode, folder: Path) -> Encode:
+BUILDERS: dict[str, Callable[[nn.Module, tuple[torch.Tensor, ...], Path, str], tuple[Run, Path]]] = {
+    "openvino": _openvino, "onnx": _onnx}
+
+
+def _checked(module: nn.Module, run: Run, folder: Path, test: tuple[torch.Tensor, ...]) -> Run:
     """Compare a conversion with PyTorch once (a stamp in its cache folder says it passed); a wrong one raises."""
     stamp = folder / "checked"
     if stamp.is_file():
-        return encode
-    x = _test_input()
-    reference = torch_encoder(module)(x)
-    error = float((encode(x) - reference).norm() / reference.norm().clamp_min(1e-12))
+        return run
+    with torch.no_grad():
+        reference = module(*test)
+    reference = reference[0] if isinstance(reference, tuple) else reference
+    error = float((run(*test)[0] - reference).norm() / reference.norm().clamp_min(1e-12))
     if not error <= MAX_RELATIVE_ERROR:
-        raise RuntimeError(f"its embeddings differ from PyTorch's (relative error {error:.3g})")
+        raise RuntimeError(f"its output differs from PyTorch's (relative error {error:.3g})")
     stamp.write_text(f"{error:.3g}\n")
-    return encode
+    return run
+
+
+def _runtime(choice: str | None, device: torch.device, what: str) -> str:
+    """The runtime to try for ``choice`` on ``device``: ``torch`` where only PyTorch can run."""
+    name = resolve_choice(choice)
+    if name == "auto":
+        name = "openvino" if device.type == "cpu" else "torch"
+    if name != "torch" and device.type != "cpu":
+        _say(f"warning: the {name} {what} runs on CPU only; using PyTorch on {device}")
+        return "torch"
+    return name
+
+
+def convert(name: str, module: nn.Module, test: tuple[torch.Tensor, ...], what: str) -> Run | None:
+    """``module`` on runtime ``name`` (fixed input shapes: ``test``'s), converted once per weights hash and checked
+    against PyTorch; None, with a one-line warning, where the runtime is missing or fails."""
+    try:
+        folder = cache_root() / what.replace(" ", "-") / weights_hash(module)
+        run, target = BUILDERS[name](module.eval(), test, folder, what)
+        return _checked(module, run, target, test)
+    except Exception as exc:  # a missing or failing runtime must never stop the segmenter
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        _say(f"warning: {name} {what} unavailable ({type(exc).__name__}: {first_line}); using PyTorch")
+        return None
+
+
+def build_runner(module: nn.Module, device: torch.device, choice: str | None, test: tuple[torch.Tensor, ...],
+                 what: str) -> tuple[str, Run | None]:
+    """(runtime used, ``module`` converted for ``choice``); ("torch", None) where PyTorch itself is to run it."""
+    name = _runtime(choice, device, what)
+    run = None if name == "torch" else convert(name, module, test, what)
+    return ("torch", None) if run is None else (name, run)
 
 
 def build_encoder(module: nn.Module, device: torch.device, choice: str | None = None,
                   bf16: bool = False) -> tuple[str, Encode]:
     """(runtime used, encode function) for ``choice`` (see ``resolve_choice``); PyTorch where the choice cannot run."""
-    name = resolve_choice(choice)
-    if name == "auto":
-        name = "openvino" if device.type == "cpu" else "torch"
-    if name == "torch":
+    name, run = build_runner(module, device, choice, (_test_input(),), "image encoder")
+    if run is None:
         return "torch", torch_encoder(module, bf16)
-    if device.type != "cpu":
-        _say(f"warning: the {name} image encoder runs on CPU only; using PyTorch on {device}")
-        return "torch", torch_encoder(module, bf16)
-    try:
-        folder = cache_root() / "encoder" / weights_hash(module)
-        encode, target = BUILDERS[name](module.eval(), folder)
-        return name, _checked(module, encode, target)
-    except Exception as exc:  # a missing or failing runtime must never stop the segmenter
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        _say(f"warning: {name} image encoder unavailable ({type(exc).__name__}: {first_line}); using PyTorch")
-        return "torch", torch_encoder(module, bf16)
+    return name, lambda x: run(x)[0]

@@ -134,6 +134,17 @@ class MedSAM3Lite(nn.Module):
         self.concept_head = ConceptHead()
         self.concept_decoder = ConceptDecoder(self.mask_decoder)
         self.presence_gate = PresenceGate()
+        self._dense_pe: torch.Tensor | None = None
+
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the 64x64 grid: constant, so computed once at
+        inference (a tenth of a concept prompt's decoder time on CPU); recomputed while training."""
+        if self.training or torch.is_grad_enabled():
+            return self.prompt_encoder.get_dense_pe()
+        pe = self._dense_pe
+        if pe is None or pe.device != self.prompt_encoder.no_mask_embed.weight.device:
+            pe = self._dense_pe = self.prompt_encoder.get_dense_pe()
+        return pe
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED_PREFIXES)}
@@ -156,7 +167,7 @@ class MedSAM3Lite(nn.Module):
         self, embeddings: torch.Tensor, text: torch.Tensor, boxes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sparse, dense = self.concept_prompt(text, boxes)
-        return self.concept_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        return self.concept_decoder(embeddings, self.dense_pe(), sparse, dense)
 
     def presence(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Probability that each phrase's concept is in the image (the presence gate)."""
@@ -175,7 +186,7 @@ class MedSAM3Lite(nn.Module):
         multimask = boxes is None  # a lone point is ambiguous: take SAM's best of three
         masks, iou = self.mask_decoder(
             image_embeddings=embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
@@ -192,6 +203,21 @@ class MedSAM3Lite(nn.Module):
             rows = torch.arange(masks.shape[0])
             masks, iou = masks[rows, best][:, None], iou[rows, best][:, None]
         return masks, iou
+
+
+class BoxDecoder(nn.Module):
+    """LiteMedSAM's own path for one box prompt, tensors in and out (a module a runtime can convert):
+    (1, 256, 64, 64) embeddings and (1, 1, 4) box in the 256 frame -> mask logits and SAM's IoU."""
+
+    def __init__(self, net: MedSAM3Lite):
+        super().__init__()
+        # only these two: the conversion's cache key is their weights, untouched by concept training
+        self.prompt_encoder, self.mask_decoder = net.prompt_encoder, net.mask_decoder
+
+    def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return self.mask_decoder(image_embeddings=embeddings, image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
 
 
 def load_litemedsam_weights(net: MedSAM3Lite) -> None:
