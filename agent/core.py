@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,8 +251,7 @@ class Agent:
             async for event in _in_thread(stream_volume(self, question, volume, slices=slices)):
                 yield event
             return
-        hold = self._lock.hold(thread_id) if thread_id is not None else nullcontext()
-        await asyncio.to_thread(hold.__enter__)  # one thread's turns never interleave, sync or async
+        hold = await self._ahold(thread_id)  # one thread's turns never interleave, sync or async
         try:
             async for event in self._astream(question, image, thread_id):
                 yield event
@@ -305,6 +304,19 @@ class Agent:
         if stored is None:
             raise ValueError(f"thread {thread!r}: its image is no longer stored; pass image= again")
         return stored, Geometry.model_validate(prior.get("geometry") or {})
+
+    async def _ahold(self, thread_id: str | None) -> AbstractContextManager:
+        """The thread's turn lock, waited for in a worker thread. A caller cancelled while waiting leaves no
+        lock behind: a lock taken after the wait was given up is handed straight back (explicitly, not left
+        to the garbage collector closing the abandoned context manager)."""
+        hold: AbstractContextManager = self._lock.hold(thread_id) if thread_id is not None else nullcontext()
+        entering = asyncio.ensure_future(asyncio.to_thread(hold.__enter__))
+        try:
+            await asyncio.shield(entering)
+        except asyncio.CancelledError:
+            entering.add_done_callback(lambda _: hold.__exit__(None, None, None))
+            raise
+        return hold
 
     def _inputs(self, question: str, image: ImageInput | Study | None, thread_id: str | None,
                 slices: str | range | None) -> tuple[str, Study | None, ImageInput | Study | None]:

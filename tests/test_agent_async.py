@@ -118,3 +118,27 @@ def test_a_thread_continues_across_async_turns_in_a_checkpoint_file(oracle, tmp_
     first, second, state = asyncio.run(main())
     assert first.masks and state["turn"] == 2 and second.thread_id == "t1"
     assert state["previous"]["question"] == "now only the largest one"
+
+
+def test_a_turn_cancelled_while_its_thread_is_busy_leaves_no_lock_behind(oracle):
+    agent = Agent(planner="offline", segmenter=oracle)
+
+    async def main() -> None:
+        with agent._lock.hold("t1"):  # another turn of thread t1 is running
+            task = asyncio.create_task(agent.arun("find the polyps", image=drawn_image(), thread_id="t1"))
+            for _ in range(500):  # until the turn waits for the lock (its holder and one waiter)
+                if agent._lock._locks["t1"][1] == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert agent._lock._locks["t1"][1] == 2
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for _ in range(100):  # the waiting worker takes the lock once it is free, then hands it back
+            if not agent._lock.busy("t1"):
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(main())
+    assert not agent._lock.busy("t1")
+    assert agent.run("find the polyps", image=drawn_image(), thread_id="t1").masks  # the thread still runs
