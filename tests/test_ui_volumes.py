@@ -122,3 +122,33 @@ def test_a_single_dicom_file_goes_the_2d_way_with_its_pixel_spacing(served):
     assert all(m["unit"].startswith("mm") for m in sizes)  # spacing known: never pixels
     if sizes:  # what was measured is listed in the chat with its units
         assert "**Measurements**" in said and "mm²" in said
+
+
+def test_unreadable_volumes_and_the_voxel_budget_are_chat_messages_naming_the_upload(tmp_path):
+    """The handler itself (no model is loaded: nothing gets as far as the agent)."""
+    from agent.ui.app import ChatApp, UiConfig
+    from agent.ui.retention import RunFiles
+
+    files = RunFiles(tmp_path)
+    try:
+        app = ChatApp(UiConfig(workdir=tmp_path, max_voxels=3 * 128 * 128 - 1), files=files)
+        uploads = files.gradio_cache / "upload"
+        uploads.mkdir()
+        with zipfile.ZipFile(uploads / "mixed.zip", "w") as archive:
+            archive.writestr("series/notes.txt", "not a slice")
+        (uploads / "scan.nii.gz").write_bytes(gzip.compress(b"\0" * 400))
+        series = ct_series_zip(uploads / "series.zip", slices=3)  # one voxel over the budget
+
+        def said(name: str) -> str:
+            *_, last = app.ask({"text": "find the liver", "files": [str(uploads / name)]}, None, "offline", "", "",
+                               "lite", 3, 0.5)
+            return texts(last[0][-1])
+
+        assert "notes.txt: not a DICOM file" in said("mixed.zip")
+        assert "scan.nii.gz: not a readable NIfTI file" in said("scan.nii.gz")
+        too_big = said(series.name)
+        assert too_big.startswith("**Error:**") and "3 slices of 128x128" in too_big, too_big
+        for message in (said("mixed.zip"), too_big):
+            assert str(uploads) not in message  # the upload is named as the user knows it
+    finally:
+        files.remove()

@@ -207,7 +207,7 @@ def slice_overlay(volume: VolumeOutput, index: int) -> np.ndarray:
     canvas = render_overlay(volume.study.slices[index], [v.mask[index] for v in volume.concepts.values()],
                             list(volume.concepts))
     scale = max(0.4, min(canvas.shape[:2]) / 500)
-    label = f"slice {index} of {volume.study.shape[0] - 1}"
+    label = f"slice {index} (0-{volume.study.shape[0] - 1})"
     cv2.putText(canvas, label, (4, int(20 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0),
                 max(1, round(scale * 2)), cv2.LINE_AA)
     return canvas
