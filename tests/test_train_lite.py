@@ -30,3 +30,54 @@ def test_train_lite_tiny_run_writes_loadable_weights_and_resumes(data_root, tmp_
     assert main(args) == 0
     log = capsys.readouterr().out
     assert "resumed at step" in log
+
+
+def _drawn_dataset(root):
+    """One drawn 64x64 'x-ray' with a lung mask, an organ the manifest calls absent, and concepts the catalog lacks."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    ds = root / "drawn"
+    for sub in ("images", "masks/lung", "masks/esophagus"):
+        (ds / sub).mkdir(parents=True)
+    image = np.zeros((64, 64), np.uint8)
+    image[16:48, 8:28] = 200
+    Image.fromarray(image).save(ds / "images/a.png")
+    Image.fromarray(np.where(image > 0, 255, 0).astype(np.uint8)).save(ds / "masks/lung/a.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(ds / "masks/esophagus/a.png")
+    row = {"id": "a", "image": "images/a.png", "split": "train", "width": 64, "height": 64,
+           "masks": {"lung": "masks/lung/a.png", "esophagus": "masks/esophagus/a.png"},
+           "absent_concepts": ["cardiomediastinum", "urinary bladder"]}
+    (ds / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    return "drawn"
+
+
+def test_manifest_absent_concepts_are_negatives_unknown_concepts_skipped_eval_only_refused(tmp_path):
+    from segmenter.lite.dataset import manifest_items
+
+    (item,) = manifest_items(tmp_path, "train", [_drawn_dataset(tmp_path)], None)
+    assert item.masks == {"lung": tmp_path / "drawn/masks/lung/a.png", "cardiomediastinum": None}
+    with pytest.raises(ValueError, match="evaluation only"):
+        manifest_items(tmp_path, "train", ["ircadb_ct"], None)  # CC BY-NC-ND: never trained on, even if present
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_the_given_weights_and_caches_absent_organs_as_empty_masks(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from segmenter.lite.backend import default_weights_path
+    from segmenter.lite.dataset import build_cache, load_cache, manifest_items
+    from segmenter.lite.train import TrainConfig, _initial_model
+
+    cfg = TrainConfig(data=tmp_path, out=tmp_path, cache=tmp_path / "cache", datasets=[],
+                      init_from=default_weights_path())
+    net = _initial_model(cfg)
+    shipped = load_file(str(default_weights_path()))
+    assert all(torch.equal(net.trainable_state_dict()[k], v.float()) for k, v in shipped.items())
+    items = manifest_items(tmp_path, "train", [_drawn_dataset(tmp_path)], None)
+    assert build_cache(net, items, cfg.cache, progress=False) == 1
+    (sample,) = load_cache(cfg.cache, items)
+    assert sample.masks["lung"].any() and not sample.masks["cardiomediastinum"].any()
