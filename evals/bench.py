@@ -68,7 +68,8 @@ def pick_cases(data: Path, split: str, n: int) -> list[EvalCase]:
     """``n`` concept cases from different images, round-robin over datasets so every modality is timed."""
     from evals.loaders import load_path
 
-    cases = load_path(data, split=split)
+    # 2D concept cases only: a volume is timed per slice by the volume path, not here
+    cases = [c for c in load_path(data, split=split) if not c.is_volume and c.concepts and c.measure is None]
     by_dataset: dict[str, list[EvalCase]] = {}
     for case in cases:
         by_dataset.setdefault(case.dataset, []).append(case)
@@ -128,7 +129,9 @@ def compare_dice(seg: Any, data: Path, split: str, per_dataset: int) -> list[dic
 
     picked: dict[str, list[EvalCase]] = {}
     for case in load_path(data, split=split):
-        if case.concepts and len(picked.setdefault(case.dataset, [])) < per_dataset:
+        if case.is_volume or not case.concepts or case.measure is not None:
+            continue
+        if len(picked.setdefault(case.dataset, [])) < per_dataset:
             picked[case.dataset].append(case)
     rows = []
     for dataset, cases in sorted(picked.items()):
