@@ -163,3 +163,15 @@ def test_shared_abdominal_volume_labels_load_on_the_volume_grid():
     masks = {c: read_label_volume(root / p, study) for c, p in row["masks"].items()}
     assert all(m.any() for m in masks.values())
     assert np.array_equal(masks["kidney"], masks["left kidney"] | masks["right kidney"])
+
+
+def test_agent_mode_answers_a_volume_case_through_the_volume_path(drawn_volume, tmp_path, metered):
+    out = tmp_path / "out"
+    config = EvalConfig(data=[drawn_volume], concepts=["brain tumor"], modes=["agent"], planner="offline", out=out,
+                        slices="1:3", hd95=False)
+    run_eval(config, segmenter=metered, progress=False, log=lambda _: None)
+    (record,) = lines(out / "results.jsonl")
+    assert record["error"] is None, record["error"]
+    assert record["question"] == "Segment the brain tumor in this volume." and record["planner"]
+    assert record["slices"] == [1, 3] and record["target_area"] == 800 and record["volume_seconds"] > 0
+    assert "brain tumor" in record["concepts_tried"] and record["answer"]
