@@ -81,3 +81,27 @@ def test_the_cache_key_follows_the_weights():
     with torch.no_grad():
         b.bias[0] += 1e-3
     assert weights_hash(a) != weights_hash(b)
+
+
+def test_a_conversion_is_made_once_per_weights_and_reused(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    module = torch.nn.Conv2d(3, 8, 3, padding=1).eval()  # small, so converting it takes a second
+    x = torch.rand(1, 3, 256, 256)
+
+    def build() -> tuple[str, torch.Tensor, str]:
+        name, encode = build_encoder(module, torch.device("cpu"), "openvino")
+        return name, encode(x), capsys.readouterr().err
+
+    name, out, err = build()
+    assert name == "openvino" and "converting image encoder for OpenVINO once" in err
+    with torch.no_grad():
+        assert torch.allclose(out, module(x), atol=1e-5)
+    assert (tmp_path / "image-encoder" / weights_hash(module)).is_dir()
+    assert "converting" not in build()[2]  # the second build reads the cache
+    with torch.no_grad():
+        module.bias[0] += 1.0  # new weights: a new conversion, under their own hash
+    name, out, err = build()
+    assert "converting" in err and len(list((tmp_path / "image-encoder").iterdir())) == 2
+    with torch.no_grad():
+        assert torch.allclose(out, module(x), atol=1e-5)
