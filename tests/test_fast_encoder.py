@@ -83,18 +83,20 @@ def test_the_cache_key_follows_the_weights():
     assert weights_hash(a) != weights_hash(b)
 
 
-def test_a_conversion_is_made_once_per_weights_and_reused(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("openvino")
+@pytest.mark.parametrize(("runtime", "package", "label"), [("openvino", "openvino", "OpenVINO"),
+                                                           ("onnx", "onnxruntime", "ONNX Runtime")])
+def test_a_conversion_is_made_once_per_weights_and_reused(runtime, package, label, tmp_path, monkeypatch, capsys):
+    pytest.importorskip(package)  # onnxruntime is optional
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     module = torch.nn.Conv2d(3, 8, 3, padding=1).eval()  # small, so converting it takes a second
     x = torch.rand(1, 3, 256, 256)
 
     def build() -> tuple[str, torch.Tensor, str]:
-        name, encode = build_encoder(module, torch.device("cpu"), "openvino")
+        name, encode = build_encoder(module, torch.device("cpu"), runtime)
         return name, encode(x), capsys.readouterr().err
 
     name, out, err = build()
-    assert name == "openvino" and "converting image encoder for OpenVINO once" in err
+    assert name == runtime and f"converting image encoder for {label} once" in err
     with torch.no_grad():
         assert torch.allclose(out, module(x), atol=1e-5)
     assert (tmp_path / "image-encoder" / weights_hash(module)).is_dir()

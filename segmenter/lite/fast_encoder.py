@@ -23,7 +23,8 @@ import shutil
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,17 @@ def _convert_once(target: Path, write: Callable[[Path], None], what: str) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def _tracing() -> Iterator[None]:
+    """No grad, and quiet: both runtimes convert by torch.jit tracing, whose warnings (deprecation, shapes
+    taken as constants: true here, shapes are fixed) are not the user's to act on. If a torch release
+    drops tracing, the conversion fails and the segmenter falls back to PyTorch."""
+    with torch.no_grad(), warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning, UserWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
 def _numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
 
@@ -121,11 +133,7 @@ def _openvino(module: nn.Module, examples: tuple[torch.Tensor, ...], folder: Pat
     target = folder / f"openvino-{ov.get_version().split('-')[0]}"
 
     def write(tmp: Path) -> None:
-        # OpenVINO traces with torch.jit, which torch marks deprecated: not actionable here (if a torch
-        # release drops it, the conversion fails and the segmenter falls back to PyTorch)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with _tracing():
             converted = ov.convert_model(module, example_input=examples)
         ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)  # fp16 weights cost accuracy
 
@@ -151,7 +159,7 @@ def _onnx(module: nn.Module, examples: tuple[torch.Tensor, ...], folder: Path, w
     target = folder / f"onnx-torch{torch.__version__.split('+')[0]}"
 
     def write(tmp: Path) -> None:
-        with torch.no_grad():
+        with _tracing():
             torch.onnx.export(module, examples, str(tmp / "model.onnx"), dynamo=False, opset_version=17)
 
     _convert_once(target, write, f"{what} for ONNX Runtime")
