@@ -1,4 +1,5 @@
-"""The TinyViT image encoder on a faster CPU runtime, with plain PyTorch kept as the reference.
+"""The TinyViT image encoder (and the one-prompt decoders, see backend.py) on a faster CPU runtime,
+with plain PyTorch kept as the reference.
 
 ``MEDSAM3_ENCODER`` (or ``LiteBackend(encoder=...)``) picks the runtime:
 
