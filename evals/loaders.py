@@ -129,13 +129,6 @@ def _mask_paths(masks: dict, root: Path, where: str) -> dict[str, Path]:
     return {concept: root / mask_path for concept, mask_path in masks.items()}
 
 
-def is_2d_manifest(manifest: Path) -> bool:
-    """False for manifests of volumes (``volume`` instead of ``image``)."""
-    for _, row in _read_jsonl(manifest)[:1]:
-        return "image" in row
-    return False
-
-
 def find_manifests(root: Path) -> list[Path]:
     """``root/manifest.jsonl`` or ``root/*/manifest.jsonl``, sorted by dataset name."""
     root = Path(root)

@@ -68,7 +68,7 @@ def test_manifest_gives_one_case_per_image_and_concept_filtered_by_split(synthet
     assert [(c.id, c.split) for c in right] == [("im2", "train")]
 
 
-def test_data_root_finds_every_2d_dataset_and_skips_volumes(synthetic_root):
+def test_data_root_finds_every_dataset_and_a_volume_manifest_without_labels_adds_nothing(synthetic_root):
     cases = load_path(synthetic_root, split="val")
     assert sorted({c.dataset for c in cases}) == ["lungs", "polyps"]
     empty = next(c for c in cases if c.dataset == "polyps")
