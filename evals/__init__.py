@@ -5,8 +5,9 @@
 - ``evals.metrics``: Dice, IoU, gIoU, cIoU, HD95, presence accuracy.
 - ``evals.runner`` / ``medsam3-agent eval``: direct / box / agent modes, resumable results.jsonl,
   summary.json, report.md (``evals.report``, with the paper's numbers from ``evals.paper``);
-  ``evals.identity`` (what a run's numbers mean; a mixed resume is refused), ``evals.worker``
-  (one process's segmenter and agent), ``evals.executors`` (threads, processes or a Ray cluster).
+  ``evals.identity`` (what a run's numbers mean; a mixed resume is refused), ``evals.runtime``
+  (one process's segmenter and agent), ``evals.worker`` / ``evals.volumes`` (the cases of one image /
+  one volume, with ``evals.measures`` for CDR/CTR), ``evals.executors`` (threads, processes or a Ray cluster).
 - ``evals.bench`` / ``medsam3-agent bench``: encoder, decoder, agent and eval speed, peak memory.
 - ``evals/data/dev_questions.jsonl``: the dev reasoning set over the shared val images.
 """

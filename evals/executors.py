@@ -18,7 +18,8 @@ from typing import Any
 
 from evals.config import EvalConfig
 from evals.modes import MeteredSegmenter
-from evals.worker import Runtime, Task, init_worker, run_image, run_in_worker
+from evals.runtime import Runtime, Task
+from evals.worker import init_worker, run_image, run_in_worker
 
 Unit = tuple[str, list[Task]]  # image path, its (mode, case) pairs
 Write = Callable[[list[dict]], None]

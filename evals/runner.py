@@ -31,8 +31,8 @@ from evals.executors import Unit, import_ray, run_units
 from evals.identity import agent_identity, identity_changes, run_identity
 from evals.loaders import find_manifests, load_path, load_reasoning_set
 from evals.modes import MODES, MeteredSegmenter
+from evals.runtime import api_key
 from evals.summary import summarize
-from evals.worker import api_key
 
 __all__ = ["EvalConfig", "RunOutcome", "assign_modes", "load_cases", "read_results", "run_eval"]
 

@@ -28,7 +28,7 @@ import numpy as np
 from evals.cases import EvalCase, VolumeLabels
 from evals.metrics import score_case
 from evals.modes import EncodeMeter, question_for
-from evals.worker import Runtime, Task, base_record, safe_name
+from evals.runtime import Runtime, Task, base_record, safe_name
 from segmenter.study import Study
 from segmenter.study_io import load_study
 from segmenter.volume import VolumeResult, parse_slices, segment_volume
