@@ -2,9 +2,10 @@
 
 ``Settings()`` reads ``OPENAI_BASE_URL``, ``OPENAI_MODEL``, ``OPENAI_API_KEY``,
 ``MEDSAM3_COORDINATES`` (how the MLLM's boxes read: auto, pixels or norm1000; see
-``agent/mllm/frame.py``) and ``MEDSAM3_UI_AUTH``; the CLI, the UI and ``Agent`` build one and hand
-it down (nothing below them reads these variables). The segmenter layer's own variables (``MEDSAM3_SEGMENTER_URL`` /
-``MEDSAM3_SEGMENTER_TOKEN``, ``MEDSAM3_SAM3_CONFIG`` / ``MEDSAM3_SAM3_MODEL``) are read in
+``agent/mllm/frame.py``), ``MEDSAM3_CHECK_BUDGET`` (the per-mask check requests, ``examine_masks``, an
+MLLM run may send; default ``CHECK_BUDGET``) and ``MEDSAM3_UI_AUTH``; the CLI, the UI and ``Agent`` build
+one and hand it down (nothing below them reads these variables). The segmenter layer's own variables
+(``MEDSAM3_SEGMENTER_URL`` / ``MEDSAM3_SEGMENTER_TOKEN``, ``MEDSAM3_SAM3_CONFIG`` / ``MEDSAM3_SAM3_MODEL``) are read in
 ``segmenter/``, which imports nothing from ``agent``.
 
 The one "auto" planner rule (``Settings.planner_for``): the OpenAI-compatible planner when an
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PlannerName = Literal["offline", "openai", "replay"]  # replay: an MLLM run answered from its recording
 CoordinateChoice = Literal["auto", "pixels", "norm1000"]  # agent.mllm.frame's conventions, "auto" by model
+CHECK_BUDGET = 24  # per-mask check requests per MLLM run (examine_masks), by default
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,7 @@ class Settings(BaseSettings):
     openai_model: str = ""
     openai_api_key: SecretStr | None = None
     medsam3_coordinates: CoordinateChoice = "auto"
+    medsam3_check_budget: int = Field(CHECK_BUDGET, ge=0, le=1000)
     medsam3_ui_auth: SecretStr | None = None
 
     @field_validator("openai_api_key", "medsam3_ui_auth", mode="before")

@@ -64,11 +64,11 @@ def build_planner(planner: Any = "auto", settings: Settings | None = None, *,
     if isinstance(planner, ChatClient):
         from agent.planners.mllm import MLLMPlanner
 
-        return MLLMPlanner(planner, coordinate_convention=coordinates)
+        return MLLMPlanner(planner, coordinate_convention=coordinates, check_budget=settings.medsam3_check_budget)
     if isinstance(planner, str):
         planner = settings.planner_for(planner, base_url=llm_options.get("base_url"), model=llm_options.get("model"))
     if planner == "replay":
-        return _replay_planner(replay, coordinate_convention, llm_options)
+        return _replay_planner(replay, coordinate_convention, llm_options, settings.medsam3_check_budget)
     if planner == "offline":
         from agent.planners.offline import OfflinePlanner
 
@@ -77,7 +77,8 @@ def build_planner(planner: Any = "auto", settings: Settings | None = None, *,
         from agent.mllm.openai_client import OpenAIClient
         from agent.planners.mllm import MLLMPlanner
 
-        return MLLMPlanner(OpenAIClient.from_env(settings, **llm_options), coordinate_convention=coordinates)
+        return MLLMPlanner(OpenAIClient.from_env(settings, **llm_options), coordinate_convention=coordinates,
+                           check_budget=settings.medsam3_check_budget)
     raise ValueError(f"unknown planner {planner!r}; choose offline, openai, or pass a Planner / chat client")
 
 
@@ -124,7 +125,7 @@ async def _in_thread(events: Iterator[StepEvent]) -> AsyncIterator[StepEvent]:
 
 
 def _replay_planner(folder: str | Path | None, coordinate_convention: str | None,
-                    llm_options: dict[str, Any]) -> Planner:
+                    llm_options: dict[str, Any], check_budget: int) -> Planner:
     """The MLLM planner answering from a recording, with the recorded model and coordinate convention."""
     from agent.mllm.recording import ReplayClient
     from agent.planners.mllm import MLLMPlanner
@@ -135,7 +136,7 @@ def _replay_planner(folder: str | Path | None, coordinate_convention: str | None
         raise ValueError(f"a replay takes its model and settings from the recording, not {sorted(llm_options)}")
     client = ReplayClient(folder)
     return MLLMPlanner(client, coordinate_convention=coordinate_convention
-                       or client.recording.meta.coordinate_convention or "auto")
+                       or client.recording.meta.coordinate_convention or "auto", check_budget=check_budget)
 
 
 def _record(planner: Planner, folder: str | Path) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 from agent.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = ("OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY", "MEDSAM3_UI_AUTH")
+ENV = ("OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY", "MEDSAM3_UI_AUTH", "MEDSAM3_CHECK_BUDGET")
 
 
 @pytest.fixture()
@@ -102,6 +102,22 @@ def test_agent_uses_the_settings_it_is_given(clean_env, segmenter):
     clean_env.setenv("OPENAI_MODEL", "fake-vlm")
     assert Agent(segmenter=segmenter).planner.label == "openai:fake-vlm"  # nothing passed: the environment
     assert Agent(segmenter=segmenter, settings=Settings(openai_base_url="", openai_model="")).planner.label == "offline"
+
+
+def test_the_mask_check_budget_comes_from_the_environment(clean_env, segmenter):
+    from pydantic import ValidationError
+
+    from agent import Agent
+    from agent.config import CHECK_BUDGET
+
+    clean_env.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    clean_env.setenv("OPENAI_MODEL", "fake-vlm")
+    assert Agent(segmenter=segmenter).planner.check_budget == CHECK_BUDGET
+    clean_env.setenv("MEDSAM3_CHECK_BUDGET", "3")
+    assert Agent(segmenter=segmenter).planner.check_budget == 3
+    clean_env.setenv("MEDSAM3_CHECK_BUDGET", "-1")
+    with pytest.raises(ValidationError, match="medsam3_check_budget"):
+        Settings()
 
 
 def test_run_command_with_a_base_url_alone_asks_for_a_model(tmp_path):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from agent.config import CHECK_BUDGET
 from agent.errors import PlannerError
 from agent.mllm.base import ChatClient, LLMReply, ToolsUnsupported, image_data_url
 from agent.mllm.frame import MAX_SIDE, Frame, convention_for
@@ -44,7 +45,6 @@ from tools.schemas import Candidate, Selection, ToolCall, ToolResult
 from tools.segment import describe_candidates, found_text
 
 MAX_ARGUMENTS = 20_000  # characters of one call's arguments (as JSON) read; a longer call is invalid unread
-CHECK_BUDGET = 24  # per-mask check requests per run (examine_masks), by default
 
 
 def _kept(arguments: dict[str, Any]) -> dict[str, Any]:
