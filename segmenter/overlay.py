@@ -53,17 +53,3 @@ def render_overlay(
             _label(canvas, labels[i], (int(x), int(y)), colour(i), scale)
     return canvas
 
-
-def zoom_crop(image: np.ndarray, mask: np.ndarray, label: str = "", margin: float = 0.5, size: int = 384) -> np.ndarray:
-    """A crop around one mask (with ``margin`` of its size on each side), resized to ``size``."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        raise ValueError("cannot crop around an empty mask")
-    h, w = mask.shape
-    bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    x0, x1 = max(0, int(xs.min() - margin * bw)), min(w, int(xs.max() + 1 + margin * bw))
-    y0, y1 = max(0, int(ys.min() - margin * bh)), min(h, int(ys.max() + 1 + margin * bh))
-    crop = render_overlay(image[y0:y1, x0:x1], [mask[y0:y1, x0:x1]], [label] if label else None, alpha=0.3)
-    s = size / max(crop.shape[:2])
-    out_size = (max(1, int(crop.shape[1] * s)), max(1, int(crop.shape[0] * s)))
-    return cv2.resize(crop, out_size, interpolation=cv2.INTER_LINEAR)
