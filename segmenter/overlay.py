@@ -1,4 +1,4 @@
-"""Overlays (set-of-marks): numbered masks in distinct colours on the image, and zoomed crops.
+"""Overlays (set-of-marks): numbered masks in distinct colours on the image.
 
 Used by the segment command, the agent's examine tool (the images an MLLM looks at) and the UI.
 """
