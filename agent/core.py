@@ -92,6 +92,7 @@ class _Turn:
     state: dict[str, Any]
     ctx: RunContext
     array: np.ndarray
+    source: Study | None = None  # a one-slice DICOM/NIfTI: geometry and headers for the result's exports
     trace: list[StepEvent] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)  # the graph's last streamed state
 
@@ -359,7 +360,9 @@ class Agent:
         state.update(update(geometry=geometry))  # spacing and modality only: a follow-up measures in the same units
         ctx = RunContext(segmenter=segmenter, image=array, planner=self.planner, masks=ThreadMasks(self.store, thread),
                          geometry=geometry)
-        return _Turn(thread=thread, thread_id=thread_id, config=config, state=state, ctx=ctx, array=array)
+        source = image if isinstance(image, Study) else None  # a follow-up without image= has no headers: PNGs only
+        return _Turn(thread=thread, thread_id=thread_id, config=config, state=state, ctx=ctx, array=array,
+                     source=source)
 
     def _stream(self, question: str, image: ImageInput | Study | None,
                 thread_id: str | None) -> Iterator[StepEvent]:
@@ -395,6 +398,7 @@ class Agent:
     def _answered(self, turn: _Turn) -> StepEvent:
         """The "answer" event: the result made from the graph's last state."""
         result = self._result(turn.final, turn.array, turn.ctx, turn.trace, turn.thread_id)
+        result.source = turn.source  # never serialised: ``save`` writes the NIfTI/SEG from it
         final = turn.final
         done = StepEvent(kind="answer", text=result.answer, node="answer", image=result.overlay, result=result,
                          data={"ids": list(final.get("selection", []))}, ms=final.get("answer_ms", 0.0))

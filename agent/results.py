@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.volume_output import VolumeOutput
+from agent.volume_output import VolumeOutput, save_study_masks
+from segmenter.study import Study
 from segmenter.types import Instance
 from tools.measure import Measurement
 
@@ -92,6 +93,8 @@ class AgentResult(BaseModel):
     measurements: list[Measurement] = Field(default_factory=list)  # sizes, counts, ratios of the chosen masks
     # a volume run: the 3D masks per concept (``masks`` then hold the key slice's cross-sections)
     volume: Annotated[VolumeOutput | None, Field(repr=False, exclude=True)] = None
+    # a 2D run on a one-slice DICOM or NIfTI: its geometry and (DICOM) headers, for the NIfTI and SEG exports
+    source: Annotated[Study | None, Field(repr=False, exclude=True)] = None
 
     def union_mask(self) -> np.ndarray:
         union = np.zeros(self.image_size, dtype=bool)
@@ -120,6 +123,7 @@ class AgentResult(BaseModel):
                 {
                     "concept": m.concept,
                     "path": paths.get(("union", i)),
+                    "nifti": paths.get(("nifti", m.concept)),
                     "area": int(m.mask.sum()),
                     "instances": [
                         {"path": paths.get(("instance", i, j)), "score": round(inst.score, 4),
@@ -130,14 +134,21 @@ class AgentResult(BaseModel):
                 for i, m in enumerate(self.masks)
             ],
             "measurements": [{**m.model_dump(), "text": m.text} for m in self.measurements],
+            # DICOM/NIfTI input: a NIfTI per concept tried (empty where nothing was kept), a SEG for DICOM
+            "nifti": [{"concept": key[1], "path": path} for key, path in paths.items()
+                      if isinstance(key, tuple) and key[0] == "nifti"],
+            "seg": paths.get("seg"),
+            "seg_skipped": paths.get("seg_skipped"),  # DICOM input whose headers a SEG cannot reference: why
             "volume": None if self.volume is None else self.volume.summary(),
             "trace": [event.summary() for event in self.trace],
         }
 
     def save(self, out_dir: str | Path) -> Path:
         """Write overlay.png, masks/<concept>.png (union) and masks/<concept>_<k>.png (instances, 0/255 at
-        the image's size) and result.json (paths relative to ``out_dir``); return ``out_dir``. A failed run
-        (status "error") writes result.json only: its error and trace."""
+        the image's size) and result.json (paths relative to ``out_dir``); return ``out_dir``. For DICOM or
+        NIfTI input (a volume, or a one-slice ``source``) also masks/<concept>_3d.nii.gz per concept (the
+        source affine) and, for DICOM, segmentation.dcm (a DICOM SEG of all concepts). A failed run (status
+        "error") writes result.json only: its error and trace."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if self.masks:
@@ -146,21 +157,55 @@ class AgentResult(BaseModel):
         if self.status == "done":  # a failed run has no answer to draw
             paths["overlay"] = "overlay.png"
             Image.fromarray(self.overlay).save(out / "overlay.png")
-        used: set[str] = set()
+        names = _unique_slugs(self._file_concepts())
         for i, concept_mask in enumerate(self.masks):
-            name = slug(concept_mask.concept)
-            while name in used:  # two concepts with the same slug
-                name += "_"
-            used.add(name)
-            paths[("union", i)] = f"masks/{name}.png"
+            paths[("union", i)] = f"masks/{names[i]}.png"
             _save_mask(concept_mask.mask, out / paths[("union", i)])
             for j, inst in enumerate(concept_mask.instances):
-                paths[("instance", i, j)] = f"masks/{name}_{j + 1}.png"
+                paths[("instance", i, j)] = f"masks/{names[i]}_{j + 1}.png"
                 _save_mask(inst.mask, out / paths[("instance", i, j)])
-        if self.volume is not None and self.status == "done":  # NIfTI per concept (+ DICOM SEG for DICOM input)
-            self.volume.save(out, lambda concept: slug(concept) + "_3d")
+        if self.status == "done":
+            paths.update(self._save_study_masks(out, names))
         (out / "result.json").write_text(json.dumps(self.to_json(paths), indent=2) + "\n")
         return out
+
+    def _save_study_masks(self, out: Path, names: list[str]) -> dict[Any, str]:
+        """A DICOM or NIfTI input's NIfTI per concept (and SEG), keyed as ``to_json`` reads them; ``names``
+        are the file names of ``_file_concepts``."""
+        name_of: dict[str, str] = {}
+        for concept, name in zip(self._file_concepts(), names, strict=True):
+            name_of.setdefault(concept, name)  # a concept's first name (hand-made results may repeat one)
+        if self.volume is not None:  # every concept segmented over the volume, found or not
+            files = self.volume.save(out, lambda concept: name_of.get(concept, slug(concept)))
+        elif self.source is not None and self.source.kind != "image":  # one slice: every concept tried
+            unions = {c: np.zeros((1, *self.image_size), dtype=bool) for c in name_of}
+            for m in self.masks:
+                unions[m.concept] |= m.mask[None]
+            files = save_study_masks(out, self.source, unions, name_of)
+        else:
+            return {}
+        paths: dict[Any, str] = {("nifti", concept): path for concept, path in files.nifti.items()}
+        if files.seg is not None:
+            paths["seg"] = files.seg
+        if files.seg_skipped is not None:
+            paths["seg_skipped"] = files.seg_skipped
+        return paths
+
+    def _file_concepts(self) -> list[str]:
+        """The concept of each of ``masks``, then each other concept tried: in the order files are named."""
+        kept = [m.concept for m in self.masks]
+        return kept + [c for c in dict.fromkeys(self.concepts_tried) if c not in kept]
+
+
+def _unique_slugs(concepts: list[str]) -> list[str]:
+    """File names per concept, in order; a concept whose slug is taken gets "_" appended."""
+    used: list[str] = []
+    for concept in concepts:
+        name = slug(concept)
+        while name in used:  # two concepts with the same slug
+            name += "_"
+        used.append(name)
+    return used
 
 
 StepEvent.model_rebuild()  # its ``result`` refers to AgentResult, defined after it

@@ -1,7 +1,8 @@
 """`medsam3-agent run IMAGE "question" --out DIR`: answer a question with masks, write the files.
 
 IMAGE may be a photo, a DICOM file, a DICOM series folder or zip, or a NIfTI volume, all read by
-``load_study``; a volume is answered per volume (NIfTI masks, and a DICOM SEG for DICOM input).
+``load_study``; a volume is answered per volume. DICOM and NIfTI input, a volume or one slice, also get a
+NIfTI mask per concept (masks/<concept>_3d.nii.gz) and, for DICOM, a DICOM SEG (segmentation.dcm).
 
 Exit 0 with an answer (which may be "Nothing was found" when the planner said so); exit 2 with one
 line on stderr when the run failed (bad input, endpoint down, unusable MLLM replies). A run that
@@ -145,9 +146,10 @@ def main(args: argparse.Namespace) -> int:
         summary = json.loads((out / "result.json").read_text())
         print(f"wrote {out}/overlay.png, {sum(1 + len(m['instances']) for m in summary['masks'])} mask PNG(s), "
               f"{out}/result.json")
-        volume = summary.get("volume") or {}
-        files = [c["nifti"] for c in volume.get("concepts", []) if c.get("nifti")]
-        files += [volume["seg"]] if volume.get("seg") else []
+        files = [item["path"] for item in summary["nifti"]]  # DICOM/NIfTI input: one per concept, found or not
+        files += [summary["seg"]] if summary.get("seg") else []
         if files:
             print("wrote " + ", ".join(f"{out}/{f}" for f in files))
+        if summary.get("seg_skipped"):
+            print(f"no DICOM SEG: {summary['seg_skipped']}")
     return 0

@@ -273,15 +273,19 @@ def save_dicom_seg(masks: Mapping[str, np.ndarray], study: Study, path: str | Pa
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification))
     source_number = study.dicom_headers[0].get("SeriesNumber")
-    seg = hd.seg.Segmentation(
-        source_images=study.dicom_headers, pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=int(source_number or 0) + 1000,
-        sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer=PACKAGE, manufacturer_model_name=algorithm[:64], software_versions=version[:64],
-        device_serial_number="0", plane_positions=planes, omit_empty_frames=bool(pixels.any()),
-        series_description=f"{algorithm} segmentation"[:64], content_label="MEDSAM3",
-        content_description=f"Automatic segmentation by {algorithm}"[:64])
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=study.dicom_headers, pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(), series_number=int(source_number or 0) + 1000,
+            sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer=PACKAGE, manufacturer_model_name=algorithm[:64], software_versions=version[:64],
+            device_serial_number="0", plane_positions=planes, omit_empty_frames=bool(pixels.any()),
+            series_description=f"{algorithm} segmentation"[:64], content_label="MEDSAM3",
+            content_description=f"Automatic segmentation by {algorithm}"[:64])
+    except (ValueError, TypeError, AttributeError) as exc:  # its message may quote header values: not repeated
+        raise ExportError("the source DICOM headers lack what a DICOM SEG requires (e.g. a frame of reference; "
+                          f"highdicom: {exc.__class__.__name__})") from None
     path = Path(path)
     seg.save_as(str(path))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -324,3 +326,102 @@ def test_real_chaos_label_round_trips(tmp_path: Path) -> None:
     assert _world_set(out) == _world_set(nib.Nifti1Image(labels, source.affine))
     same_grid = _load(save_nifti(mask, study.geometry, tmp_path / "grid.nii.gz", like=source))
     assert np.array_equal(np.asarray(same_grid.dataobj), labels)
+
+
+# --- Agent.run on one DICOM or NIfTI slice: AgentResult.save writes the NIfTI (and SEG) as for a volume ---------
+
+
+def _agent_on(tmp_path: Path, image: Path, mask: np.ndarray):
+    """Agent.run "outline the lung" on ``image`` with a segmenter that answers ``mask`` there, then save."""
+    from agent_helpers import OracleBackend
+
+    from agent import Agent
+
+    truth = tmp_path / "truth.png"
+    Image.fromarray(mask.astype(np.uint8) * 255).save(truth)
+    agent = Agent(planner="offline", segmenter=OracleBackend({str(image): {"lung": str(truth)}}))
+    result = agent.run("outline the lung", image=image)
+    assert result.found == bool(mask.any()), result.answer
+    out = result.save(tmp_path / "out")
+    return out, json.loads((out / "result.json").read_text())
+
+
+def test_a_one_slice_dicom_through_the_agent_gets_a_nifti_and_a_seg_at_the_source_pixels(tmp_path: Path) -> None:
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    mask = np.zeros((128, 128), dtype=bool)
+    mask[30:40, 80:95] = True
+    mask[40:46, 80:84] = True  # an L: a row/col swap or flip moves voxels
+    out, saved = _agent_on(tmp_path, Path(path), mask)
+    entry = saved["masks"][0]
+    assert entry["nifti"] == "masks/lung_3d.nii.gz" and saved["seg"] == "segmentation.dcm"
+    assert saved["nifti"] == [{"concept": "lung", "path": entry["nifti"]}]
+    image = _load(out / entry["nifti"])
+    assert np.asarray(image.dataobj).shape == (128, 128, 1) and int(image.header["sform_code"]) == 1
+    expected = sorted(tuple(_dicom_world([header], 0, r, c)) for r, c in np.argwhere(mask))
+    written = _world_set(image)  # the NIfTI stores its affine in float32: equal to ~1e-4 mm
+    assert len(written) == len(expected) and np.allclose(written, expected, atol=1e-3)
+    seg = hd.seg.segread(str(out / saved["seg"]))
+    item = seg.PerFrameFunctionalGroupsSequence[0]
+    assert item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == header.SOPInstanceUID
+    assert np.allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+                       [float(v) for v in header.ImagePositionPatient])
+    assert seg.SegmentSequence[0].SegmentLabel == "lung" and np.array_equal(seg.pixel_array.astype(bool), mask)
+    # the SEG carries the patient module by its standard; result.json never does
+    text = (out / "result.json").read_text()
+    assert seg.PatientID == header.PatientID and str(header.PatientName) not in text and header.PatientID not in text
+
+
+def test_nothing_found_on_a_dicom_slice_is_an_empty_nifti_and_seg(tmp_path: Path) -> None:
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    out, saved = _agent_on(tmp_path, Path(path), np.zeros((128, 128), dtype=bool))
+    assert saved["masks"] == [] and saved["nifti"] == [{"concept": "lung", "path": "masks/lung_3d.nii.gz"}]
+    assert not np.asarray(_load(out / "masks" / "lung_3d.nii.gz").dataobj).any()
+    seg = hd.seg.segread(str(out / saved["seg"]))
+    assert int(seg.NumberOfFrames) == 1 and not seg.pixel_array.any()
+
+
+def test_a_dicom_slice_a_seg_cannot_reference_still_gets_its_nifti_and_says_why(tmp_path: Path) -> None:
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    ds = pydicom.dcmread(path)
+    del ds.FrameOfReferenceUID  # a SEG of a slice with a patient position requires one
+    ds.save_as(tmp_path / "no_frame.dcm")
+    mask = np.zeros((128, 128), dtype=bool)
+    mask[60:70, 10:30] = True
+    out, saved = _agent_on(tmp_path, tmp_path / "no_frame.dcm", mask)
+    assert saved["seg"] is None and "the source DICOM headers lack" in saved["seg_skipped"]
+    assert not (out / "segmentation.dcm").exists() and saved["answer"]
+    assert np.array_equal(np.asarray(_load(out / saved["masks"][0]["nifti"]).dataobj)[..., 0].T, mask)
+
+
+def test_a_one_slice_nifti_through_the_agent_gets_a_nifti_on_the_source_voxels(tmp_path: Path) -> None:
+    affine = np.array([[0.0, -0.8, 0.0, 30.0], [0.9, 0.0, 0.0, -12.0], [0.0, 0.0, 4.0, 7.0], [0, 0, 0, 1]])
+    data = np.zeros((40, 30, 1), dtype=np.float32)
+    data[5:15, 3:12, 0] = 100.0  # a block with a notch: its voxels are the truth
+    data[5:8, 3:6, 0] = 0.0
+    source = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(source))
+    study = load_study(source)
+    assert study.values is not None and study.shape[0] == 1
+    out, saved = _agent_on(tmp_path, source, study.values[0] > 50)
+    assert saved["seg"] is None and not (out / "segmentation.dcm").exists()
+    assert [item["path"] for item in saved["nifti"]] == [saved["masks"][0]["nifti"]] == ["masks/lung_3d.nii.gz"]
+    written = _load(out / saved["masks"][0]["nifti"])
+    assert _world_set(written) == _world_set(nib.Nifti1Image((data > 50).astype(np.uint8), affine))
+
+
+def test_a_png_through_the_agent_writes_pngs_only(tmp_path: Path) -> None:
+    picture = np.zeros((64, 80, 3), dtype=np.uint8)
+    picture[20:40, 30:60] = 180
+    path = tmp_path / "photo.png"
+    Image.fromarray(picture).save(path)
+    out, saved = _agent_on(tmp_path, path, picture[..., 0] > 0)
+    assert saved["masks"][0]["path"] == "masks/lung.png" and saved["masks"][0]["nifti"] is None
+    assert saved["seg"] is None and saved["nifti"] == []
+    assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*.dcm"))

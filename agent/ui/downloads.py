@@ -1,10 +1,10 @@
 """What the user takes away from a turn: the masks in a zip, and result.json.
 
-``AgentResult.save`` writes the files (overlay.png, mask PNGs, result.json and, for a volume, a
-NIfTI per concept at the source affine and, for DICOM input, a DICOM SEG); this only packs them,
-so the UI's download and the CLI's ``--out`` folder hold the same things. The names are neutral
-(``masks.zip``, ``result.json``): an upload's file name often names the patient. The SEG, by its
-standard, carries the source's patient module (docs/security.md).
+``AgentResult.save`` writes the files (overlay.png, mask PNGs, result.json and, for DICOM or NIfTI
+input, a volume or one slice, a NIfTI per concept at the source affine and, for DICOM, a DICOM SEG);
+this only packs them, so the UI's download and the CLI's ``--out`` folder hold the same things. The
+names are neutral (``masks.zip``, ``result.json``): an upload's file name often names the patient.
+The SEG, by its standard, carries the source's patient module (docs/security.md).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-MASK_SUFFIXES = (".png", ".nii.gz", ".dcm")  # 2D masks; NIfTI per concept; the DICOM SEG
+MASK_SUFFIXES = (".png", ".nii.gz", ".dcm")  # mask PNGs; NIfTI per concept; the DICOM SEG
 
 
 class Downloads(BaseModel):
@@ -28,8 +28,8 @@ class Downloads(BaseModel):
 
 
 def write_downloads(result: Any, folder: Path) -> Downloads:
-    """Save ``result`` under ``folder/result`` and zip its masks (PNG; NIfTI and DICOM SEG for a volume) with
-    result.json, whose paths they are."""
+    """Save ``result`` under ``folder/result`` and zip its masks (PNG; NIfTI, and a DICOM SEG, for DICOM/NIfTI
+    input) with result.json, whose paths they are."""
     out = folder / "result"
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
