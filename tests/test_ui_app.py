@@ -20,7 +20,7 @@ from ui_helpers import ask as _ask
 from ui_helpers import client as _client
 from ui_helpers import free_port as _free_port
 from ui_helpers import last_turn as _turn
-from ui_helpers import sample_polyp
+from ui_helpers import require_real_polyp, sample_polyp
 from ui_helpers import texts as _texts
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -144,6 +144,8 @@ def test_endpoint_down_is_a_readable_message_and_the_ui_stays_usable(client, tes
 
 def test_openai_compatible_planner_through_the_ui(client, test_image):
     from agent_helpers import FakeOpenAI, tool_reply
+
+    require_real_polyp(test_image)
 
     width, height = Image.open(test_image).size
     box = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]

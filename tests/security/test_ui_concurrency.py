@@ -14,7 +14,7 @@ import time
 import pytest
 from agent_helpers import FakeOpenAI, tool_reply
 from PIL import Image
-from ui_helpers import ask, client, last_turn, sample_polyp, serve_ui, texts
+from ui_helpers import ask, client, last_turn, require_real_polyp, sample_polyp, serve_ui, texts
 
 from agent.ui.settings import UiSettings
 
@@ -27,6 +27,7 @@ def image(tmp_path_factory):
 
 
 def test_a_slow_mllm_turn_does_not_hold_up_another_users_offline_turn(image, tmp_path):
+    require_real_polyp(image)
     width, height = Image.open(image).size
     box = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
     release = threading.Event()
@@ -53,7 +54,7 @@ def test_a_slow_mllm_turn_does_not_hold_up_another_users_offline_turn(image, tmp
             assert not slow.done() and len(fake.requests) == 1  # the slow one is still waiting meanwhile
         finally:
             release.set()
-        chat, _box, _overlay, legend, _downloads, status = slow.result(timeout=600)
+        chat, _box, _overlay, legend, _downloads, status, _slider = slow.result(timeout=600)
     assert status.startswith("Done"), texts(chat[-1])
     assert "There is one polyp." in texts(last_turn(chat)[-1]) and len(legend["data"]) == 1
 
