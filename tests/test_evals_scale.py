@@ -145,8 +145,8 @@ def test_a_failing_question_counts_as_an_empty_prediction(plain_run):
 
 
 def test_concurrency_gives_the_records_of_a_plain_run(plain_run, questions, server, metered, tmp_path):
-    out = tmp_path / "four"
-    outcome = run_eval(config(questions, server, out, concurrency=4), segmenter=metered, progress=False,
+    out = tmp_path / "eight"
+    outcome = run_eval(config(questions, server, out, concurrency=8), segmenter=metered, progress=False,
                        log=lambda _: None)
     assert (outcome.ran, outcome.errors) == (4, 1)
     assert comparable(lines(out / "results.jsonl")) == comparable(plain_run)
