@@ -58,6 +58,7 @@ class TrainConfig:
     val_max_per_dataset: int | None = None  # cap on val items per dataset (None: all)
     val_replay_per_dataset: int | None = None  # cap on val items of the replay datasets (None: all)
     gate_epochs: int = 40
+    encoder: str | None = None  # image encoder runtime for the cache (fast_encoder.py; None: MEDSAM3_ENCODER/auto)
 
 
 def _phrase_table(catalog) -> tuple[list[str], dict[str, list[int]], dict[str, list[int]]]:
@@ -380,8 +381,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     if not train_items:
         raise FileNotFoundError(f"no training images found under {cfg.data} for datasets {cfg.datasets}")
     log(f"caching {len(train_items)} train and {len(val_items)} val items in {cfg.cache}")
-    build_cache(net, train_items, cfg.cache / "train")
-    build_cache(net, val_items, cfg.cache / "val")
+    build_cache(net, train_items, cfg.cache / "train", encoder=cfg.encoder)
+    build_cache(net, val_items, cfg.cache / "val", encoder=cfg.encoder)
     train = load_cache(cfg.cache / "train", train_items)
     val = load_cache(cfg.cache / "val", val_items)
     progress = fit(cfg, net, train, log=log)

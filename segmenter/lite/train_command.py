@@ -30,6 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-lr", type=float, default=1e-3, help="concept head / presence learning rate")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoder", default=None, choices=["auto", "torch", "openvino", "onnx"],
+                        help="image encoder runtime for the embedding cache (default: MEDSAM3_ENCODER, else auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -64,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
         val_replay_per_dataset=args.val_replay_per_dataset or None,
         gate_epochs=args.gate_epochs,
         min_positives_per_dataset=args.min_positives,
+        encoder=args.encoder,
     )
     report = run_training(cfg, log=lambda m: print(m, flush=True))
     print(f"weights: {cfg.out / 'medsam3_lite.safetensors'}  model card: {cfg.out / 'MODEL_CARD.md'}")
