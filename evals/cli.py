@@ -197,14 +197,18 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())) from None
     outcome = run_eval(config, progress=not args.no_progress)
     print(f"{outcome.ran} (mode, case) pairs run, {outcome.skipped} resumed, {outcome.errors} errors -> {outcome.out}")
-    rows = [r for r in outcome.summary if r["concept"] == "*"]
-    width = max((len(r["dataset"]) for r in outcome.summary), default=7)
-    print(f"{'mode':7} {'dataset':{width}} {'n':>5} {'dice':>7} {'giou':>7} {'ciou':>7} {'pres':>6} {'err':>4}")
+    # one row per (dataset, concept) and per mode over everything; sens / spec: presence sensitivity over the
+    # n+ cases with a target, specificity over the n- cases without one
+    rows = [r for r in outcome.summary if (r["dataset"] == "*") == (r["concept"] == "*") and r["n_measured"] is None]
+    names = {id(r): r["dataset"] if r["dataset"] == "*" else f"{r['dataset']} / {r['concept']}" for r in rows}
+    width = max((len(name) for name in names.values()), default=7)
+    print(f"{'mode':7} {'dataset / concept':{width}} {'n':>5} {'dice':>7} {'giou':>7} {'ciou':>7} {'sens':>6} "
+          f"{'n+':>4} {'spec':>6} {'n-':>4} {'err':>4}")
     for r in rows:
         cells = [f"{r[k]:.4f}" if isinstance(r[k], float) else "    –  " for k in ("dice", "giou", "ciou")]
-        pres = f"{r['presence_acc']:.2f}" if r["presence_acc"] is not None else "  –"
-        print(f"{r['mode']:7} {r['dataset']:{width}} {r['n']:5d} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} "
-              f"{pres:>6} {r['errors']:4d}")
+        sens, spec = (f"{r[k]:.3f}" if r.get(k) is not None else "  –" for k in ("presence_sens", "presence_acc"))
+        print(f"{r['mode']:7} {names[id(r)]:{width}} {r['n']:5d} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} "
+              f"{sens:>6} {r.get('n_pos', '–'):>4} {spec:>6} {r.get('n_neg', '–'):>4} {r['errors']:4d}")
     for r in outcome.summary:  # measurement rows: the ratio's mean absolute error
         if r["n_measured"] is not None and r["dataset"] != "*":
             mae = f"{r['mae']:.4f}" if r["mae"] is not None else "–"

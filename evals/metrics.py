@@ -10,7 +10,10 @@ Aggregated (``aggregate``), following the usual definitions:
   numbers; empty targets are scored by ``presence_acc`` instead).
 - ``giou``: mean per-case IoU over all cases, empty-on-empty counting 1 (LISA / ReasonSeg).
 - ``ciou``: sum of intersections / sum of unions over all cases (LISA / ReasonSeg).
-- ``presence_acc``: on cases with an empty target, the share where the prediction is empty too.
+- ``presence_acc``: presence specificity: on cases with an empty target (``n_neg`` of them: BUSI normal
+  images, tumour-free slices, a concept asked of an image without it), the share whose prediction is empty too.
+- ``presence_sens``: presence sensitivity: on cases with a non-empty target (``n_pos``), the share whose
+  prediction is not empty (a mask was returned at all, however well it overlaps).
 - ``hd95``: mean 95th-percentile Hausdorff distance (pixels) over cases where both masks are
   non-empty; computed by MONAI (``compute_hausdorff_distance(percentile=95)``: the larger of
   the two directed 95th percentiles of boundary distances).
@@ -134,7 +137,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def aggregate(scores: Iterable[CaseScore]) -> dict[str, float | int | None]:
-    """n, dice, iou, giou, ciou, presence_acc, hd95, hd95_mm over a group of cases (see the module doc)."""
+    """n, dice, iou, giou, ciou, presence_acc / presence_sens (with n_neg / n_pos), hd95, hd95_mm over a group of
+    cases (see the module doc)."""
     scores = list(scores)
     positive = [s for s in scores if not s.target_empty]
     negative = [s for s in scores if s.target_empty]
@@ -148,6 +152,9 @@ def aggregate(scores: Iterable[CaseScore]) -> dict[str, float | int | None]:
         "giou": _mean([s.iou for s in scores]),
         "ciou": sum(s.intersection for s in scores) / union if union else None,
         "presence_acc": _mean([1.0 if s.pred_empty else 0.0 for s in negative]),
+        "presence_sens": _mean([0.0 if s.pred_empty else 1.0 for s in positive]),
+        "n_pos": len(positive),
+        "n_neg": len(negative),
         "hd95": _mean(hd),
         "hd95_mm": _mean(hd_mm),
     }

@@ -63,12 +63,18 @@ def metrics_table(rows: list[dict], *, by: str) -> list[str]:
         chosen = [r for r in rows if r["dataset"] == "*" and r["concept"] != "*"]
     else:
         chosen = [r for r in rows if r["dataset"] != "*" and r["concept"] != "*"]
-    header = ["Mode", "Dataset", "Concept", "n", "Dice", "IoU", "gIoU", "cIoU", "Presence acc.", "HD95 (px)",
-              "s / case", "Errors"]
+    header = ["Mode", "Dataset", "Concept", "n", "Dice", "IoU", "gIoU", "cIoU", "Presence sens. (n+)",
+              "Presence spec. (n−)", "HD95 (px)", "s / case", "Errors"]
     body = [[r["mode"], r["dataset"], r["concept"], str(r["n"]), _fmt(r["dice"]), _fmt(r["iou"]), _fmt(r["giou"]),
-             _fmt(r["ciou"]), _fmt(r["presence_acc"]), _fmt(r["hd95"], 1), _fmt(r["seconds_per_case"], 2),
-             str(r["errors"])] for r in chosen]
+             _fmt(r["ciou"]), _presence(r, "presence_sens", "n_pos"), _presence(r, "presence_acc", "n_neg"),
+             _fmt(r["hd95"], 1), _fmt(r["seconds_per_case"], 2), str(r["errors"])] for r in chosen]
     return _table(header, body)
+
+
+def _presence(row: dict, share: str, count: str) -> str:
+    """'0.9412 (17)'; rows of summaries written before sensitivity was reported have no counts."""
+    value = _fmt(row.get(share))
+    return value if row.get(count) is None else f"{value} ({row[count]})"
 
 
 def category_table(records: list[dict]) -> list[str]:
@@ -222,7 +228,9 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
         "## All metrics by dataset",
         "",
         ("gIoU counts an empty prediction on an empty target as 1; cIoU = Σ intersection / Σ union; presence "
-        "accuracy is the share of empty-target cases answered with an empty mask; HD95 in pixels (MONAI), over "
+        "sensitivity is the share of the n+ cases with a target answered with a mask at all, presence specificity "
+        "(the summary's presence_acc) the share of the n− cases without one (an empty target: BUSI normal images, "
+        "tumour-free slices) answered with an empty mask; HD95 in pixels (MONAI), over "
         "cases where both masks are non-empty. s / case includes a share of the once-per-image encoder time. "
         "n counts every case: one that failed (Errors) is scored as an empty prediction, or as a miss where "
         "its target could not be read."),

@@ -1,10 +1,12 @@
 """Per-case records (``results.jsonl``) -> flat summary rows per mode, dataset and concept.
 
 Rows: ``{"mode", "dataset", "concept", "n", "dice", "iou", "giou", "ciou", "presence_acc",
-"hd95", "seconds_per_case", "errors"}``. ``"*"`` in ``dataset`` and/or ``concept`` aggregates
-over all of them. ``n`` counts every case; a case that raised counts in ``errors`` *and* in the
-metrics as the empty prediction it delivered (scored against its target by the runner). One
-whose target could not be read either (an unreadable image) counts as a miss: Dice = IoU = 0 on
+"presence_sens", "n_pos", "n_neg", "hd95", "seconds_per_case", "errors"}``: ``presence_acc`` is presence
+specificity over the ``n_neg`` cases with an empty target, ``presence_sens`` presence sensitivity over the
+``n_pos`` cases with one (``evals.metrics``); rows written before these two existed lack them. ``"*"`` in
+``dataset`` and/or ``concept`` aggregates over all of them. ``n`` counts every case; a case that raised
+counts in ``errors`` *and* in the metrics as the empty prediction it delivered (scored against its target by
+the runner). One whose target could not be read either (an unreadable image) counts as a miss: Dice = IoU = 0 on
 a non-empty target, adding nothing to cIoU's sums. A failing planner therefore lowers the
 scores instead of leaving only its easy cases in the table.
 
@@ -30,7 +32,8 @@ from collections.abc import Iterable
 
 from evals.metrics import CaseScore, aggregate
 
-FIELDS = ("mode", "dataset", "concept", "n", "dice", "iou", "giou", "ciou", "presence_acc", "hd95", "hd95_mm",
+FIELDS = ("mode", "dataset", "concept", "n", "dice", "iou", "giou", "ciou", "presence_acc", "presence_sens", "n_pos",
+          "n_neg", "hd95", "hd95_mm",
           "seconds_per_case", "seconds_per_volume", "mae", "n_measured", "errors")
 SCORE_FIELDS = tuple(CaseScore.model_fields)
 

@@ -150,3 +150,31 @@ def test_report_breaks_reasoning_questions_down_by_category(tmp_path):
     section = text.split("## By question category (reasoning sets)")[1]
     assert "| agent | lay | 2 | 0.7500 | 0.6667 | 0.6000 | – | 0 |" in section
     assert "| agent | negative | 1 | – | 1.0000 | – | 1.0000 | 0 |" in section
+
+
+def test_presence_sensitivity_and_specificity_per_concept_with_their_counts(tmp_path):
+    """BUSI-like: 3 images with a tumour (one missed: empty prediction) and 2 normal ones (one given a mask)."""
+    records = [
+        record("direct", "busi", "breast tumor", "t1.png", inter=8, union=24, t_area=16, p_area=16),
+        record("direct", "busi", "breast tumor", "t2.png", inter=16, union=16, t_area=16, p_area=16),
+        record("direct", "busi", "breast tumor", "t3.png", inter=0, union=16, t_area=16, p_area=0),
+        record("direct", "busi", "breast tumor", "n1.png", inter=0, union=0, t_area=0, p_area=0),
+        record("direct", "busi", "breast tumor", "n2.png", inter=0, union=9, t_area=0, p_area=9),
+        record("direct", "lungs", "lung", "x.png", inter=16, union=16, t_area=16, p_area=16),
+    ]
+    rows = {(r["dataset"], r["concept"]): r for r in summarize(records)}
+    busi = rows[("busi", "breast tumor")]
+    assert (busi["presence_sens"], busi["n_pos"]) == (pytest.approx(2 / 3, abs=1e-4), 3)
+    assert (busi["presence_acc"], busi["n_neg"]) == (0.5, 2)  # presence_acc stays the specificity
+    lungs = rows[("lungs", "lung")]
+    assert (lungs["presence_sens"], lungs["n_pos"], lungs["presence_acc"], lungs["n_neg"]) == (1.0, 1, None, 0)
+    assert (rows[("*", "*")]["n_pos"], rows[("*", "*")]["n_neg"]) == (4, 2)
+    text = write_report(tmp_path, list(rows.values()), records, {}).read_text()
+    assert "Presence sens. (n+) | Presence spec. (n−)" in text
+    assert "| direct | * | breast tumor | 5 | 0.5000 | 0.4444 | 0.4667 | 0.3692 | 0.6667 (3) | 0.5000 (2) |" in text
+
+
+def test_report_reads_summary_rows_written_before_presence_sensitivity(tmp_path):
+    old = [{k: v for k, v in row.items() if k not in ("presence_sens", "n_pos", "n_neg")} for row in summarize(RECORDS)]
+    text = write_report(tmp_path, old, RECORDS, {}).read_text()
+    assert "| direct | busi | * | 3 | – | – | 0.6667 | 0.0000 | – | 0.6667 |" in text
