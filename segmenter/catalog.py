@@ -20,6 +20,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+# How the Lite backend draws a concept's final mask (segmenter/lite/refine.py): "none" keeps the concept
+# decoder's mask; "box" has LiteMedSAM's own box decoder redraw each of its components from the
+# component's (slightly expanded) box; "union" / "intersection" combine the two.
+Refine = Literal["none", "box", "union", "intersection"]
+REFINES: tuple[str, ...] = ("none", "box", "union", "intersection")
+
 _SIDED = re.compile(r"(?:the\s+)?(?:patient'?s\s+)?(left|right)\s+(.+)", re.IGNORECASE)
 
 
@@ -32,6 +38,7 @@ class Concept(BaseModel):
     paired: bool = False  # an organ with a left and a right one: may be asked as "left X" / "right X"
     side: Literal["left", "right"] | None = None  # a lateral concept: this side of ``base``
     base: str | None = None  # the paired concept a lateral one is segmented as
+    refine: Refine = "none"  # see ``Refine``; a lateral concept is drawn as its base is
 
 
 class ConceptCatalog(BaseModel):
@@ -72,6 +79,9 @@ class ConceptCatalog(BaseModel):
             base = self.get(concept.base) if concept.base else None
             if concept.base and (base is None or not base.paired):
                 raise ValueError(f"concept {concept.name!r}: base {concept.base!r} is not a paired concept")
+            if concept.base and concept.refine != "none":
+                raise ValueError(f"concept {concept.name!r}: a lateral concept is segmented as its base; "
+                                 f"set 'refine' on {concept.base!r}")
         return self
 
     def modalities(self) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
-from segmenter.catalog import load_catalog
+from segmenter.catalog import Concept, load_catalog
 from segmenter.lite.fast_encoder import Run, build_encoder, build_runner, torch_encoder
 from segmenter.lite.model import (
     MODEL_SIZE,
@@ -27,6 +27,7 @@ from segmenter.lite.model import (
     unletterbox_logits,
 )
 from segmenter.lite.precision import fast_bf16
+from segmenter.lite.refine import refine_choice, refine_logits, refine_mode
 from segmenter.postprocess import split_instances
 from segmenter.text import shared_embedder
 from segmenter.types import Instance, Prompt, SegmentationResult
@@ -95,14 +96,17 @@ class LiteBackend(SegmenterBackend):
         cache_images: int = 4,
         cache_mb: float = 512.0,
         encoder: str | None = None,
+        refine: str | None = None,
     ) -> None:
         """``encoder``: the image encoder's runtime, ``auto`` (default, or ``MEDSAM3_ENCODER``), ``torch``,
-        ``openvino`` or ``onnx`` (see segmenter/lite/fast_encoder.py)."""
+        ``openvino`` or ``onnx`` (see segmenter/lite/fast_encoder.py). ``refine``: how concept masks are
+        drawn, ``catalog`` (default, or ``MEDSAM3_REFINE``: each concept's own), ``none``, ``box``, ... (refine.py)."""
         self.device = torch.device(device)
         self.net = load_model(weights).to(self.device)
         self.presence_threshold = presence_threshold
         self.mask_threshold = mask_threshold
         self.min_area = min_area
+        self.refine = refine_choice(refine)
         # bf16 autocast only where the CPU has bf16 units: emulated, it is ~20x slower (see precision.py)
         self.bf16 = fast_bf16(self.device) if bf16 is None else bf16
         # the reference path stays at hand: bench and the accuracy test compare the fast one with it
@@ -239,7 +243,7 @@ class LiteBackend(SegmenterBackend):
             prob = np.zeros((h, w), dtype=np.float32)
             presence = 0.0
             for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
-                logits = self._decode_concept(emb, text)
+                logits = self._refined(self._decode_concept(emb, text), emb, box, concept)
                 tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
                 presence = max(presence, float(self.net.presence(emb, text)[0]))
@@ -248,11 +252,17 @@ class LiteBackend(SegmenterBackend):
         presence = float(self.net.presence(emb, text)[0])
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
-            logits = self._decode_concept(emb, text)
+            logits = self._refined(self._decode_concept(emb, text), emb, box, concept)
             return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence
         # concept + box(es): one decode per box, union of the results
         logits, _, _ = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
         return torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy(), presence
+
+    def _refined(self, logits: torch.Tensor, emb: torch.Tensor, box: Letterbox,
+                 concept: Concept | None) -> torch.Tensor:
+        """The concept's mask logits as its refine mode draws them (segmenter/lite/refine.py)."""
+        mode = refine_mode(self.refine, concept)
+        return refine_logits(logits, mode, lambda b: self._decode_boxes(emb, b)[0], box.new_size, self.mask_threshold)
 
     @staticmethod
     def _model_boxes(prompt: Prompt, box: Letterbox) -> torch.Tensor | None:

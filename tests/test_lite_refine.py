@@ -1,0 +1,94 @@
+"""The refine stage (segmenter/lite/refine.py): concept components propose boxes, LiteMedSAM's box decoder
+draws inside them; the catalog's ``refine`` field and the global setting."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+from conftest import dice, read_mask, val_rows
+
+from segmenter.catalog import ConceptCatalog, load_catalog
+from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, refine_logits, refine_mode
+from segmenter.study_io import load_image
+
+
+def _logits(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.where(mask, 8.0, -8.0).astype(np.float32))[None, None]
+
+
+def test_components_propose_expanded_boxes_clipped_to_the_image():
+    mask = np.zeros((256, 256), dtype=bool)
+    mask[100:140, 50:90] = True  # 40 x 40: padded by 2 (5% of 40)
+    mask[0:10, 150:170] = True  # at the top edge: clipped to 0
+    mask[200, 200] = True  # speckle: no box
+    mask[:, 220:] = True  # beyond the image's part of the frame (padding): ignored
+    boxes = proposal_boxes(_logits(mask), valid=(256, 220))
+    assert sorted(boxes[:, 0].tolist()) == [[48.0, 98.0, 92.0, 142.0], [148.0, 0.0, 172.0, 12.0]]
+
+
+def test_box_mode_keeps_each_decoded_mask_inside_its_box():
+    mask = np.zeros((256, 256), dtype=bool)
+    mask[100:140, 50:90] = True
+    everywhere = lambda b: torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731 - a decoder that spills over
+    out = refine_logits(_logits(mask), "box", everywhere, valid=(256, 256))[0, 0] > 0
+    assert out[98:142, 48:92].all() and out.sum() == 44 * 44
+    inter = refine_logits(_logits(mask), "intersection", everywhere, valid=(256, 256))[0, 0] > 0
+    assert np.array_equal(inter.numpy(), mask)
+    plain = _logits(mask)
+    assert refine_logits(plain, "none", everywhere, valid=(256, 256)) is plain
+    empty = _logits(np.zeros((256, 256), dtype=bool))
+    assert torch.equal(refine_logits(empty, "box", everywhere, valid=(256, 256)), empty)  # nothing to propose
+
+
+def test_box_refine_on_a_real_polyp_draws_inside_the_concept_masks_boxes(segmenter):
+    row = val_rows("kvasir_seg", 1)[0]  # skips where the shared data is absent
+    image, truth = load_image(row["image"]), read_mask(row["masks"]["polyp"])
+    backend, saved = segmenter.backend, segmenter.backend.refine
+    try:
+        backend.refine = "none"
+        plain = segmenter.segment(image, concept="polyp").union_mask
+        backend.refine = "box"
+        boxed = segmenter.segment(image, concept="polyp").union_mask
+    finally:
+        backend.refine = saved
+    assert plain.any() and boxed.any() and not np.array_equal(plain, boxed)
+    ys, xs = np.nonzero(plain)
+    model_px = max(image.shape[:2]) / 256  # image pixels per model pixel
+    py, px = (0.05 * (v.max() - v.min() + 1) + 4 * model_px for v in (ys, xs))  # expansion + resampling
+    outside = boxed.copy()
+    outside[int(ys.min() - py) : int(ys.max() + py) + 1, int(xs.min() - px) : int(xs.max() + px) + 1] = False
+    assert not outside.any()
+    assert dice(boxed, truth) > 0.85  # the stock decoder's outline of the first val polyp (plain: .93)
+
+
+def test_refine_setting_and_per_concept_mode(monkeypatch):
+    monkeypatch.delenv(REFINE_ENV, raising=False)
+    assert refine_choice() == "catalog" and refine_choice("BOX") == "box"
+    monkeypatch.setenv(REFINE_ENV, "none")
+    assert refine_choice() == "none"
+    monkeypatch.setenv(REFINE_ENV, "sharpen")
+    with pytest.raises(ValueError, match=f"{REFINE_ENV}='sharpen'.*catalog, none, box"):
+        refine_choice()
+    polyp = load_catalog().get("polyp")
+    assert refine_mode("none", polyp) == "none" and refine_mode("catalog", None) == "none"
+    assert refine_mode("catalog", polyp) == polyp.refine
+
+
+def _catalog_with(**changes) -> dict:
+    data = json.loads(resources.files("segmenter").joinpath("concepts.json").read_text(encoding="utf-8"))
+    for entry in data["concepts"]:
+        entry.update(changes.get(entry["name"], {}))
+    return data
+
+
+def test_catalog_validates_the_refine_field():
+    assert all(c.refine in ("none", "box", "union", "intersection") for c in load_catalog().concepts)
+    ConceptCatalog.model_validate(_catalog_with(lung={"refine": "box"}))
+    with pytest.raises(ValueError, match="refine"):
+        ConceptCatalog.model_validate(_catalog_with(polyp={"refine": "sharpen"}))
+    with pytest.raises(ValueError, match="lateral concept is segmented as its base; set 'refine' on 'lung'"):
+        ConceptCatalog.model_validate(_catalog_with(**{"left lung": {"refine": "box"}}))
