@@ -22,6 +22,7 @@ def _csv(text: str) -> list[str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from agent.run_command import add_recording_options
+    from segmenter.catalog import REFINES
 
     parser.add_argument("--data", type=Path, nargs="+", default=[], metavar="PATH",
                         help="data root of <dataset>/manifest.jsonl, a manifest, a reasoning-set .jsonl, "
@@ -52,6 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="lite", help="segmenter backend: lite (default), sam3, remote")
     parser.add_argument("--weights", type=Path, default=None, help="MedSAM3-Lite weights (default: shipped)")
     parser.add_argument("--presence-threshold", type=float, default=0.5)
+    parser.add_argument("--refine", choices=("catalog", *REFINES), default=None,
+                        help="lite: how concept masks are drawn; catalog: each concept's own (default, or "
+                             "MEDSAM3_REFINE); box: LiteMedSAM's box decoder from each component's box")
+    parser.add_argument("--shift", default=None, metavar="NAME",
+                        help="simulate another site's images: other-hospital (a per-case colour/gamma/contrast/"
+                             "blur/rescale/vignette/JPEG mix, seeded by the case); masks are untouched; 2D only")
     parser.add_argument("--box-strategy", choices=("component", "union"), default="component",
                         help="box mode: one box per target component (default) or one union box")
     parser.add_argument("--box-prompt", choices=("text+box", "box"), default="text+box",
@@ -96,7 +103,8 @@ _REPRODUCED = (
     ("model", "--model", None), ("base_url", "--base-url", None), ("api_key_env", "--api-key-env", None),
     ("record", "--record", None), ("replay", "--replay", None),
     ("max_rounds", "--max-rounds", None), ("backend", "--backend", "lite"),
-    ("presence_threshold", "--presence-threshold", 0.5), ("box_strategy", "--box-strategy", "component"),
+    ("presence_threshold", "--presence-threshold", 0.5), ("refine", "--refine", None),
+    ("shift", "--shift", None), ("box_strategy", "--box-strategy", "component"),
     ("box_prompt", "--box-prompt", "text+box"), ("workers", "--workers", 1), ("concurrency", "--concurrency", 1),
     ("executor", "--executor", "local"), ("address", "--address", None), ("seed", "--seed", 0),
     ("slices", "--slices", None),
@@ -154,6 +162,8 @@ def _config(args: argparse.Namespace, modes: list[str], questions: Path | None) 
         backend=args.backend,
         weights=args.weights,
         presence_threshold=args.presence_threshold,
+        refine=args.refine,
+        shift=args.shift,
         box_strategy=args.box_strategy,
         box_text=args.box_prompt == "text+box",
         planner=args.planner,

@@ -36,6 +36,8 @@ class EvalConfig(BaseModel):
     backend: str = "lite"
     weights: Path | None = None
     presence_threshold: float = 0.5
+    refine: str | None = None  # lite: how concept masks are drawn (segmenter/lite/refine.py); None: MEDSAM3_REFINE
+    shift: str | None = None  # simulated acquisition shift of every 2D image (evals/shift.py); None: the images as read
     box_strategy: BoxStrategy = "component"
     box_text: bool = True  # box mode sends the concept with the boxes (T+I); False: boxes alone
     planner: str | None = None
@@ -97,6 +99,26 @@ class EvalConfig(BaseModel):
             raise ValueError("--slices takes START:END (e.g. 40:120, end exclusive), one index, or 'target' "
                              "(the slices where the labels are)")
         return None if value is None else value.strip()
+
+    @field_validator("shift")
+    @classmethod
+    def _known_shift(cls, value: str | None) -> str | None:
+        from evals.shift import SHIFTS
+
+        if value is not None and value not in SHIFTS:
+            raise ValueError(f"--shift {value[:40]!r}: choose from {', '.join(SHIFTS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _refine_setting(self) -> EvalConfig:
+        """Resolved here, once (MEDSAM3_REFINE read in this process), so every worker draws alike."""
+        if self.backend == "lite":
+            from segmenter.lite.refine import refine_choice
+
+            self.refine = refine_choice(self.refine)
+        elif self.refine is not None:
+            raise ValueError(f"--refine applies to the lite backend, not {self.backend}")
+        return self
 
     @model_validator(mode="after")
     def _llm_options_need_an_mllm(self) -> EvalConfig:

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from evals.config import EvalConfig
 
-SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "box_strategy", "box_text", "slices")
+SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "refine", "shift", "box_strategy",
+                  "box_text", "slices")
 AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256", "recording_sha256")
 OPENAI_HOST = "api.openai.com"
 
@@ -90,6 +91,16 @@ def served_segmenter() -> dict[str, Any]:
             "server": endpoint_host(str(info.get("url")))}
 
 
+def refine_identity(refine: str | None) -> str | None:
+    """The lite refine setting; for ``catalog``, the concepts it redraws (so a changed catalog is a changed run)."""
+    if refine != "catalog":
+        return refine
+    from segmenter.catalog import load_catalog
+
+    drawn = [f"{c.name}={c.refine}" for c in load_catalog().concepts if c.refine != "none"]
+    return f"catalog({','.join(drawn)})"
+
+
 def run_identity(config: EvalConfig) -> dict[str, Any]:
     """The run's full identity (``run.json``, ``summary.json``); agent keys are None without agent mode."""
     weights_sha = None
@@ -104,6 +115,8 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         "weights_sha256": weights_sha,
         "served": served_segmenter() if config.backend == "remote" else None,
         "presence_threshold": config.presence_threshold,
+        "refine": refine_identity(config.refine),
+        "shift": config.shift,  # the simulated site (evals/shift.py); None: the images as read
         "box_strategy": config.box_strategy,
         "box_text": config.box_text,
         "slices": config.slices,  # volumes only: which slices were segmented

@@ -76,7 +76,8 @@ class Runtime:
         if segmenter is None:
             options: dict[str, Any] = {}
             if config.backend == "lite":
-                options = {"weights": config.weights, "presence_threshold": config.presence_threshold}
+                options = {"weights": config.weights, "presence_threshold": config.presence_threshold,
+                           "refine": config.refine}
             segmenter = MeteredSegmenter(config.backend, **options)
         self.segmenter = segmenter
         self.identity = run_identity(config)

@@ -18,6 +18,7 @@ from evals.measures import answer_measure
 from evals.metrics import score_case
 from evals.modes import EncodeMeter, predict_agent, predict_box, predict_direct
 from evals.runtime import Runtime, Task, base_record, safe_name
+from evals.shift import shift_image
 from evals.volumes import run_volume
 from segmenter.facade import Segmenter
 
@@ -90,9 +91,14 @@ def run_image(runtime: Runtime, image_path: str, tasks: list[Task]) -> list[dict
     """All (mode, case) pairs on one image; the image is loaded and encoded once for all of them.
     A volume's pairs go to ``evals.volumes``."""
     if tasks[0][1].is_volume:
+        if runtime.config.shift is not None:  # refused rather than scored unshifted under a shifted identity
+            return [{**base_record(runtime, m, c), "error": "--shift applies to 2D images, not volumes"}
+                    for m, c in tasks]
         return run_volume(runtime, tasks)
     try:
         image = tasks[0][1].load_image()
+        if runtime.config.shift is not None:  # one rendering per image, for all its cases
+            image = shift_image(image, runtime.config.shift, f"{tasks[0][1].dataset}/{tasks[0][1].id}")
     except Exception as exc:  # noqa: BLE001  (unreadable image: every case on it fails the same way)
         message = f"{type(exc).__name__}: {exc}"
         return [{**base_record(runtime, m, c), "error": message} for m, c in tasks]
