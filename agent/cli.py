@@ -24,6 +24,8 @@ COMMANDS: dict[str, Command] = {
     "run": Command("agent.run_command", "answer a question about an image with masks"),
     "segment": Command("segmenter.cli", "segment a concept (or boxes/points) in an image"),
     "train-lite": Command("segmenter.lite.train_command", "train MedSAM3-Lite's concept head on ../shared/data"),
+    "calibrate-presence": Command("segmenter.lite.calibrate_command",
+                                  "per-concept presence thresholds of MedSAM3-Lite weights from a val cache"),
     "eval": Command("evals.cli", "benchmark over segmentation / reasoning sets"),
     "bench": Command("evals.bench", "speed and memory benchmark"),
     "ui": Command("agent.ui", "start the Gradio chat UI"),

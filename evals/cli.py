@@ -52,7 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco-images", type=Path, default=None, help="image folder for a COCO file's file_names")
     parser.add_argument("--backend", default="lite", help="segmenter backend: lite (default), sam3, remote")
     parser.add_argument("--weights", type=Path, default=None, help="MedSAM3-Lite weights (default: shipped)")
-    parser.add_argument("--presence-threshold", type=float, default=0.5)
+    parser.add_argument("--presence-threshold", type=float, default=None,
+                        help="lite: one presence threshold for every concept (default: each concept's own, "
+                             "calibrated on val for the weights (presence_thresholds.json beside them), else 0.5)")
     parser.add_argument("--refine", choices=("catalog", *REFINES), default=None,
                         help="lite: how concept masks are drawn; catalog: each concept's own (default, or "
                              "MEDSAM3_REFINE); box: LiteMedSAM's box decoder from each component's box")
@@ -122,7 +124,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--split", args.split, "--mode", args.mode, "--out", str(args.out)]
     for name, flag, default in _REPRODUCED:
         value = getattr(args, name)
-        if value != default:
+        if value is not None and value != default:  # None is never given: it is the option's absence
             parts += [flag, ",".join(value) if isinstance(value, list) else str(value)]
     return " ".join(shlex.quote(p) for p in parts)
 

@@ -35,7 +35,7 @@ class EvalConfig(BaseModel):
     image_root: Path | None = None  # COCO file_name root
     backend: str = "lite"
     weights: Path | None = None
-    presence_threshold: float = 0.5
+    presence_threshold: float | None = None  # lite: None = each concept's calibrated threshold (else 0.5)
     refine: str | None = None  # lite: how concept masks are drawn (segmenter/lite/refine.py); None: MEDSAM3_REFINE
     shift: str | None = None  # simulated acquisition shift of every 2D image (evals/shift.py); None: the images as read
     box_strategy: BoxStrategy = "component"

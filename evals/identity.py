@@ -101,6 +101,16 @@ def refine_identity(refine: str | None) -> str | None:
     return f"catalog({','.join(drawn)})"
 
 
+def presence_identity(config: EvalConfig) -> float | str | None:
+    """The presence threshold given, else for lite the calibrated per-concept thresholds (their hash)."""
+    if config.presence_threshold is not None or config.backend != "lite":
+        return config.presence_threshold
+    from segmenter.lite.backend import default_weights_path
+    from segmenter.lite.calibrate import thresholds_identity
+
+    return thresholds_identity(config.weights or default_weights_path())
+
+
 def run_identity(config: EvalConfig) -> dict[str, Any]:
     """The run's full identity (``run.json``, ``summary.json``); agent keys are None without agent mode."""
     weights_sha = None
@@ -114,7 +124,7 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         "weights": str(config.weights) if config.weights else "shipped",
         "weights_sha256": weights_sha,
         "served": served_segmenter() if config.backend == "remote" else None,
-        "presence_threshold": config.presence_threshold,
+        "presence_threshold": presence_identity(config),
         "refine": refine_identity(config.refine),
         "shift": config.shift,  # the simulated site (evals/shift.py); None: the images as read
         "box_strategy": config.box_strategy,

@@ -138,6 +138,6 @@ class SegmenterBackend(ABC):
 class PresenceGated(Protocol):
     """A backend that drops a concept's masks below a presence threshold, settable per call."""
 
-    presence_threshold: float
+    presence_threshold: float | None  # None: the backend's per-concept default
 
     def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult: ...

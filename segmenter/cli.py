@@ -22,7 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--point", action="append", default=[], metavar="X,Y[,0]", help="point (,0 = background)")
     parser.add_argument("--backend", default="lite", help="lite (default), sam3 or remote")
     parser.add_argument("--weights", default=None, help="MedSAM3-Lite weights (default: the shipped ones)")
-    parser.add_argument("--presence-threshold", type=float, default=0.5)
+    parser.add_argument("--presence-threshold", type=float, default=None,
+                        help="lite: drop the concept below this presence (default: the concept's own threshold, "
+                             "calibrated for the weights, else 0.5)")
     parser.add_argument("--window", default=None, help="CT/MR window: a preset (lung, abdomen, brain, ...) or C,W")
     parser.add_argument("--slices", default=None, metavar="START:END", help="a volume's slices to segment, e.g. 40:80")
     parser.add_argument("--slice-axis", type=int, choices=[0, 1, 2], default=None,

@@ -15,6 +15,7 @@ import torch
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.catalog import Concept, load_catalog
+from segmenter.lite.calibrate import DEFAULT_THRESHOLD, load_thresholds
 from segmenter.lite.fast_encoder import Run, build_encoder, build_runner, torch_encoder
 from segmenter.lite.model import (
     MODEL_SIZE,
@@ -89,7 +90,7 @@ class LiteBackend(SegmenterBackend):
         self,
         weights: str | Path | None = None,
         device: str = "cpu",
-        presence_threshold: float = 0.5,
+        presence_threshold: float | None = None,
         mask_threshold: float = 0.5,
         min_area: int = 16,
         bf16: bool | None = None,
@@ -103,7 +104,9 @@ class LiteBackend(SegmenterBackend):
         drawn, ``catalog`` (default, or ``MEDSAM3_REFINE``: each concept's own), ``none``, ``box``, ... (refine.py)."""
         self.device = torch.device(device)
         self.net = load_model(weights).to(self.device)
+        # None: each concept's threshold calibrated for these weights (calibrate.py), else 0.5
         self.presence_threshold = presence_threshold
+        self.concept_thresholds = load_thresholds(Path(weights) if weights is not None else default_weights_path())
         self.mask_threshold = mask_threshold
         self.min_area = min_area
         self.refine = refine_choice(refine)
@@ -212,7 +215,7 @@ class LiteBackend(SegmenterBackend):
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if prompt.concept is not None:
                 prob, presence = self._concept_prob(enc, prompt, prompt.concept)
-                gate = self.presence_threshold if presence_threshold is None else presence_threshold
+                gate = self.gate(prompt.concept) if presence_threshold is None else presence_threshold
                 instances = self._instances(prob, presence) if presence >= gate else []
             else:
                 instances, presence = self._geometry_instances(enc, prompt), 1.0
@@ -226,6 +229,13 @@ class LiteBackend(SegmenterBackend):
             backend=self.name,
             timings_ms={"encode": self._last_encode_ms, "decode": total - self._last_encode_ms},
         )
+
+    def gate(self, phrase: str) -> float:
+        """The presence threshold for ``phrase``: the backend's own if set, else its concept's calibrated one."""
+        if self.presence_threshold is not None:
+            return self.presence_threshold
+        concept = self.catalog.get(phrase)
+        return self.concept_thresholds.get(concept.name if concept else phrase, DEFAULT_THRESHOLD)
 
     def _instances(self, prob: np.ndarray, presence: float) -> list[Instance]:
         return split_instances(prob, presence=presence, mask_threshold=self.mask_threshold, min_area=self.min_area)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from segmenter.catalog import load_catalog
+from segmenter.lite.calibrate import THRESHOLDS_FILE, calibrate_presence, write_thresholds
 from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items
 from segmenter.lite.model import MedSAM3Lite, load_litemedsam_weights
 from segmenter.lite.precision import fast_bf16
@@ -59,6 +60,7 @@ class TrainConfig:
     val_replay_per_dataset: int | None = None  # cap on val items of the replay datasets (None: all)
     gate_epochs: int = 40
     encoder: str | None = None  # image encoder runtime for the cache (fast_encoder.py; None: MEDSAM3_ENCODER/auto)
+    presence_recall: float = 0.97  # each concept's presence threshold keeps this share of its val positives
 
 
 def _phrase_table(catalog) -> tuple[list[str], dict[str, list[int]], dict[str, list[int]]]:
@@ -392,17 +394,33 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     weights = cfg.out / "medsam3_lite.safetensors"
     export_weights(net, weights)
     metrics = validate(net, val)
+    # per-concept presence thresholds for these weights, from the same val embeddings (calibrate.py)
+    thresholds = calibrate_presence(net, val, cfg.presence_recall)
+    write_thresholds(weights, thresholds, cfg.presence_recall, f"{len(val)} val items cached in {cfg.cache / 'val'}")
     report = {
         "progress": progress,
         "train_minutes": progress["minutes"],
         "gate_minutes": round(gate_minutes, 1),
         "n_train_items": len(train),
         "val": metrics,
+        "presence_thresholds": {name: t.model_dump() for name, t in thresholds.items()},
     }
     (cfg.out / "metrics.json").write_text(json.dumps(report, indent=2))
     write_model_card(cfg, report, cfg.out / "MODEL_CARD.md")
     log(json.dumps(metrics, indent=2))
     return report
+
+
+def _threshold_rows(thresholds: dict[str, dict]) -> str:
+    def share(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    return "\n".join(
+        f"| {name} | {t['threshold']:.3f}{'' if t['calibrated'] else ' (default)'} | {share(t['sensitivity'])} "
+        f"({t['n_positive']}) | {share(t['specificity'])} ({t['n_negative']}) | "
+        f"{share(t['sensitivity_at_default'])} / {share(t['specificity_at_default'])} |"
+        for name, t in thresholds.items()
+    )
 
 
 def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
@@ -444,6 +462,14 @@ the pooled image embedding that decides presence at inference. This file holds o
 
 Presence (the gate, threshold 0.5): {val["presence_negative_accuracy"]:.3f} of {val["n_negatives"]} negative queries
 return an empty mask; the gate keeps {val["presence_positive_recall"]:.3f} of the positive ones.
+
+Presence thresholds per concept (`{THRESHOLDS_FILE}`, chosen on these val images to keep
+{cfg.presence_recall:.0%} of each concept's positives; sensitivity over images with the concept, specificity
+over same-modality images annotated without it; a concept with fewer than 10 val positives keeps 0.5):
+
+| concept | threshold | sensitivity (n) | specificity (n) | at 0.5: sensitivity / specificity |
+|---|---|---|---|---|
+{_threshold_rows(report["presence_thresholds"])}
 
 Dice at the original image size, per dataset, comes from `medsam3-agent eval` (see the README).
 """

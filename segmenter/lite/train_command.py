@@ -1,4 +1,5 @@
-"""`medsam3-agent train-lite`: cache embeddings, fit, validate, write weights + model card."""
+"""`medsam3-agent train-lite`: cache embeddings, fit, validate, calibrate presence, write weights + thresholds +
+model card."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoder", default=None, choices=["auto", "torch", "openvino", "onnx"],
                         help="image encoder runtime for the embedding cache (default: MEDSAM3_ENCODER, else auto)")
+    parser.add_argument("--presence-recall", type=float, default=0.97,
+                        help="after training, each concept's presence threshold keeps this share of its val "
+                             "positives (presence_thresholds.json beside the weights; calibrate-presence redoes it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -67,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
         gate_epochs=args.gate_epochs,
         min_positives_per_dataset=args.min_positives,
         encoder=args.encoder,
+        presence_recall=args.presence_recall,
     )
     report = run_training(cfg, log=lambda m: print(m, flush=True))
     print(f"weights: {cfg.out / 'medsam3_lite.safetensors'}  model card: {cfg.out / 'MODEL_CARD.md'}")

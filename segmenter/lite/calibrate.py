@@ -1,0 +1,199 @@
+"""Per-concept presence thresholds, chosen on val embeddings for a target recall.
+
+The presence gate (``model.PresenceGate``) answers "is this concept in the image?" from the pooled
+image embedding and the phrase. One threshold (0.5) for every concept keeps nearly every positive
+but lets through many same-modality images without the target (BUSI normal scans, tumour-free MRI
+slices). Here each concept gets its own threshold: the highest one that still keeps ``recall`` of
+the val positives (so specificity is as high as that recall allows), placed halfway down to the next
+lower score, so that val's counts hold with a margin.
+
+Only the gate is run (pooled embedding + text), never the decoder: seconds on CPU for a val cache.
+Scores are per image: a tiled concept (cell nucleus) takes its tiles' highest score, as the Lite
+backend does. Labels: positive where the concept's mask is non-empty; a negative where the image is
+annotated without it (an empty mask: BUSI normal, tumour-free slices, organ-free slices), or where
+the image is of another modality (counted apart: those are easy). A concept with fewer than
+``min_positives`` val positives keeps the default threshold.
+
+The thresholds are written next to the weights (``presence_thresholds.json``) with the weights'
+sha256; ``load_thresholds`` ignores, with a warning, a file written for other weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from segmenter.catalog import load_catalog
+from segmenter.lite.dataset import CachedSample
+from segmenter.lite.model import MedSAM3Lite
+from segmenter.text import shared_embedder
+
+THRESHOLDS_FILE = "presence_thresholds.json"
+DEFAULT_THRESHOLD = 0.5
+_TILE = re.compile(r"_t\d+_\d+$")  # a tile's suffix on a cache key (dataset.CacheItem.key)
+
+
+class ConceptThreshold(BaseModel):
+    """One concept's threshold and what it achieves on the val images it was chosen on."""
+
+    threshold: float
+    calibrated: bool  # False: too few val positives, the default threshold is kept
+    sensitivity: float | None  # share of positives whose score reaches the threshold
+    specificity: float | None  # same-modality negatives (annotated absent) whose score is below it
+    n_positive: int
+    n_negative: int
+    specificity_other_modality: float | None  # images of another modality asked for this concept
+    n_other_modality: int
+    sensitivity_at_default: float | None  # the same figures at the default threshold, for comparison
+    specificity_at_default: float | None
+
+
+class PresenceThresholds(BaseModel):
+    """``presence_thresholds.json``: the thresholds of one weights file."""
+
+    weights_sha256: str
+    recall: float
+    default: float = DEFAULT_THRESHOLD
+    source: str = ""  # where the val scores came from (cache folder, item count)
+    concepts: dict[str, ConceptThreshold] = Field(default_factory=dict)
+
+
+class _Scores(BaseModel):
+    positive: list[float] = Field(default_factory=list)
+    negative: list[float] = Field(default_factory=list)  # same modality, annotated absent
+    other: list[float] = Field(default_factory=list)  # another modality
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # concept weights: tens of MB
+
+
+def thresholds_path(weights: Path) -> Path:
+    return Path(weights).with_name(THRESHOLDS_FILE)
+
+
+@torch.no_grad()
+def presence_scores(net: MedSAM3Lite, samples: list[CachedSample]) -> dict[str, _Scores]:
+    """The gate's probability for every (val image, catalog concept) pair with a label, by concept.
+
+    Canonical concept names are the phrases; an image's tiles are pooled by their highest score."""
+    catalog = load_catalog()
+    modality_of = {c.name: c.modality for c in catalog.concepts}
+    names = list(modality_of)
+    text = torch.from_numpy(shared_embedder().embed(names)).float()
+    net.eval()
+    images: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        if any(c in modality_of for c in s.masks):  # items of concepts the catalog lacks tell nothing here
+            images[_TILE.sub("", s.key)].append(i)
+    scores = {n: _Scores() for n in names}
+    for indices in images.values():
+        emb = torch.from_numpy(np.stack([samples[i].embedding for i in indices])).float()
+        pooled = net.presence_gate.pool(emb)  # (tiles, 512)
+        prob = torch.stack([torch.sigmoid(net.presence_gate(pooled, t.expand(len(indices), -1))) for t in text])
+        best = prob.amax(dim=1).tolist()  # (concepts,): the highest tile
+        masks = _image_masks([samples[i] for i in indices])
+        own = {modality_of[c] for c in masks if c in modality_of}
+        for name, p in zip(names, best, strict=True):
+            if name in masks:
+                (scores[name].positive if masks[name] else scores[name].negative).append(p)
+            elif modality_of[name] not in own:
+                scores[name].other.append(p)
+    return scores
+
+
+def _image_masks(tiles: list[CachedSample]) -> dict[str, bool]:
+    """concept -> whether any tile of the image holds it."""
+    out: dict[str, bool] = {}
+    for s in tiles:
+        for concept, mask in s.masks.items():
+            out[concept] = out.get(concept, False) or bool(mask.any())
+    return out
+
+
+def choose_threshold(positive: list[float], lower: list[float], recall: float) -> float:
+    """The highest threshold keeping ``recall`` of ``positive`` (score >= threshold), halfway down to the next
+    lower score of any kind (``positive`` or ``lower``): val's counts are the same anywhere in that gap."""
+    if not positive:
+        raise ValueError("no positive scores to keep")
+    ranked = sorted(positive, reverse=True)
+    kept = ranked[max(1, math.ceil(recall * len(ranked) - 1e-9)) - 1]
+    below = max((s for s in [*positive, *lower] if s < kept), default=0.0)
+    return (kept + below) / 2
+
+
+def _share(values: list[float], threshold: float, *, above: bool) -> float | None:
+    if not values:
+        return None
+    return float(np.mean([(v >= threshold) == above for v in values]))
+
+
+def calibrate_presence(
+    net: MedSAM3Lite, samples: list[CachedSample], recall: float = 0.97, *, min_positives: int = 10,
+    default: float = DEFAULT_THRESHOLD,
+) -> dict[str, ConceptThreshold]:
+    """Per catalog concept: its threshold for ``recall`` on these (val) samples and the sensitivity and
+    specificity it achieves (see the module doc). Concepts with no labelled val image are left out."""
+    if not 0.0 < recall <= 1.0:
+        raise ValueError(f"recall must be in (0, 1], got {recall}")
+    out: dict[str, ConceptThreshold] = {}
+    for name, s in presence_scores(net, samples).items():
+        if not (s.positive or s.negative):
+            continue
+        calibrated = len(s.positive) >= min_positives
+        t = choose_threshold(s.positive, s.negative + s.other, recall) if calibrated else default
+        out[name] = ConceptThreshold(
+            threshold=t, calibrated=calibrated,
+            sensitivity=_share(s.positive, t, above=True), specificity=_share(s.negative, t, above=False),
+            n_positive=len(s.positive), n_negative=len(s.negative),
+            specificity_other_modality=_share(s.other, t, above=False), n_other_modality=len(s.other),
+            sensitivity_at_default=_share(s.positive, default, above=True),
+            specificity_at_default=_share(s.negative, default, above=False),
+        )
+    return out
+
+
+def write_thresholds(weights: Path, concepts: dict[str, ConceptThreshold], recall: float, source: str,
+                     out: Path | None = None) -> Path:
+    """``presence_thresholds.json`` beside ``weights`` (or at ``out``), tied to the weights' sha256."""
+    path = out or thresholds_path(weights)
+    table = PresenceThresholds(weights_sha256=sha256_file(weights), recall=recall, source=source, concepts=concepts)
+    path.write_text(table.model_dump_json(indent=1) + "\n")
+    return path
+
+
+def load_thresholds(weights: Path) -> dict[str, float]:
+    """Calibrated thresholds of these weights by concept name; {} when there is no file beside them, or
+    (with a warning) when the file is unreadable or was written for other weights."""
+    path = thresholds_path(weights)
+    if not path.is_file():
+        return {}
+    try:
+        table = PresenceThresholds.model_validate(json.loads(path.read_text()))
+    except (ValueError, OSError) as exc:
+        warnings.warn(f"{path.name}: unreadable ({type(exc).__name__}); presence threshold {DEFAULT_THRESHOLD} "
+                      "for every concept", stacklevel=2)
+        return {}
+    if table.weights_sha256 != sha256_file(weights):
+        warnings.warn(f"{path.name} was calibrated for other weights (sha256 {table.weights_sha256[:12]}…); "
+                      f"ignored: presence threshold {DEFAULT_THRESHOLD} for every concept", stacklevel=2)
+        return {}
+    return {name: c.threshold for name, c in table.concepts.items() if c.calibrated}
+
+
+def thresholds_identity(weights: Path) -> str:
+    """What "calibrated" means for these weights in a run's identity: the thresholds' hash, or that none apply."""
+    thresholds = load_thresholds(weights)
+    if not thresholds:
+        return f"calibrated: none found, {DEFAULT_THRESHOLD} for every concept"
+    digest = hashlib.sha256(json.dumps(thresholds, sort_keys=True).encode()).hexdigest()
+    return f"calibrated per concept (sha256 {digest[:12]})"
