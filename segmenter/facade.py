@@ -54,6 +54,13 @@ class Segmenter:
             self._geometry = geometry
         return key
 
+    def prefetch(self, image: ImageInput) -> None:
+        """Let the backend start encoding ``image`` in the background where it can (MedSAM3-Lite does): a later
+        ``set_image`` of the same pixels takes it. Loops call it with their next slice or image."""
+        start = getattr(self.backend, "prefetch", None)
+        if start is not None:
+            start(load_image(image))
+
     def segment(
         self,
         image: ImageInput | None = None,

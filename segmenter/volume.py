@@ -1,7 +1,8 @@
 """Segment concepts over a study's slices, then clean up in 3D.
 
 Each slice is encoded once and every concept is prompted on it before the next slice (the
-backend's embedding serves all prompts of that slice). Per slice, the backend's presence gate
+backend's embedding serves all prompts of that slice); the next slice is encoded in the background
+meanwhile, where the backend can (``Segmenter.prefetch``). Per slice, the backend's presence gate
 decides whether the concept is there (its presence score against its threshold) and only then
 returns a mask. The stacked masks are cleaned in 3D: voxels are grouped into 26-connected
 components, components under a volume threshold are dropped as islands, and each kept component
@@ -168,6 +169,8 @@ class VolumeSegmentation:
         for done, index in enumerate(self.chosen, start=1):
             # one encode, reused by every concept below; the geometry orients "left X" / "right X" prompts
             self.segmenter.set_image(self.study.slices[index], self.study.geometry)
+            if done < len(self.chosen):  # the next slice encodes in the background while this one is decoded
+                self.segmenter.prefetch(self.study.slices[self.chosen[done]])
             for concept in self.names:
                 result = self.segmenter.segment(concept=concept, **self.gate)  # a handle's own gate holds if unset
                 self.presence[concept][index] = float(result.presence)

