@@ -21,16 +21,20 @@ from segmenter.lite.calibrate import (
 from segmenter.lite.dataset import CachedSample
 
 
-def test_threshold_is_the_highest_that_keeps_the_recall_halfway_to_the_next_lower_score():
-    positives = [0.95] * 33 + [0.2]  # 34 positives: 0.97 of them is 33 (32.98 rounded up)
-    negatives = [0.6, 0.1, 0.99]
-    # one positive may go: the threshold sits between the 33rd positive (0.95) and the next lower score (0.6)
-    assert choose_threshold(positives, negatives, 0.97) == pytest.approx((0.95 + 0.6) / 2)
-    # every positive kept: just under the lowest (0.2), above the next lower score (0.1)
-    assert choose_threshold(positives, negatives, 1.0) == pytest.approx((0.2 + 0.1) / 2)
-    assert choose_threshold([0.8], [], 0.97) == pytest.approx(0.4)  # nothing lower: halfway to 0
+def test_threshold_rejects_the_most_negatives_the_recall_allows_and_keeps_every_positive_it_can():
+    positives = [0.95] * 33 + [0.7]  # 34 positives: 0.97 of them is 33 (32.98 rounded up)
+    # a same-modality negative at 0.8: rejecting it costs one positive, which the recall allows
+    assert choose_threshold(positives, [0.8, 0.1, 0.99], 0.97) == pytest.approx((0.8 + 0.95) / 2)
+    # every positive kept: nothing above 0.7 can be rejected, and the default 0.5 is as good as any
+    assert choose_threshold(positives, [0.8, 0.1, 0.99], 1.0) == 0.5
+    # no negative between the default and the highest allowed threshold: the default, no positive given up
+    assert choose_threshold(positives, [0.1, 0.99], 0.97) == 0.5
+    # negatives above the default but below every positive: halfway between the highest and the lowest positive
+    assert choose_threshold(positives, [0.6, 0.3], 0.97) == pytest.approx((0.6 + 0.7) / 2)
+    # positives below the default with no negative under them: halfway down to 0
+    assert choose_threshold([0.4] * 10, [0.9], 1.0) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="no positive"):
-        choose_threshold([], negatives, 0.97)
+        choose_threshold([], [0.5], 0.97)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@
 The presence gate (``model.PresenceGate``) answers "is this concept in the image?" from the pooled
 image embedding and the phrase. One threshold (0.5) for every concept keeps nearly every positive
 but lets through many same-modality images without the target (BUSI normal scans, tumour-free MRI
-slices). Here each concept gets its own threshold: the highest one that still keeps ``recall`` of
-the val positives (so specificity is as high as that recall allows), placed halfway down to the next
-lower score, so that val's counts hold with a margin.
+slices). Here each concept gets its own threshold: one that keeps ``recall`` of the val positives and
+lets through as few val negatives as that recall allows; of those, the default 0.5 where it is one
+(nothing to gain from moving), else the one halfway between the highest negative it must reject and
+the lowest positive above it, so that val's counts hold with a margin and no positive is dropped in vain.
 
 Only the gate is run (pooled embedding + text), never the decoder: seconds on CPU for a val cache.
 Scores are per image: a tiled concept (cell nucleus) takes its tiles' highest score, as the Lite
@@ -96,11 +97,13 @@ def presence_scores(net: MedSAM3Lite, samples: list[CachedSample]) -> dict[str, 
         if any(c in modality_of for c in s.masks):  # items of concepts the catalog lacks tell nothing here
             images[_TILE.sub("", s.key)].append(i)
     scores = {n: _Scores() for n in names}
+    if not images:
+        return scores
+    pooled = torch.cat([net.presence_gate.pool(torch.from_numpy(np.stack([s.embedding for s in samples[k:k + 32]])
+                                                                 ).float()) for k in range(0, len(samples), 32)])
+    prob = torch.stack([torch.sigmoid(net.presence_gate(pooled, t.expand(len(samples), -1))) for t in text])
     for indices in images.values():
-        emb = torch.from_numpy(np.stack([samples[i].embedding for i in indices])).float()
-        pooled = net.presence_gate.pool(emb)  # (tiles, 512)
-        prob = torch.stack([torch.sigmoid(net.presence_gate(pooled, t.expand(len(indices), -1))) for t in text])
-        best = prob.amax(dim=1).tolist()  # (concepts,): the highest tile
+        best = prob[:, indices].amax(dim=1).tolist()  # (concepts,): the image's highest tile
         masks = _image_masks([samples[i] for i in indices])
         own = {modality_of[c] for c in masks if c in modality_of}
         for name, p in zip(names, best, strict=True):
@@ -120,16 +123,21 @@ def _image_masks(tiles: list[CachedSample]) -> dict[str, bool]:
     return out
 
 
-def choose_threshold(positive: list[float], lower: list[float], recall: float) -> float:
-    """The highest threshold keeping ``recall`` of ``positive`` (score >= threshold), halfway down to the next
-    lower score of any kind (``positive`` or ``lower``): val's counts are the same anywhere in that gap."""
+def choose_threshold(positive: list[float], negative: list[float], recall: float,
+                     default: float = DEFAULT_THRESHOLD) -> float:
+    """A threshold (score >= threshold: present) keeping ``recall`` of ``positive`` with the fewest ``negative``
+    scores above it, and among those the most positives: the default where it is one of them, else halfway
+    between the highest negative it must reject and the lowest positive above that negative."""
     if not positive:
         raise ValueError("no positive scores to keep")
     ranked = sorted(positive, reverse=True)
-    kept = ranked[max(1, math.ceil(recall * len(ranked) - 1e-9)) - 1]
-    below = max((s for s in [*positive, *lower] if s < kept), default=0.0)
-    return (kept + below) / 2
-
+    highest = ranked[max(1, math.ceil(recall * len(ranked) - 1e-9)) - 1]  # the highest allowed threshold
+    rejected = [s for s in negative if s < highest]  # every negative the best allowed threshold rejects
+    floor = max(rejected, default=-math.inf)  # ... so any threshold in (floor, highest] rejects as many
+    if floor < default <= highest:
+        return default
+    lowest_kept = min(s for s in positive if s > floor)
+    return (max(floor, 0.0) + lowest_kept) / 2
 
 def _share(values: list[float], threshold: float, *, above: bool) -> float | None:
     if not values:
@@ -150,7 +158,7 @@ def calibrate_presence(
         if not (s.positive or s.negative):
             continue
         calibrated = len(s.positive) >= min_positives
-        t = choose_threshold(s.positive, s.negative + s.other, recall) if calibrated else default
+        t = choose_threshold(s.positive, s.negative + s.other, recall, default) if calibrated else default
         out[name] = ConceptThreshold(
             threshold=t, calibrated=calibrated,
             sensitivity=_share(s.positive, t, above=True), specificity=_share(s.negative, t, above=False),
