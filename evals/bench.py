@@ -5,7 +5,10 @@ encoder ms / image, decoder ms / prompt (concept and box prompts on an encoded i
 MedSAM3-Lite the fast encoder and concept decoder (OpenVINO on CPU) against the PyTorch reference
 on the same images in the same run (median, p90, ratio), agent
 seconds / question (offline planner, image encode included: what a user waits), images / s of
-``eval --mode direct`` (the runner end to end, minus model loading) and the process's peak RSS.
+``eval --mode direct`` (the runner end to end, minus model loading), seconds per 100-slice volume
+(``segment_volume``, the agent's volume path; a real val volume where the data holds one) and the
+process's peak RSS. Model load is the constructor's time and, where the backend loads its fast
+runtime in the background, the time until that is ready too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="lite")
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--skip-eval", action="store_true", help="skip the eval --mode direct throughput run")
+    parser.add_argument("--volume-slices", type=int, default=100, metavar="N",
+                        help="time an N-slice volume through segment_volume, as the agent runs volumes (0 skips)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     parser.add_argument("--dice", type=int, default=0, metavar="N",
                         help="also score N val cases per dataset with the fast and the reference (PyTorch) path "
@@ -150,6 +155,40 @@ def compare_dice(seg: Any, data: Path, split: str, per_dataset: int) -> list[dic
     return rows
 
 
+def _volume_slices(data: Path, split: str, n: int) -> tuple[np.ndarray, str, str]:
+    """``n`` slices (S, H, W, 3) and a concept: a real val volume's slices where the data holds one (mirrored
+    copies make up the count, so no slice repeats an embedding already cached), else drawn slices."""
+    from evals.loaders import load_path
+    from segmenter.study_io import load_study
+
+    case = next((c for c in load_path(data, split=split) if c.is_volume and c.concepts), None)
+    if case is not None:
+        real = load_study(case.image).slices
+        variants = [real, real[:, ::-1], real[:, :, ::-1], real[:, ::-1, ::-1]]
+        slices = np.concatenate([np.ascontiguousarray(v) for v in variants] * -(-n // (4 * len(real))))[:n]
+        return slices, case.concepts[0], f"{case.dataset}/{case.id}"
+    yy, xx = np.mgrid[:256, :256]
+    drawn = np.zeros((n, 256, 256, 3), np.uint8)
+    for i in range(n):  # a bright disc that grows and shrinks over the slices, on a gradient
+        radius = 20 + 40 * np.sin(np.pi * (i + 0.5) / n)
+        drawn[i] = (((yy - 128) ** 2 + (xx - 120) ** 2 < radius**2) * 150 + xx // 4 + i % 7)[..., None]
+    return drawn, "liver", "drawn"
+
+
+def time_volume(seg: Any, data: Path, split: str, n: int, log: Any = lambda _: None) -> dict[str, Any]:
+    """Seconds for an ``n``-slice volume through ``segment_volume`` (one concept), scaled to 100 slices."""
+    from segmenter.study import Study
+    from segmenter.volume import segment_volume
+
+    slices, concept, source = _volume_slices(data, split, n)
+    start = time.perf_counter()
+    segment_volume(seg, Study(slices=slices), concept)
+    elapsed = time.perf_counter() - start
+    log(f"volume: {n} slices of {source} in {elapsed:.1f} s")
+    return {"volume_slices": n, "volume_source": source, "volume_s": round(elapsed, 2),
+            "volume_s_per_100_slices": round(elapsed * 100 / n, 2)}
+
+
 def _lite_paths(args: argparse.Namespace, seg: Any, cases: list[EvalCase], log: Any) -> dict[str, Any]:
     """Fast vs reference timings (and Dice with ``--dice``) where the backend has both paths (MedSAM3-Lite)."""
     backend = getattr(seg, "backend", None)
@@ -178,6 +217,8 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
     start = time.perf_counter()
     seg = MeteredSegmenter(args.backend, **options)
     load_s = time.perf_counter() - start
+    getattr(seg.backend, "ready", lambda: None)()  # LiteBackend loads its fast runtime in the background
+    ready_s = time.perf_counter() - start
 
     encode_ms, decode_ms = [], []
     for i, case in enumerate(cases):
@@ -228,17 +269,22 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
             images_per_s = round(n_images / elapsed, 3) if elapsed > 0 else None
             log(f"eval --mode direct: {n_images} images, {outcome.ran} cases in {elapsed:.1f} s")
 
+    volume = time_volume(seg, args.data, args.split, args.volume_slices, log) if args.volume_slices > 0 else {}
+
     return {
         "backend": seg.info().get("backend"),
         "device": seg.info().get("device"),
         "images": len(encode_ms),
         "model_load_s": round(load_s, 2),
+        "model_ready_s": round(ready_s, 2),
         "encoder_ms_per_image": _median(encode_ms),
         "decoder_ms_per_prompt": _median(decode_ms),
         "agent_s_per_question": _median(agent_s),
         "agent_note": agent_note,
         "eval_direct_images_per_s": images_per_s,
+        "volume_s_per_100_slices": volume.get("volume_s_per_100_slices"),
         "peak_rss_mb": _peak_rss_mb(),
+        **volume,
         **paths,
     }
 
@@ -264,10 +310,12 @@ def main(args: argparse.Namespace) -> int:
     numbers = run_bench(args)
     labels = {
         "model_load_s": "model load (s)",
+        "model_ready_s": "model load incl. fast runtime (s)",
         "encoder_ms_per_image": "encoder ms / image (median)",
         "decoder_ms_per_prompt": "decoder ms / prompt (median)",
         "agent_s_per_question": "agent s / question (median, offline planner)",
         "eval_direct_images_per_s": "eval --mode direct images / s",
+        "volume_s_per_100_slices": "volume s / 100 slices (segment_volume)",
         "peak_rss_mb": "peak RSS (MB)",
     }
     print(f"{numbers['backend']} on {numbers['device']}, {numbers['images']} images")
@@ -275,6 +323,8 @@ def main(args: argparse.Namespace) -> int:
         value = numbers[key]
         print(f"  {label:46} {'–' if value is None else value}")
     _print_paths(numbers)
+    if numbers.get("volume_slices", 100) != 100:
+        print(f"  (volume: {numbers['volume_slices']} slices timed, scaled to 100)")
     if numbers["agent_note"]:
         print(f"  agent: {numbers['agent_note']}")
     if args.out is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from evals.config import EvalConfig
 from evals.modes import MeteredSegmenter
 from evals.runtime import Runtime, Task
-from evals.worker import init_worker, run_image, run_in_worker
+from evals.worker import init_worker, prefetch_image, run_image, run_in_worker
 
 Unit = tuple[str, list[Task]]  # image path, its (mode, case) pairs
 Write = Callable[[list[dict]], None]
@@ -41,8 +41,12 @@ def split_questions(units: list[Unit]) -> list[Unit]:
 
 def _threads(runtime: Runtime, units: list[Unit], write: Write, concurrency: int) -> None:
     if concurrency == 1:
-        for path, tasks in units:
-            write(run_image(runtime, path, tasks))
+        # the next unit's image is read and encoded in the background while this one is answered (both cores busy)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-next") as loader:
+            for i, (path, tasks) in enumerate(units):
+                if i + 1 < len(units):
+                    loader.submit(prefetch_image, runtime, units[i + 1][1])
+                write(run_image(runtime, path, tasks))
         return
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval") as pool:
         futures = [pool.submit(run_image, runtime, path, tasks) for path, tasks in split_questions(units)]

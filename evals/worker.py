@@ -7,6 +7,7 @@ process and calls ``run_image`` with a unit of work; the records it returns are 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -87,6 +88,22 @@ def _answer(runtime: Runtime, seg: Segmenter, image: np.ndarray, mode: str, case
     return _timed(record, start, meter)
 
 
+def _load(runtime: Runtime, tasks: list[Task]) -> np.ndarray:
+    """The unit's image as its cases see it."""
+    image = tasks[0][1].load_image()
+    if runtime.config.shift is not None:  # one rendering per image, for all its cases
+        image = shift_image(image, runtime.config.shift, f"{tasks[0][1].dataset}/{tasks[0][1].id}")
+    return image
+
+
+def prefetch_image(runtime: Runtime, tasks: list[Task]) -> None:
+    """Start encoding a unit's image in the background (a loop calls it with the next unit while it answers the
+    current one); a volume or an unreadable image is left to ``run_image``."""
+    if not tasks[0][1].is_volume:
+        with contextlib.suppress(Exception):
+            runtime.segmenter.prefetch(_load(runtime, tasks))
+
+
 def run_image(runtime: Runtime, image_path: str, tasks: list[Task]) -> list[dict]:
     """All (mode, case) pairs on one image; the image is loaded and encoded once for all of them.
     A volume's pairs go to ``evals.volumes``."""
@@ -96,9 +113,7 @@ def run_image(runtime: Runtime, image_path: str, tasks: list[Task]) -> list[dict
                     for m, c in tasks]
         return run_volume(runtime, tasks)
     try:
-        image = tasks[0][1].load_image()
-        if runtime.config.shift is not None:  # one rendering per image, for all its cases
-            image = shift_image(image, runtime.config.shift, f"{tasks[0][1].dataset}/{tasks[0][1].id}")
+        image = _load(runtime, tasks)
     except Exception as exc:  # noqa: BLE001  (unreadable image: every case on it fails the same way)
         message = f"{type(exc).__name__}: {exc}"
         return [{**base_record(runtime, m, c), "error": message} for m, c in tasks]
