@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from segmenter.catalog import load_catalog
-from segmenter.lite.dataset import CachedSample
+from segmenter.lite.dataset import CachedSample, pooled_embeddings
 from segmenter.lite.model import MedSAM3Lite
 from segmenter.text import shared_embedder
 
@@ -99,8 +99,7 @@ def presence_scores(net: MedSAM3Lite, samples: list[CachedSample]) -> dict[str, 
     scores = {n: _Scores() for n in names}
     if not images:
         return scores
-    pooled = torch.cat([net.presence_gate.pool(torch.from_numpy(np.stack([s.embedding for s in samples[k:k + 32]])
-                                                                 ).float()) for k in range(0, len(samples), 32)])
+    pooled = pooled_embeddings(net, samples)
     prob = torch.stack([torch.sigmoid(net.presence_gate(pooled, t.expand(len(samples), -1))) for t in text])
     for indices in images.values():
         best = prob[:, indices].amax(dim=1).tolist()  # (concepts,): the image's highest tile

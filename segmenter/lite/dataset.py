@@ -169,3 +169,10 @@ def load_cache(cache_dir: Path, items: list[CacheItem]) -> list[CachedSample]:
                 )
             )
     return samples
+
+
+@torch.no_grad()
+def pooled_embeddings(net: MedSAM3Lite, samples: list[CachedSample], batch: int = 64) -> torch.Tensor:
+    """(N, 512) the presence gate's pooled view of each cached sample's embedding (its input; decoder-free)."""
+    chunks = [np.stack([s.embedding for s in samples[k : k + batch]]) for k in range(0, len(samples), batch)]
+    return torch.cat([net.presence_gate.pool(torch.from_numpy(c).float()) for c in chunks])

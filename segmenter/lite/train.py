@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from segmenter.catalog import load_catalog
 from segmenter.lite.calibrate import THRESHOLDS_FILE, calibrate_presence, write_thresholds
-from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items
+from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items, pooled_embeddings
 from segmenter.lite.model import MedSAM3Lite, load_litemedsam_weights
 from segmenter.lite.precision import fast_bf16
 from segmenter.text import shared_embedder
@@ -257,13 +257,7 @@ def fit_presence_gate(
     catalog = load_catalog()
     phrases, positive_ids, negative_ids = _phrase_table(catalog)
     text_table = torch.from_numpy(shared_embedder().embed(phrases))
-    with torch.no_grad():
-        pooled = torch.cat(
-            [
-                net.presence_gate.pool(torch.from_numpy(np.stack([s.embedding for s in samples[k : k + 64]])).float())
-                for k in range(0, len(samples), 64)
-            ]
-        )
+    pooled = pooled_embeddings(net, samples)
     gate = net.presence_gate
     gate.requires_grad_(True)
     torch.manual_seed(cfg.seed)
