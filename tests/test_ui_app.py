@@ -169,6 +169,19 @@ def test_openai_compatible_planner_through_the_ui(client, test_image):
         assert saved["masks"][0]["instances"][0]["path"] in archive.namelist()
 
 
+def test_the_panel_gates_at_calibrated_thresholds_unless_the_slider_is_chosen(server, client, test_image):
+    app = server[1]
+    params = {p["parameter_name"]: p for p in client.view_api(return_format="dict", print_info=False)
+              ["named_endpoints"]["/ask"]["parameters"]}
+    assert params["calibrated"]["parameter_default"] is True  # the panel's default: each concept's calibrated gate
+    assert params["score_threshold"]["parameter_default"] == 0.5
+    out = _ask(client, "find the polyps", test_image, calibrated=False, score_threshold=0.7)  # the slider chosen
+    assert out["status"].startswith("Done"), out["status"]
+    # the served Agents' segmenter handles, by their settings' threshold: the preloaded default one, and the slider's
+    thresholds = {key[-1]: agent.segmenter.presence_threshold for key, agent in app.pool._agents.items()}
+    assert thresholds[None] is None and thresholds[0.7] == 0.7
+
+
 def test_concurrent_users_are_queued_and_a_16_bit_tiff_is_accepted(server, test_image, tmp_path):
     grey = np.asarray(Image.open(test_image).convert("L"), dtype=np.uint16) * 257  # 16-bit, full range
     tiff = tmp_path / "scan16.tif"

@@ -135,6 +135,42 @@ def test_settings_validate_and_describe():
             UiSettings(**bad)
 
 
+def test_settings_default_to_each_concepts_calibrated_presence_threshold():
+    from agent.ui.runner import AgentPool
+
+    calibrated, fixed = UiSettings(), UiSettings(score_threshold=0.7)
+    assert calibrated.score_threshold is None  # not 0.5: the segmenter's own per-concept gate
+    assert calibrated.describe().endswith("calibrated presence thresholds")
+    assert fixed.describe().endswith("score threshold 0.70")
+    # the pool's Agents differ by it: one at the calibrated gates, one at 0.5 for every concept
+    assert AgentPool._agent_key(calibrated) != AgentPool._agent_key(UiSettings(score_threshold=0.5))
+
+
+def test_the_panels_checkbox_chooses_calibrated_thresholds_over_the_slider(tmp_path):
+    from agent.ui.app import ChatApp, UiConfig, build_app
+    from segmenter.study import Study
+
+    def panel(defaults: UiSettings) -> tuple[dict, dict]:
+        demo, _ = build_app(UiConfig(workdir=tmp_path, defaults=defaults))
+        parts = {c.elem_id: c for c in demo.blocks.values() if c.elem_id in ("calibrated-threshold", "score-threshold")}
+        return parts["calibrated-threshold"].get_config(), parts["score-threshold"].get_config()
+
+    box, slider = panel(UiSettings())
+    assert box["value"] is True and slider["interactive"] is False  # calibrated by default, the slider unused
+    box, slider = panel(UiSettings(score_threshold=0.7))  # `ui --score-threshold 0.7`
+    assert box["value"] is False and slider["interactive"] is True and slider["value"] == 0.7
+
+    app = ChatApp(UiConfig(workdir=tmp_path))
+    session = app.new_session()
+    session.study = Study.from_rgb(np.zeros((8, 8, 3), np.uint8))
+    turn = ("find the tumour", "offline", "", "", "lite", 3)
+    assert app._turn_settings(session, *turn, True, 0.7)[0].score_threshold is None  # the slider is ignored
+    assert app._turn_settings(session, *turn, False, 0.7)[0].score_threshold == 0.7
+    with pytest.raises(ValueError, match="true or false"):
+        app._turn_settings(session, *turn, "yes", 0.7)
+    app.shutdown()
+
+
 def test_api_key_is_never_shown_and_only_sent_where_the_operator_allows():
     key = "sk-test-not-a-real-key"
     assert KEY_ENV in key_status(True) and "(set)" in key_status(True)
@@ -161,9 +197,36 @@ def test_cli_defaults_bind_loopback_and_read_examples(tmp_path, monkeypatch):
     assert isinstance(args, argparse.Namespace)
     config = config_from_args(args)
     assert config.host == "127.0.0.1" and config.port == 7999 and config.defaults.planner == "offline"
+    assert config.defaults.score_threshold is None  # each concept's calibrated presence threshold
+    fixed = config_from_args(build_parser().parse_args(["ui", "--score-threshold", "0.7"]))
+    assert fixed.defaults.score_threshold == 0.7
     assert [p.name for p in find_examples(config.examples)] == ["a.jpg", "b.png"]
     with pytest.raises(FileNotFoundError, match="no such file"):
         find_examples([tmp_path / "missing"])
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     monkeypatch.setenv("OPENAI_MODEL", "qwen")
     assert config_from_args(build_parser().parse_args(["ui"])).defaults.planner == "openai"
+
+
+def test_a_ui_turn_gates_a_concept_as_the_cli_does_unless_the_slider_is_chosen(segmenter, tmp_path):
+    """On a real brain MRI slice: the panel's default leaves "brain tumor" at its calibrated gate (the backend's
+    own, as `medsam3-agent run` has it), so the turn segments exactly as the CLI; a slider threshold overrides it."""
+    from conftest import DATA, val_rows
+
+    from agent.ui.runner import AgentPool
+
+    gate = getattr(segmenter.backend, "gate", None)
+    if gate is None or gate("brain tumor") == 0.5:
+        pytest.skip("the segmenter has no calibrated presence threshold for 'brain tumor'")
+    if not (DATA / "brain_mri" / "manifest.jsonl").exists():
+        pytest.skip(f"brain_mri not found in {DATA}")
+    image = next(r["image"] for r in val_rows("brain_mri") if r["id"] == "brats2013_pat0006_z062")  # a tumour
+    pool = AgentPool(tmp_path / "threads.sqlite", segmenters={"lite": segmenter})
+    default = pool.agent(UiSettings()).segmenter
+    assert default.presence_threshold is None  # so the backend's per-concept gate applies
+    found, cli = default.segment(image, "brain tumor"), segmenter.segment(image, "brain tumor")
+    assert found.presence == cli.presence and len(found.instances) == len(cli.instances) >= 1
+    assert all((a.mask == b.mask).all() for a, b in zip(found.instances, cli.instances, strict=True))
+    assert gate("brain tumor") <= found.presence < 1.0
+    strict = pool.agent(UiSettings(score_threshold=1.0)).segmenter  # the slider at its top: above this presence
+    assert strict.presence_threshold == 1.0 and strict.segment(image, "brain tumor").instances == []

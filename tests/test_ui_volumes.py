@@ -141,7 +141,7 @@ def test_unreadable_volumes_and_the_voxel_budget_are_chat_messages_naming_the_up
 
         def said(name: str) -> str:
             *_, last = app.ask({"text": "find the liver", "files": [str(uploads / name)]}, None, "offline", "", "",
-                               "lite", 3, 0.5)
+                               "lite", 3, True, 0.5)
             return texts(last[0][-1])
 
         assert "notes.txt: not a DICOM file" in said("mixed.zip")

@@ -34,7 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="endpoint model name (default: $OPENAI_MODEL)")
     parser.add_argument("--backend", default="lite", choices=list(BACKENDS), help="segmenter backend")
     parser.add_argument("--max-rounds", type=int, default=3)
-    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="one presence threshold for every concept (default: none, each concept's threshold "
+                             "calibrated for the segmenter's weights, as the CLI and API use)")
     parser.add_argument("--no-preload", action="store_true",
                         help="load the segmenter on the first question, not at start")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per MLLM request (default 60)")

@@ -227,17 +227,20 @@ class ChatApp:
         user_content.append({"path": str(preview), "mime_type": "image/png", "alt_text": name})
 
     def _turn_settings(self, session: ChatSession, text: str, planner: str, base_url: str, model: str,
-                       backend: str, max_rounds: float, score_threshold: float) -> tuple[UiSettings, Study]:
+                       backend: str, max_rounds: float, calibrated: bool,
+                       score_threshold: float) -> tuple[UiSettings, Study]:
         """The run's settings and study once there are an image and a question; pydantic checks the settings,
-        echoing nothing."""
+        echoing nothing. ``calibrated``: each concept's calibrated presence threshold, the slider ignored."""
         if session.study is None:
             raise ValueError("upload an image first (PNG, JPEG, TIFF, DICOM, a zip of one DICOM series or NIfTI), "
                              "then ask about it")
         if not text:
             raise ValueError('type a question about the image, e.g. "find the polyps"')
+        if not isinstance(calibrated, bool):
+            raise ValueError("the calibrated presence threshold setting must be true or false")
         settings = UiSettings.model_validate({
             "planner": planner, "base_url": base_url, "model": model, "backend": backend,
-            "max_rounds": max_rounds, "score_threshold": score_threshold,
+            "max_rounds": max_rounds, "score_threshold": None if calibrated else score_threshold,
             # the operator's, not the browser's
             "timeout": self.config.defaults.timeout, "retries": self.config.defaults.retries,
         })
@@ -299,6 +302,7 @@ class ChatApp:
         model: str,
         backend: str,
         max_rounds: float,
+        calibrated: bool,
         score_threshold: float,
         progress: Any = gr.Progress(),  # noqa: B008  (Gradio's marker: slice progress of a volume run)
     ) -> Iterator[tuple]:
@@ -315,7 +319,7 @@ class ChatApp:
             if text:
                 user_content.append(text)
             settings, study = self._turn_settings(session, text, planner, base_url, model, backend, max_rounds,
-                                                  score_threshold)
+                                                  calibrated, score_threshold)
         except (ValueError, OSError) as exc:  # a bad file, a missing question or bad settings: say so, stay usable
             if user_content:
                 session.history.append({"role": "user", "content": user_content})
@@ -351,6 +355,11 @@ class ChatApp:
         self.end_session(session)
         return ([], gr.MultimodalTextbox(value=None, interactive=True), None, [], None, self.new_session(), "",
                 gr.Slider(visible=False))
+
+
+def _threshold_slider(calibrated: bool) -> Any:
+    """The score threshold slider: usable only while the calibrated per-concept thresholds are off."""
+    return gr.Slider(interactive=not calibrated)
 
 
 def build_app(config: UiConfig, pool: AgentPool | None = None,
@@ -407,16 +416,24 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                                 + f" Set `{KEY_ENV}` before starting the UI; it is never shown here.")
                     backend = gr.Dropdown(list(BACKENDS), value=d.backend, label="Segmenter backend")
                     max_rounds = gr.Slider(1, 10, value=d.max_rounds, step=1, label="Round limit")
-                    score_threshold = gr.Slider(0.0, 1.0, value=d.score_threshold, step=0.05,
-                                                label="Score threshold")
+                    # on: each concept's presence threshold calibrated for the weights (as the CLI gates);
+                    # off: the slider's one threshold for every concept
+                    fixed = d.score_threshold
+                    calibrated = gr.Checkbox(fixed is None, label="Calibrated presence threshold per concept",
+                                             elem_id="calibrated-threshold")
+                    score_threshold = gr.Slider(0.0, 1.0, value=0.5 if fixed is None else fixed, step=0.05,
+                                                label="Score threshold (every concept, when the box above is off)",
+                                                interactive=fixed is not None, elem_id="score-threshold")
         outputs = [chat, box, overlay, legend, downloads, session, status, slider]
         box.submit(
             app.ask,
-            inputs=[box, session, planner, base_url, model, backend, max_rounds, score_threshold],
+            inputs=[box, session, planner, base_url, model, backend, max_rounds, calibrated, score_threshold],
             outputs=outputs, api_name="ask", show_progress="minimal",
         )
         slider.input(app.show_slice, inputs=[slider, session], outputs=[overlay], api_name="show_slice",
                      trigger_mode="always_last", show_progress="hidden")
+        calibrated.change(_threshold_slider, inputs=[calibrated], outputs=[score_threshold], queue=False,
+                          api_visibility="private")
         new_chat.click(app.new_chat, inputs=[session], outputs=outputs, api_name="new_chat", queue=False)
         # its bin icon; not an API endpoint
         chat.clear(app.new_chat, inputs=[session], outputs=outputs, api_visibility="private", queue=False)

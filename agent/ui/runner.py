@@ -58,7 +58,8 @@ class AgentPool:
 
     def agent(self, settings: UiSettings) -> Any:
         """The Agent for these settings; its segmenter is a handle on the backend's shared one, with the
-        turn's score threshold as the presence threshold (the Agent API takes none)."""
+        turn's score threshold as the presence threshold (the Agent API takes none): None leaves each
+        concept's calibrated threshold in force, a number gates every concept at it."""
         key = self._agent_key(settings)
         shared = self.segmenter(settings.backend)
         with self._build_lock:

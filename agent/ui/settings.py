@@ -29,7 +29,9 @@ class UiSettings(BaseModel):
     model: str = Field("", max_length=200)
     backend: str = "lite"
     max_rounds: int = Field(3, ge=1, le=10)
-    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # None: each concept's presence threshold calibrated for the segmenter's weights (as the CLI and API use);
+    # a number: one presence threshold for every concept
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # set at launch, not in the panel: one MLLM request may take timeout x (retries + 1) at most
     timeout: float = Field(60.0, gt=0, le=600)
     retries: int = Field(1, ge=0, le=5)
@@ -55,10 +57,9 @@ class UiSettings(BaseModel):
 
     def describe(self) -> str:
         planner = "offline planner" if self.planner == "offline" else f"{self.model or '?'} at {self.base_url or '?'}"
-        return (
-            f"{planner} · segmenter {self.backend} · up to {self.max_rounds} round(s) · "
-            f"score threshold {self.score_threshold:.2f}"
-        )
+        gate = ("calibrated presence thresholds" if self.score_threshold is None
+                else f"score threshold {self.score_threshold:.2f}")
+        return f"{planner} · segmenter {self.backend} · up to {self.max_rounds} round(s) · {gate}"
 
 
 def key_status(key_set: bool) -> str:
