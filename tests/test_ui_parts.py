@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.ui.downloads import write_downloads
@@ -148,7 +149,6 @@ def test_settings_default_to_each_concepts_calibrated_presence_threshold():
 
 def test_the_panels_checkbox_chooses_calibrated_thresholds_over_the_slider(tmp_path):
     from agent.ui.app import ChatApp, UiConfig, build_app
-    from segmenter.study import Study
 
     def panel(defaults: UiSettings) -> tuple[dict, dict]:
         demo, _ = build_app(UiConfig(workdir=tmp_path, defaults=defaults))
@@ -161,14 +161,45 @@ def test_the_panels_checkbox_chooses_calibrated_thresholds_over_the_slider(tmp_p
     assert box["value"] is False and slider["interactive"] is True and slider["value"] == 0.7
 
     app = ChatApp(UiConfig(workdir=tmp_path))
-    session = app.new_session()
-    session.study = Study.from_rgb(np.zeros((8, 8, 3), np.uint8))
-    turn = ("find the tumour", "offline", "", "", "lite", 3)
-    assert app._turn_settings(session, *turn, True, 0.7)[0].score_threshold is None  # the slider is ignored
-    assert app._turn_settings(session, *turn, False, 0.7)[0].score_threshold == 0.7
+    turn = ("offline", "", "", "lite", 3)
+    assert app._turn_settings(*turn, True, 0.7, "auto").score_threshold is None  # the slider is ignored
+    assert app._turn_settings(*turn, False, 0.7, "auto").score_threshold == 0.7
     with pytest.raises(ValueError, match="true or false"):
-        app._turn_settings(session, *turn, "yes", 0.7)
+        app._turn_settings(*turn, "yes", 0.7, "auto")
     app.shutdown()
+
+
+def test_the_window_setting_is_read_by_the_one_window_parser():
+    assert UiSettings().window == "auto" and UiSettings().load_window() is None  # the loader's own rule, as before
+    assert UiSettings(window=None).window == UiSettings(window=" AUTO ").window == "auto"
+    assert UiSettings(window="Lungs").load_window() == "lung"  # segmenter.windows' aliases
+    assert UiSettings(window=" -600, 1500 ").load_window() == "-600,1500"
+    assert UiSettings(window="40/400").describe().endswith("window 40,400")
+    assert "window" not in UiSettings().describe()
+    for bad, named in (("lungz", "'lungz'"), ("40,0", "width 0.0"), ("4" * 101, "at most 100"), (5, "string")):
+        with pytest.raises(ValidationError, match=named) as caught:
+            UiSettings(window=bad)
+        assert caught.value.errors()[0]["loc"] == ("window",)
+    # the same key as before: the window is applied when a file is read, not by the Agent
+    from agent.ui.runner import AgentPool
+
+    assert AgentPool._agent_key(UiSettings(window="lung")) == AgentPool._agent_key(UiSettings())
+
+
+def test_the_panels_window_offers_auto_and_the_presets_and_takes_level_width(tmp_path):
+    from agent.cli import build_parser
+    from agent.ui import config_from_args
+    from agent.ui.app import UiConfig, build_app
+
+    def dropdown(defaults: UiSettings) -> dict:
+        demo, _ = build_app(UiConfig(workdir=tmp_path, defaults=defaults))
+        return next(c for c in demo.blocks.values() if c.elem_id == "window").get_config()
+
+    panel = dropdown(UiSettings())
+    assert panel["value"] == "auto" and panel["allow_custom_value"] is True
+    assert {"auto", "lung", "abdomen", "brain"} <= {value for _, value in panel["choices"]}
+    defaults = config_from_args(build_parser().parse_args(["ui", "--window=-600,1500"])).defaults
+    assert dropdown(defaults)["value"] == "-600,1500"  # `ui --window` sets the panel's default
 
 
 def test_api_key_is_never_shown_and_only_sent_where_the_operator_allows():

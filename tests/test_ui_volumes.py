@@ -21,7 +21,7 @@ import pydicom
 import pydicom.data
 import pytest
 from PIL import Image
-from ui_helpers import AFFINE, ask, chest_nifti, client, ct_series_zip, free_port, last_turn, texts
+from ui_helpers import AFFINE, ASK_SETTINGS, ask, chest_nifti, client, ct_series_zip, free_port, last_turn, texts
 
 pytest.importorskip("gradio_client")
 
@@ -100,6 +100,9 @@ def test_a_dicom_series_zip_gets_its_seg_and_no_patient_tag_in_the_chat(served, 
     assert "Marker" not in shown and "8675309" not in shown  # no patient tag in the chat or result.json
     assert "a CT volume of 3 slices of 128 x 128" in said and "0.66 x 0.66 x 5.00 mm" in said
     assert out["slider"]["maximum"] == 2
+    # the panel's default window ("auto"): CT_small has none of its own, so the abdomen preset, named in both
+    assert "shown through the abdomen window (level 40, width 400)" in said
+    assert "the abdomen window (level 40, width 400)" in out["slider"]["label"]
     saved = json.loads(Path(out["downloads"][1]).read_text())
     assert saved["volume"]["shape"] == [3, 128, 128] and saved["volume"]["seg"] == "segmentation.dcm"
     with zipfile.ZipFile(out["downloads"][0]) as archive:
@@ -140,8 +143,7 @@ def test_unreadable_volumes_and_the_voxel_budget_are_chat_messages_naming_the_up
         series = ct_series_zip(uploads / "series.zip", slices=3)  # one voxel over the budget
 
         def said(name: str) -> str:
-            *_, last = app.ask({"text": "find the liver", "files": [str(uploads / name)]}, None, "offline", "", "",
-                               "lite", 3, True, 0.5)
+            *_, last = app.ask({"text": "find the liver", "files": [str(uploads / name)]}, None, *ASK_SETTINGS)
             return texts(last[0][-1])
 
         assert "notes.txt: not a DICOM file" in said("mixed.zip")
@@ -150,5 +152,82 @@ def test_unreadable_volumes_and_the_voxel_budget_are_chat_messages_naming_the_up
         assert too_big.startswith("**Error:**") and "3 slices of 128x128" in too_big, too_big
         for message in (said("mixed.zip"), too_big):
             assert str(uploads) not in message  # the upload is named as the user knows it
+    finally:
+        files.remove()
+
+
+class _Recorder:
+    """A pool that keeps the study each turn hands to the agent (the pixels the segmenter gets) and runs nothing."""
+
+    def __init__(self) -> None:
+        self.studies: list = []
+
+    def stream(self, settings, question, image, thread_id):
+        self.studies.append(image)
+        return iter(())
+
+    def forget(self, thread_id, wait=120.0):
+        return True
+
+
+def test_the_window_setting_decides_the_pixels_the_segmenter_gets_from_a_ct_upload(tmp_path):
+    """The panel's window: "auto" reads the upload as before (the file's own window, else abdomen), a preset or
+    "level,width" re-windows the CT values the agent segments, a bad value is a chat message naming it."""
+    from agent.ui.app import ChatApp, UiConfig
+    from agent.ui.retention import RunFiles
+    from segmenter.study_io import load_study
+    from segmenter.windows import apply_window, preset
+
+    files = RunFiles(tmp_path)
+    try:
+        pool = _Recorder()
+        app = ChatApp(UiConfig(workdir=tmp_path), pool=pool, files=files)  # type: ignore[arg-type]
+        uploads = files.gradio_cache / "upload"
+        uploads.mkdir()
+        series = ct_series_zip(uploads / "series.zip", slices=2)  # CT_small: no window of its own
+        own = ct_series_zip(uploads / "own.zip", slices=2, WindowCenter="-500", WindowWidth="1000")
+
+        def said(chat: list) -> str:
+            return " ".join(texts(m) for m in chat if m["role"] == "assistant")
+
+        def turn(name: str, window: str, session=None) -> tuple[list, object]:
+            message = {"text": "find the lungs", "files": [str(uploads / name)] if name else []}
+            *_, last = app.ask(message, session, *ASK_SETTINGS[:-1], window)
+            return last[0], last[5]
+
+        chat, _ = turn(series.name, "auto")
+        default = pool.studies[-1]
+        today = load_study(series)  # the loader's own rule, as before the setting existed
+        assert default.window.name == "abdomen" and (default.slices == today.slices).all()
+        assert "the abdomen window (level 40, width 400)" in said(chat)
+        turn(own.name, "auto")
+        assert pool.studies[-1].window.name == "dicom" and pool.studies[-1].window.center == -500  # the file's own
+
+        lung = apply_window(today.values, preset("lung"))
+        for spec in ("lung", "-600,1500", " Lungs "):
+            chat, _ = turn(series.name, spec)
+            study = pool.studies[-1]
+            assert (study.slices[..., 0] == lung).all() and not (study.slices == default.slices).all(), spec
+            assert (study.values == today.values).all()  # only the display changes, not the HU
+        assert "the lung window (level -600, width 1500)" in said(chat)
+        turn(series.name, "-600,1500")
+        assert pool.studies[-1].window.name == "custom"
+
+        # a changed window applies to the next upload; a follow-up on the same image says so
+        chat, session = turn(series.name, "auto")
+        chat, session = turn("", "lung", session)
+        said = " ".join(texts(m) for m in chat[-2:])
+        assert "window setting (lung) applies when a file is read" in said
+        assert (pool.studies[-1].slices == default.slices).all()
+
+        studies = len(pool.studies)
+        for bad, named in (("lungz", "'lungz'"), ("40,0", "width 0.0"), ("-600;1500", "'-600;1500'")):
+            chat, session = turn(series.name, bad)
+            message = texts(chat[-1])
+            assert message.startswith("**Error:**") and "window" in message and named in message, message
+            assert "Traceback" not in message and "attach it again" in message
+            assert chat[-2] == {"role": "user", "content": ["find the lungs"]}  # the question stays in the chat
+            assert session.study is None  # nothing was read
+        assert len(pool.studies) == studies  # nor run
     finally:
         files.remove()

@@ -18,8 +18,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-# planner, base URL, model, backend, rounds, calibrated presence thresholds (the slider's threshold unused), threshold
-ASK_SETTINGS = ["offline", "", "", "lite", 3, True, 0.5]
+# planner, base URL, model, backend, rounds, calibrated presence thresholds (the slider's threshold unused), threshold,
+# window of a DICOM / NIfTI upload ("auto": the loader's own rule)
+ASK_SETTINGS = ["offline", "", "", "lite", 3, True, 0.5, "auto"]
 XRAY = Path(__file__).resolve().parents[1] / "examples" / "chest_xray_pa_radiopaedia_9171.jpg"
 AFFINE = np.array([[-0.9, 0, 0, 80.0], [0, -0.9, 0, 60.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])  # (slice, row, col)
 

@@ -37,6 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="one presence threshold for every concept (default: none, each concept's threshold "
                              "calibrated for the segmenter's weights, as the CLI and API use)")
+    parser.add_argument("--window", default="auto",
+                        help="the panel's default window for DICOM / NIfTI uploads: auto (default: a CT file's own "
+                             "window, else abdomen; MR and NIfTI the percentile window), a preset (lung, abdomen, "
+                             "liver, brain, bone, mediastinum) or LEVEL,WIDTH (e.g. --window=-600,1500)")
     parser.add_argument("--no-preload", action="store_true",
                         help="load the segmenter on the first question, not at start")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per MLLM request (default 60)")
@@ -66,7 +70,7 @@ def config_from_args(args: argparse.Namespace, settings: Settings | None = None)
     auth_env = {AUTH_ENV: settings.medsam3_ui_auth.get_secret_value()} if settings.medsam3_ui_auth else {}
     defaults = UiSettings(planner=planner, base_url=base_url, model=model, backend=args.backend,
                           max_rounds=args.max_rounds, score_threshold=args.score_threshold,
-                          timeout=args.timeout, retries=args.retries)
+                          window=args.window, timeout=args.timeout, retries=args.retries)
     return UiConfig(host=args.host, port=args.port, examples=list(args.examples), max_upload_mb=args.max_upload_mb,
                     concurrency=args.concurrency, queue_size=args.queue_size, defaults=defaults,
                     auth=load_credentials(args.auth, args.auth_file, env=auth_env), insecure=args.insecure,

@@ -32,14 +32,16 @@ from agent.ui.render import (
     legend_rows,
     save_png,
     slice_overlay,
+    window_label,
 )
 from agent.ui.retention import RunFiles
 from agent.ui.runner import AgentPool
-from agent.ui.settings import BACKENDS, KEY_ENV, UiSettings, is_loopback, key_status
+from agent.ui.settings import AUTO_WINDOW, BACKENDS, KEY_ENV, UiSettings, is_loopback, key_status
 from agent.ui.uploads import UploadBox, UploadPolicy
 from agent.volume_output import VolumeOutput
 from segmenter.image_io import MAX_PIXELS
 from segmenter.study import Study
+from segmenter.windows import PRESETS
 
 # what the one loader (segmenter.study_io.load_study) reads: 2D images, DICOM (a file or a zip of one series), NIfTI
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".zip", ".nii", ".nii.gz")
@@ -75,6 +77,7 @@ class ChatSession:
     study: Study | None = None  # the upload as the loader read it: one slice (2D) or a volume
     image_name: str = ""
     volume: VolumeOutput | None = None  # the last volume answer's 3D masks, which the slice slider draws
+    window: str = ""  # the window setting the study was read with ("auto", "lung", "-600,1500")
     turn: int = 0
     history: list[dict] = field(default_factory=list)  # the chat, kept here so clients cannot rewrite it
 
@@ -157,7 +160,8 @@ def _working(steps: int, event: Any, progress: Any) -> str:
 def _problem(exc: ValueError | OSError) -> str:
     """A refused turn in one line: bad settings (which field, never the value), else the error's own words."""
     if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
         return f"settings: {problems}"
     return _readable(exc)
 
@@ -189,9 +193,10 @@ class ChatApp:
             shutil.rmtree(session.folder, ignore_errors=True)
 
     # --- validation ---------------------------------------------------------------
-    def _load_upload(self, file: Path) -> tuple[Study, str]:
+    def _load_upload(self, file: Path, window: str | None = None) -> tuple[Study, str]:
         """Read an upload that ``self.uploads`` allowed (an image, a DICOM file or zip of one series, a NIfTI)
-        with the one loader, within the voxel budget; named by its file name, as the user knows it."""
+        with the one loader, within the voxel budget, through ``window`` (None: the loader's own choice; a 2D
+        image has none); named by its file name, as the user knows it."""
         from segmenter.study_io import load_study
 
         name = file.name
@@ -201,50 +206,62 @@ class ChatApp:
                 f"{name} is {size / 1e6:.1f} MB, above the upload limit of {self.config.max_upload_mb:g} MB"
             )
         try:
-            return load_study(file, max_pixels=self.config.max_voxels), name
+            return load_study(file, window=window, max_pixels=self.config.max_voxels), name
         except ValueError as exc:  # name the file as the user knows it, not by its upload cache path
             raise ValueError(str(exc).replace(str(file), name)) from None
 
     def _take_upload(self, session: ChatSession, uploads: list[str], turn_dir: Path,
-                     user_content: list, notes: list[str]) -> None:
-        """Check and read the turn's upload into ``session`` (a new image starts a new thread)."""
+                     user_content: list, notes: list[str], settings: UiSettings) -> None:
+        """Check and read the turn's upload into ``session`` through the settings' window (a new image starts a
+        new thread). Without an upload, a changed window is only noted: the image read earlier stays as it is."""
         if len(uploads) > 1:
             raise ValueError("upload one image at a time")
         if not uploads:
+            if session.study is not None and session.study.window is not None and session.window != settings.window:
+                notes.append(f"The window setting ({settings.window}) applies when a file is read: "
+                             f"{session.image_name} is still shown through {window_label(session.study.window)}. "
+                             "Attach it again to see it through the new window.")
             return
         file = self.uploads.check(uploads[0])  # before anything about the path is opened or shown
         user_content.append(f"(uploaded {file.name})")  # shown if it cannot be read
-        study, name = self._load_upload(file)
+        study, name = self._load_upload(file, settings.load_window())
         user_content.pop()
         if session.study is not None:
             self.pool.forget(session.new_thread())
             notes.append(f"New image ({name}): starting a new thread.")
         session.study, session.image_name, session.volume = study, name, None
+        session.window = settings.window
         if study.is_volume:
             notes.append(describe_study(name, study))
+        elif study.window is not None:  # one DICOM slice in grey values: the window it is shown through
+            notes.append(f"{name}: shown through {window_label(study.window)}.")
         # a volume is previewed by its middle slice
         preview = save_png(study.slices[study.shape[0] // 2], turn_dir / "input.png")
         user_content.append({"path": str(preview), "mime_type": "image/png", "alt_text": name})
 
-    def _turn_settings(self, session: ChatSession, text: str, planner: str, base_url: str, model: str,
-                       backend: str, max_rounds: float, calibrated: bool,
-                       score_threshold: float) -> tuple[UiSettings, Study]:
-        """The run's settings and study once there are an image and a question; pydantic checks the settings,
-        echoing nothing. ``calibrated``: each concept's calibrated presence threshold, the slider ignored."""
+    def _turn_settings(self, planner: str, base_url: str, model: str, backend: str, max_rounds: float,
+                       calibrated: bool, score_threshold: float, window: str | None) -> UiSettings:
+        """The turn's settings, checked by pydantic before the upload is read (the window decides how); its
+        errors name the field, and echo only the window's own value. ``calibrated``: each concept's calibrated
+        presence threshold, the slider ignored."""
+        if not isinstance(calibrated, bool):
+            raise ValueError("the calibrated presence threshold setting must be true or false")
+        return UiSettings.model_validate({
+            "planner": planner, "base_url": base_url, "model": model, "backend": backend,
+            "max_rounds": max_rounds, "score_threshold": None if calibrated else score_threshold, "window": window,
+            # the operator's, not the browser's
+            "timeout": self.config.defaults.timeout, "retries": self.config.defaults.retries,
+        })
+
+    @staticmethod
+    def _turn_study(session: ChatSession, text: str) -> Study:
+        """The study to ask about, once there are an image and a question."""
         if session.study is None:
             raise ValueError("upload an image first (PNG, JPEG, TIFF, DICOM, a zip of one DICOM series or NIfTI), "
                              "then ask about it")
         if not text:
             raise ValueError('type a question about the image, e.g. "find the polyps"')
-        if not isinstance(calibrated, bool):
-            raise ValueError("the calibrated presence threshold setting must be true or false")
-        settings = UiSettings.model_validate({
-            "planner": planner, "base_url": base_url, "model": model, "backend": backend,
-            "max_rounds": max_rounds, "score_threshold": None if calibrated else score_threshold,
-            # the operator's, not the browser's
-            "timeout": self.config.defaults.timeout, "retries": self.config.defaults.retries,
-        })
-        return settings, session.study
+        return session.study
 
     def _stream(self, turn: _Turn, settings: UiSettings, text: str, study: Study,
                 progress: Any = None) -> Generator[tuple, None, AgentResult | None]:
@@ -287,8 +304,10 @@ class ChatApp:
         if volume is not None:
             turn.session.volume = volume
             last = volume.study.shape[0] - 1
+            shown = "" if volume.study.window is None else f", {window_label(volume.study.window)}"
             turn.slider = gr.Slider(minimum=0, maximum=last, value=volume.key_slice, step=1, visible=True,
-                                    label=f"Slice (0-{last}; the overlay opens on key slice {volume.key_slice})")
+                                    label=f"Slice (0-{last}; the overlay opens on key slice {volume.key_slice}"
+                                          f"{shown})")
             where = f" on key slice {volume.key_slice}"
         return turn.final(f"Done: {found}{where}, {turn.steps} step(s).")
 
@@ -304,6 +323,7 @@ class ChatApp:
         max_rounds: float,
         calibrated: bool,
         score_threshold: float,
+        window: str | None,
         progress: Any = gr.Progress(),  # noqa: B008  (Gradio's marker: slice progress of a volume run)
     ) -> Iterator[tuple]:
         """Stream one turn. Yields (chat, input box, overlay, legend, downloads, session, status, slider)."""
@@ -314,16 +334,24 @@ class ChatApp:
         # 1. the upload and the question
         user_content: list = []
         notes: list[str] = []
+        settings: UiSettings | None = None
         try:
-            self._take_upload(session, uploads, turn.folder, user_content, notes)
+            settings = self._turn_settings(planner, base_url, model, backend, max_rounds, calibrated,
+                                           score_threshold, window)
+            self._take_upload(session, uploads, turn.folder, user_content, notes, settings)
             if text:
                 user_content.append(text)
-            settings, study = self._turn_settings(session, text, planner, base_url, model, backend, max_rounds,
-                                                  calibrated, score_threshold)
-        except (ValueError, OSError) as exc:  # a bad file, a missing question or bad settings: say so, stay usable
+            study = self._turn_study(session, text)
+        except (ValueError, OSError) as exc:  # bad settings, a bad file or a missing question: say so, stay usable
+            problem = _problem(exc)
+            if settings is None:  # refused before the upload was read
+                if text:
+                    user_content.append(text)
+                if uploads:
+                    problem += " (the attached file was not read: attach it again with the settings fixed)"
             if user_content:
                 session.history.append({"role": "user", "content": user_content})
-            turn.transcript.error(_problem(exc))
+            turn.transcript.error(problem)
             yield turn.final()
             return
 
@@ -424,10 +452,18 @@ def build_app(config: UiConfig, pool: AgentPool | None = None,
                     score_threshold = gr.Slider(0.0, 1.0, value=0.5 if fixed is None else fixed, step=0.05,
                                                 label="Score threshold (every concept, when the box above is off)",
                                                 interactive=fixed is not None, elem_id="score-threshold")
+                    # read with the next DICOM / NIfTI upload; the handler checks it with segmenter.windows' parser
+                    window = gr.Dropdown(
+                        [AUTO_WINDOW, *PRESETS], value=d.window, allow_custom_value=True, elem_id="window",
+                        label="Window (DICOM / NIfTI uploads; CT in HU)",
+                        info='"auto": a CT DICOM\'s own window, else abdomen; other DICOM and NIfTI: the 0.5-99.5 '
+                             'percentile window. Or a preset, or "level,width" such as -600,1500. Applies to the next '
+                             'upload.')
         outputs = [chat, box, overlay, legend, downloads, session, status, slider]
         box.submit(
             app.ask,
-            inputs=[box, session, planner, base_url, model, backend, max_rounds, calibrated, score_threshold],
+            inputs=[box, session, planner, base_url, model, backend, max_rounds, calibrated, score_threshold,
+                    window],
             outputs=outputs, api_name="ask", show_progress="minimal",
         )
         slider.input(app.show_slice, inputs=[slider, session], outputs=[overlay], api_name="show_slice",

@@ -19,7 +19,7 @@ from segmenter.overlay import render_overlay
 if TYPE_CHECKING:
     from agent.results import AgentResult
     from agent.volume_output import VolumeOutput
-    from segmenter.study import Study
+    from segmenter.study import Study, Window
     from segmenter.types import Instance
     from tools.measure import Measurement
 
@@ -198,8 +198,16 @@ def describe_study(name: str, study: Study) -> str:
     spacing = ("voxel size unknown" if g.pixel_spacing is None or g.slice_spacing is None else
                f"voxels {g.pixel_spacing[0]:.2f} x {g.pixel_spacing[1]:.2f} x {g.slice_spacing:.2f} mm")
     modality = f"{g.modality} " if g.modality else ""
-    return (f"{name}: a {modality}volume of {slices} slices of {rows} x {cols} ({spacing}). Each question is "
-            "answered over the whole volume; the slider under the overlay then shows every slice with its masks.")
+    shown = "" if study.window is None else f", shown through {window_label(study.window)}"
+    return (f"{name}: a {modality}volume of {slices} slices of {rows} x {cols} ({spacing}){shown}. Each question "
+            "is answered over the whole volume; the slider under the overlay then shows every slice with its masks.")
+
+
+def window_label(window: Window) -> str:
+    """How a study's grey values are shown, in words: "the lung window (level -600, width 1500)"."""
+    kind = {"dicom": "the file's own window", "percentile": "the 0.5-99.5 percentile window",
+            "custom": "the window"}.get(window.name, f"the {window.name} window" if window.name else "the window")
+    return f"{kind} (level {window.center:g}, width {window.width:g})"
 
 
 def slice_overlay(volume: VolumeOutput, index: int) -> np.ndarray:

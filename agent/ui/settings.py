@@ -13,10 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from segmenter import backends
+from segmenter.windows import parse_window
 
 KEY_ENV = "OPENAI_API_KEY"
 PLANNERS = ("offline", "openai")
 BACKENDS = tuple(backends.BACKENDS)  # the segmenter's name table: one list of names
+AUTO_WINDOW = "auto"
 
 
 class UiSettings(BaseModel):
@@ -32,6 +34,9 @@ class UiSettings(BaseModel):
     # None: each concept's presence threshold calibrated for the segmenter's weights (as the CLI and API use);
     # a number: one presence threshold for every concept
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # how a DICOM / NIfTI upload's grey values are shown (and segmented): "auto" (the loader's rule: a CT DICOM's
+    # own window, else the abdomen preset; other DICOM and NIfTI: the percentile window), a preset or "level,width"
+    window: str = Field(AUTO_WINDOW, max_length=100)
     # set at launch, not in the panel: one MLLM request may take timeout x (retries + 1) at most
     timeout: float = Field(60.0, gt=0, le=600)
     retries: int = Field(1, ge=0, le=5)
@@ -48,6 +53,22 @@ class UiSettings(BaseModel):
             raise ValueError(f"segmenter backend must be one of {', '.join(BACKENDS)}")  # not echoed: any text
         return value
 
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> object:
+        """The window as one canonical spec ("auto", also for empty or None; "lung"; "-600,1500"), read by
+        segmenter.windows' parser; a bad value's error names it and lists what is accepted."""
+        if value is None or isinstance(value, str) and value.strip().lower() in ("", AUTO_WINDOW):
+            return AUTO_WINDOW
+        if not isinstance(value, str) or len(value) > 100:
+            return value  # pydantic's own "should be a valid string" / "at most 100 characters"
+        window = parse_window(value)  # WindowError is a ValueError: pydantic reports it for the field
+        return window.name if window.name != "custom" else f"{window.center:g},{window.width:g}"
+
+    def load_window(self) -> str | None:
+        """What the loader takes as ``window``: None for "auto" (its own rule), else the spec."""
+        return None if self.window == AUTO_WINDOW else self.window
+
     @field_validator("base_url")
     @classmethod
     def _http(cls, value: str) -> str:
@@ -59,7 +80,8 @@ class UiSettings(BaseModel):
         planner = "offline planner" if self.planner == "offline" else f"{self.model or '?'} at {self.base_url or '?'}"
         gate = ("calibrated presence thresholds" if self.score_threshold is None
                 else f"score threshold {self.score_threshold:.2f}")
-        return f"{planner} · segmenter {self.backend} · up to {self.max_rounds} round(s) · {gate}"
+        window = "" if self.window == AUTO_WINDOW else f" · window {self.window}"
+        return f"{planner} · segmenter {self.backend} · up to {self.max_rounds} round(s) · {gate}{window}"
 
 
 def key_status(key_set: bool) -> str:
