@@ -101,14 +101,15 @@ class Segmenter:
             side, base = lateral
             orient = laterality.orientation(geometry)  # before the decode: a sagittal slice is refused at once
             found = self._backend_segment(Prompt(concept=base.name), presence_threshold)  # the base's presence gate
-            timings, extra = dict(found.timings_ms), []
+            timings, extra, refine = dict(found.timings_ms), [], found.refine
             if found.instances and entry is not None and entry.side == side:  # an entry of its own: its mask helps
                 own = self._backend_segment(Prompt(concept=entry.name), presence_threshold)
                 extra = own.instances
                 timings.update({k: timings.get(k, 0.0) + v for k, v in own.timings_ms.items()})
+                refine = refine if own.refine == refine else "none"  # masks drawn two ways: not all redrawn
             instances = laterality.lateral_instances(found.instances, side, orient, found.image_size, extra)
             return found.model_copy(update={"prompt": prompt, "instances": instances, "timings_ms": timings,
-                                            "laterality": orient.describe()})
+                                            "laterality": orient.describe(), "refine": refine})
 
     def _backend_segment(self, prompt: Prompt, presence_threshold: float | None) -> SegmentationResult:
         if presence_threshold is not None and isinstance(self.backend, PresenceGated):

@@ -12,6 +12,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from segmenter.catalog import Refine
+
 # Caps on one prompt, shared by the Python API and the HTTP service (whose wire models reuse these
 # classes): generous for any clinical question, small enough that no request can be huge.
 MAX_BOXES = 64
@@ -129,6 +131,11 @@ class SegmentationResult(BaseModel):
     backend: str
     timings_ms: dict[str, float] = Field(default_factory=dict)
     laterality: str | None = None  # "left X"/"right X": the convention that told the sides (segmenter.laterality)
+    # how the backend redrew the masks after its model drew them (MedSAM3-Lite's refine stage, segmenter/lite/
+    # refine.py): "box", each mask already redrawn by a box decoder from its own (slightly expanded) box, so a
+    # box-prompt round on it would draw it again; "union" / "intersection", that drawing combined with the
+    # model's; "none": as the model drew them (SAM 3, geometric prompts, concept + box prompts)
+    refine: Refine = "none"
 
     @property
     def union_mask(self) -> np.ndarray:
@@ -154,4 +161,5 @@ class SegmentationResult(BaseModel):
             ],
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
             **({"laterality": self.laterality} if self.laterality else {}),
+            **({"refine": self.refine} if self.refine != "none" else {}),
         }

@@ -71,6 +71,33 @@ def test_image_is_encoded_once_per_run(segmenter):
     assert segmenter.backend.encode_count - before <= 1  # every prompt (text and box) reused one embedding
 
 
+def _box_round(result) -> list[str]:
+    """The concepts of the box-refinement round's calls in a run's trace, one per call."""
+    return [e.data["concept"] for e in result.trace if e.kind == "tool_result" and e.data["name"] == "segment_geometry"]
+
+
+def test_masks_the_segmenter_redrew_from_their_boxes_get_no_second_box_round(offline):
+    """Polyp and optic disc are refined by box in MedSAM3-Lite (concepts.json); the optic cup is not."""
+    polyp = val_rows("kvasir_seg", limit=1)[0]
+    result = offline.run("find the polyps", image=polyp["image"])
+    assert result.masks and _box_round(result) == [] and result.rounds == 1
+    fundus = val_rows("drishti_gs1", limit=1)[0]
+    result = offline.run("outline the optic disc and the cup", image=fundus["image"])
+    assert sorted(m.concept for m in result.masks) == ["optic cup", "optic disc"]
+    assert _box_round(result) == ["optic cup"] and result.rounds == 2
+
+
+def test_polyp_gets_its_box_round_back_when_the_segmenter_does_not_refine(segmenter):
+    row = val_rows("kvasir_seg", limit=1)[0]
+    backend, saved = segmenter.backend, segmenter.backend.refine
+    try:
+        backend.refine = "none"  # as MEDSAM3_REFINE=none sets it
+        result = Agent(planner="offline", segmenter=segmenter).run("find the polyps", image=row["image"])
+    finally:
+        backend.refine = saved
+    assert result.masks and set(_box_round(result)) == {"polyp"} and result.rounds == 2
+
+
 def test_polyps_on_a_fundus_photo_end_with_nothing_found(offline):
     row = val_rows("drishti_gs1", limit=1)[0]
     result = offline.run("find the polyps", image=row["image"])

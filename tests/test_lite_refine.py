@@ -12,7 +12,7 @@ import torch
 from conftest import dice, read_mask, val_rows
 
 from segmenter.catalog import ConceptCatalog, load_catalog
-from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, refine_logits, refine_mode
+from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, refine_drawn, refine_logits, refine_mode
 from segmenter.study_io import load_image
 
 
@@ -44,17 +44,36 @@ def test_box_mode_keeps_each_decoded_mask_inside_its_box():
     assert torch.equal(refine_logits(empty, "box", everywhere, valid=(256, 256)), empty)  # nothing to propose
 
 
+def test_the_mode_that_drew_the_mask_is_reported():
+    """The result says "box" only where the box decoder drew the mask (an empty one: nothing to redraw)."""
+    mask = np.zeros((256, 256), dtype=bool)
+    mask[100:140, 50:90] = True
+    everywhere = lambda b: torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731
+    assert refine_drawn(_logits(mask), "box", everywhere, valid=(256, 256))[1] == "box"
+    assert refine_drawn(_logits(mask), "none", everywhere, valid=(256, 256))[1] == "none"
+    assert refine_drawn(_logits(np.zeros_like(mask)), "box", everywhere, valid=(256, 256))[1] == "box"
+    specks = np.zeros((256, 256), dtype=bool)
+    specks[10, 10] = specks[200, 30] = True  # too small to propose a box: kept as the concept decoder drew them
+    logits, drawn = refine_drawn(_logits(specks), "box", everywhere, valid=(256, 256))
+    assert drawn == "none" and np.array_equal((logits[0, 0] > 0).numpy(), specks)
+
+
 def test_box_refine_on_a_real_polyp_draws_inside_the_concept_masks_boxes(segmenter):
     row = val_rows("kvasir_seg", 1)[0]  # skips where the shared data is absent
     image, truth = load_image(row["image"]), read_mask(row["masks"]["polyp"])
     backend, saved = segmenter.backend, segmenter.backend.refine
     try:
         backend.refine = "none"
-        plain = segmenter.segment(image, concept="polyp").union_mask
+        plain_result = segmenter.segment(image, concept="polyp")
         backend.refine = "box"
-        boxed = segmenter.segment(image, concept="polyp").union_mask
+        boxed_result = segmenter.segment(image, concept="polyp")
+        geometry = segmenter.segment(image, boxes=[boxed_result.instances[0].box])
     finally:
         backend.refine = saved
+    plain, boxed = plain_result.union_mask, boxed_result.union_mask
+    # the result says how its masks were drawn (the offline planner skips its box round for "box")
+    assert (plain_result.refine, boxed_result.refine, geometry.refine) == ("none", "box", "none")
+    assert boxed_result.summary()["refine"] == "box" and "refine" not in plain_result.summary()
     assert plain.any() and boxed.any() and not np.array_equal(plain, boxed)
     ys, xs = np.nonzero(plain)
     model_px = max(image.shape[:2]) / 256  # image pixels per model pixel

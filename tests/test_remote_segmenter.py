@@ -50,7 +50,7 @@ def assert_same(remote, local):
     assert len(remote) == len(local)
     for r, lo in zip(remote, local, strict=True):
         assert r.prompt == lo.prompt and r.image_size == lo.image_size and r.backend == lo.backend
-        assert r.presence == lo.presence
+        assert r.presence == lo.presence and r.refine == lo.refine
         assert len(r.instances) == len(lo.instances)
         for a, b in zip(r.instances, lo.instances, strict=True):
             assert a.mask.dtype == bool and a.mask.shape == b.mask.shape
@@ -83,6 +83,7 @@ def test_remote_masks_equal_the_servers_bit_for_bit(server, lite, image):
     assert_same(remote, local)
     assert remote[0].found and remote[1].found  # a box and a click on the disc find something
     assert remote[3].prompt.boxes[0].x1 == image.shape[1]
+    assert remote[2].refine == "box" and remote[3].refine == "none"  # how the server drew them travels too
     assert seg.backend.encode_count == 1  # uploaded once for all prompts
     seg.set_image(image.copy())
     seg.segment(concept="polyp")

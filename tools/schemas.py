@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from segmenter.catalog import Refine
 from tools.measure import Measurement, MeasureWhat
 
 ToolKind = Literal["segment", "examine", "finish"]
@@ -96,6 +97,8 @@ class Candidate(BaseModel):
     round: int = 0  # the segment round of its turn (1 = the first)
     turn: int = 0  # the conversation turn that made it
     parent: int | None = None  # the candidate a box-refinement started from
+    refine: Refine = "none"  # how the segmenter redrew its mask (SegmentationResult.refine); "box": already
+    # redrawn from its own box, so a box-prompt round would draw it again
 
 
 class Selection(BaseModel):

@@ -52,7 +52,7 @@ def _found(result: SegmentationResult, concept: str, phrase: str | None, call: T
             Candidate(
                 id=cid, concept=concept, score=round(inst.score, 4), box=[round(v, 1) for v in inst.box.as_list()],
                 area=inst.area, prompt=prompt, round=ctx.round, turn=ctx.turn,
-                parent=call.parents[k] if call.parents and k < len(call.parents) else None,
+                parent=call.parents[k] if call.parents and k < len(call.parents) else None, refine=result.refine,
             )
         )
         masks[cid] = inst.mask

@@ -6,8 +6,9 @@ plan     question -> concepts (``agent.concepts``); follow-ups ("now only the la
 inspect  without vision: presence scores, instance scores, dropping specks, low scorers,
          duplicates and extra copies of one-per-image structures; a concept named for a modality
          the image is clearly not (polyps on a fundus photo) must be very present to count. Then
-         another round: re-segment each kept instance with its own box (a tighter mask), or retry
-         a synonym when the presence score was borderline; then inspect again.
+         another round: re-segment each kept instance with its own box (a tighter mask; not one the
+         segmenter already redrew from its box), or retry a synonym when the presence score was
+         borderline; then inspect again.
 measure  a question asking for a size, count or ratio ("how big", "how many", "is the heart enlarged?",
          "cup-to-disc ratio") also segments what the measurement needs (lungs + cardiomediastinum, optic
          disc + cup) and ends with a ``measure`` call on the selection, whose numbers the answer states.
@@ -242,8 +243,11 @@ class OfflinePlanner(Planner):
             calls = self._box_calls(view, kept)
             if calls:
                 update = {"stage": "boxes", "kept": [c.id for c in kept], "presence": presence, "dropped": dropped}
+                boxed = [p for call in calls for p in call.parents or []]
+                drawn = [c.id for c in kept if c.refine == "box" and c.id not in boxed]
                 return Decision(calls=calls, memory=memory.model_copy(update=update),
-                                note=f"kept {[c.id for c in kept]}; re-segment each with its own box")
+                                note=f"kept {[c.id for c in kept]}; re-segment {boxed}, each with its own box"
+                                     + (f" ({drawn} already redrawn from their boxes)" if drawn else ""))
         if memory.stage == "boxes":
             kept = self._swap_refined(view, cands, [c for c in cands if c.id in memory.kept])
             dropped = memory.dropped
@@ -251,6 +255,9 @@ class OfflinePlanner(Planner):
         ids = memory.keep + [i for i in ids if i not in memory.keep]
         memory = memory.model_copy(update={"presence": presence, "dropped": dropped})
         note = f"keep {ids}" + (f"; dropped {dropped}" if dropped else "")
+        drawn = [c.id for c in kept if c.refine == "box" and c.parent is None]
+        if memory.stage == "first" and drawn and self.box_refine == "geometry":
+            note += f"; {drawn} already redrawn from their boxes by the segmenter: no box round"
         return self._finish(memory, ids, note)
 
     @staticmethod
@@ -357,6 +364,9 @@ class OfflinePlanner(Planner):
         return kept, dropped
 
     def _box_calls(self, view: PlannerView, kept: list[Candidate]) -> list[ToolCall]:
+        """One box prompt per kept candidate (the first ``MAX_BOX_REFINE`` of a concept). In ``geometry`` mode
+        not for a mask the segmenter already redrew from its own box (``Candidate.refine`` "box", e.g.
+        MedSAM3-Lite's refined concepts): the same box decoder would draw it again, for a whole segment round."""
         h, w = view.image.shape[:2]
         calls = []
         for concept in dict.fromkeys(c.concept for c in kept):
@@ -364,6 +374,8 @@ class OfflinePlanner(Planner):
                 continue
             mine = [c for c in kept if c.concept == concept][:MAX_BOX_REFINE]
             for c in mine:
+                if self.box_refine == "geometry" and c.refine == "box":
+                    continue
                 args: dict[str, Any] = {"boxes": [_expand_box(c.box, w, h)]}
                 if self.box_refine == "concept":
                     args["concept"] = concept

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
-from segmenter.catalog import Concept, load_catalog
+from segmenter.catalog import Concept, Refine, load_catalog
 from segmenter.lite.calibrate import DEFAULT_THRESHOLD, load_thresholds
 from segmenter.lite.fast_encoder import Encode, Run, build_encoder, build_runner, torch_encoder
 from segmenter.lite.model import (
@@ -30,7 +30,7 @@ from segmenter.lite.model import (
     unletterbox_logits,
 )
 from segmenter.lite.precision import fast_bf16
-from segmenter.lite.refine import refine_choice, refine_logits, refine_mode
+from segmenter.lite.refine import refine_choice, refine_drawn, refine_mode
 from segmenter.postprocess import split_instances
 from segmenter.text import shared_embedder
 from segmenter.types import Instance, Prompt, SegmentationResult
@@ -311,11 +311,11 @@ class LiteBackend(SegmenterBackend):
         start = time.perf_counter()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if prompt.concept is not None:
-                prob, presence = self._concept_prob(enc, prompt, prompt.concept)
+                prob, presence, refine = self._concept_prob(enc, prompt, prompt.concept)
                 gate = self.gate(prompt.concept) if presence_threshold is None else presence_threshold
                 instances = self._instances(prob, presence) if presence >= gate else []
             else:
-                instances, presence = self._geometry_instances(enc, prompt), 1.0
+                instances, presence, refine = self._geometry_instances(enc, prompt), 1.0, "none"
         total = (time.perf_counter() - start) * 1000
         h, w = enc.image.shape[:2]
         return SegmentationResult(
@@ -325,6 +325,7 @@ class LiteBackend(SegmenterBackend):
             image_size=(h, w),
             backend=self.name,
             timings_ms={"encode": self._last_encode_ms, "decode": total - self._last_encode_ms},
+            refine=refine,
         )
 
     def gate(self, phrase: str) -> float:
@@ -340,8 +341,9 @@ class LiteBackend(SegmenterBackend):
     def _text(self, phrase: str) -> torch.Tensor:
         return torch.from_numpy(shared_embedder().embed([phrase])).to(self.device)
 
-    def _concept_prob(self, enc: _Encoded, prompt: Prompt, phrase: str) -> tuple[np.ndarray, float]:
-        """Probability map at image size and presence probability for the prompt's concept ``phrase`` (+ box)."""
+    def _concept_prob(self, enc: _Encoded, prompt: Prompt, phrase: str) -> tuple[np.ndarray, float, Refine]:
+        """Probability map at image size, presence probability and the refine mode that drew the map (every
+        part of it: else "none") for the prompt's concept ``phrase`` (+ box: not refined)."""
         text = self._text(phrase)
         concept = self.catalog.get(phrase)
         h, w = enc.image.shape[:2]
@@ -349,27 +351,30 @@ class LiteBackend(SegmenterBackend):
         if tile and max(h, w) > tile and not prompt.boxes:
             prob = np.zeros((h, w), dtype=np.float32)
             presence = 0.0
+            modes: set[Refine] = set()
             for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
-                logits = self._refined(self._decode_concept(emb, text), emb, box, concept)
+                logits, mode = self._refined(self._decode_concept(emb, text), emb, box, concept)
+                modes.add(mode)
                 tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
                 presence = max(presence, float(self.net.presence(emb, text)[0]))
-            return prob, presence
+            return prob, presence, modes.pop() if len(modes) == 1 else "none"
         emb, box = self._full(enc)
         presence = float(self.net.presence(emb, text)[0])
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
-            logits = self._refined(self._decode_concept(emb, text), emb, box, concept)
-            return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence
+            logits, mode = self._refined(self._decode_concept(emb, text), emb, box, concept)
+            return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence, mode
         # concept + box(es): one decode per box, union of the results
         logits, _, _ = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
-        return torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy(), presence
+        return torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy(), presence, "none"
 
     def _refined(self, logits: torch.Tensor, emb: torch.Tensor, box: Letterbox,
-                 concept: Concept | None) -> torch.Tensor:
-        """The concept's mask logits as its refine mode draws them (segmenter/lite/refine.py)."""
+                 concept: Concept | None) -> tuple[torch.Tensor, Refine]:
+        """The concept's mask logits as its refine mode draws them (segmenter/lite/refine.py), and that mode
+        ("none" where it drew nothing: specks only)."""
         mode = refine_mode(self.refine, concept)
-        return refine_logits(logits, mode, lambda b: self._decode_boxes(emb, b)[0], box.new_size, self.mask_threshold)
+        return refine_drawn(logits, mode, lambda b: self._decode_boxes(emb, b)[0], box.new_size, self.mask_threshold)
 
     @staticmethod
     def _model_boxes(prompt: Prompt, box: Letterbox) -> torch.Tensor | None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from typing import cast
 
 import cv2
 import numpy as np
 import torch
 
-from segmenter.catalog import REFINES, Concept
+from segmenter.catalog import REFINES, Concept, Refine
 
 REFINE_ENV = "MEDSAM3_REFINE"
 CHOICES: tuple[str, ...] = ("catalog", *REFINES)
@@ -82,18 +83,33 @@ def refine_logits(
 ) -> torch.Tensor:
     """The concept decoder's (1, 1, S, S) mask logits redrawn by ``mode``. ``decode_boxes`` maps (N, 1, 4)
     model-frame boxes to the box decoder's (N, 1, S, S) logits; each box's mask is kept inside its box."""
+    return refine_drawn(logits, mode, decode_boxes, valid, mask_threshold)[0]
+
+
+def refine_drawn(
+    logits: torch.Tensor,
+    mode: str,
+    decode_boxes: Callable[[torch.Tensor], torch.Tensor],
+    valid: tuple[int, int],
+    mask_threshold: float = 0.5,
+) -> tuple[torch.Tensor, Refine]:
+    """``refine_logits`` and the mode its mask is drawn by: ``mode``, or "none" where the concept mask had
+    only specks too small to propose a box (they stay as the concept decoder drew them). An empty mask
+    counts as drawn by ``mode``: there was nothing to redraw."""
     if mode == "none":
-        return logits
+        return logits, "none"
     if mode not in REFINES:
         raise ValueError(f"unknown refine mode {mode!r}; choose from {', '.join(REFINES)}")
+    applied = cast(Refine, mode)
     threshold = math.log(mask_threshold / (1 - mask_threshold))  # the probability threshold as a logit
     boxes = proposal_boxes(logits, valid, threshold)
-    if len(boxes) == 0:
-        return logits  # nothing proposed: the concept mask is empty already
+    if len(boxes) == 0:  # nothing proposed: the concept mask is empty, or specks only
+        nh, nw = valid
+        return logits, "none" if bool((logits[0, 0, :nh, :nw].float() > threshold).any()) else applied
     drawn = decode_boxes(boxes).float()
     drawn = torch.where(_inside(boxes, drawn.shape[-1]), drawn, torch.full_like(drawn, OUTSIDE))
     drawn = drawn.amax(dim=0, keepdim=True)
     if mode == "box":
-        return drawn
+        return drawn, applied
     concept = logits.float()
-    return torch.maximum(concept, drawn) if mode == "union" else torch.minimum(concept, drawn)
+    return (torch.maximum(concept, drawn) if mode == "union" else torch.minimum(concept, drawn)), applied

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from segmenter.catalog import Refine
 from segmenter.rle import Rle, decode
 from segmenter.types import MAX_PROMPTS, Box, Instance, Prompt, SegmentationResult
 
@@ -24,6 +25,7 @@ class WireResult(BaseModel):
     image_size: tuple[int, int]
     backend: str
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    refine: Refine = "none"  # SegmentationResult.refine; servers before it did not say ("none": masks as drawn)
 
     @classmethod
     def from_result(cls, result: SegmentationResult) -> WireResult:
@@ -36,6 +38,7 @@ class WireResult(BaseModel):
             image_size=result.image_size,
             backend=result.backend,
             timings_ms=result.timings_ms,
+            refine=result.refine,
         )
 
     def to_result(self) -> SegmentationResult:
@@ -52,6 +55,7 @@ class WireResult(BaseModel):
             image_size=self.image_size,
             backend=self.backend,
             timings_ms=self.timings_ms,
+            refine=self.refine,
         )
 
 
