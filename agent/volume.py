@@ -26,6 +26,7 @@ from agent.planners.base import Planner
 from agent.results import AgentResult, ConceptMask, StepEvent
 from agent.volume_mllm import UnusableReply, mllm_concepts, sample_slices
 from agent.volume_output import VolumeOutput
+from segmenter.catalog import load_catalog
 from segmenter.facade import Segmenter
 from segmenter.overlay import render_overlay
 from segmenter.study import Study
@@ -43,6 +44,8 @@ class Agent(Protocol):
 
 # the catalog's modality words for a study's DICOM modality (a cue for ambiguous words such as "tumor")
 MODALITY_CUES = {"MR": "mri"}
+# ... and for the answer's caveat: a concept whose catalog modality is not the study's was not validated on it
+STUDY_MODALITIES = {**MODALITY_CUES, "CT": "ct"}
 PROGRESS_EVENTS = 10  # about this many progress events per run, whatever the slice count
 MONTAGE_NEIGHBOURS = 1  # slices each side of the key slice in the montage
 
@@ -86,6 +89,16 @@ def pick_concepts(agent: Agent, question: str, study: Study, chosen: range) -> t
     cue = MODALITY_CUES.get((study.geometry.modality or "").upper())
     pick = picker.pick(f"{question} ({cue})" if cue else question, image=study.slices[chosen[len(chosen) // 2]])
     return pick.concepts, note + "; ".join(f"{c}: {pick.how.get(c, 'named')}" for c in pick.concepts), None
+
+
+def unvalidated(concepts: list[str], study: Study) -> list[str]:
+    """The concepts whose catalog modality is not the study's (liver, trained on MR, asked of a CT): their
+    masks are unvalidated there, and an empty one is no evidence of absence. [] where the modality is unknown."""
+    seen = STUDY_MODALITIES.get((study.geometry.modality or "").upper())
+    if seen is None:
+        return []
+    catalog = load_catalog()
+    return [c for c in concepts if (entry := catalog.get(c)) is not None and entry.modality != seen]
 
 
 def _key_slice(result: VolumeResult) -> int:
@@ -143,8 +156,10 @@ def _extent(mine: Mapping[str, Measurement], parts: int) -> str:
             f" on slice {longest.slice_index}")
 
 
-def answer_text(result: VolumeResult, measurements: list[Measurement]) -> str:
-    """Per concept: its volume, components and slices, or that it was not found on the slices searched."""
+def answer_text(result: VolumeResult, measurements: list[Measurement], untrained: list[str] | None = None,
+                modality: str = "") -> str:
+    """Per concept: its volume, components and slices, or that it was not found on the slices searched;
+    ``untrained``: concepts the segmenter was not validated on for this ``modality`` (``unvalidated``)."""
     searched = result.slices
     where = f"slices {searched.start}-{searched.stop - 1}" if len(searched) > 1 else f"slice {searched.start}"
     sentences = []
@@ -162,6 +177,10 @@ def answer_text(result: VolumeResult, measurements: list[Measurement]) -> str:
         sentences.append(f"Only {where} of {result.shape[0]} were searched; volumes cover those slices only.")
     if any(not m.spacing_known for m in measurements):
         sentences.append("The voxel size was unknown, so volumes are in voxels, not millilitres.")
+    if untrained:
+        sentences.append(f"Caution: the segmenter was not trained and validated for {', '.join(untrained)} on "
+                         f"{modality or 'this modality'}; these masks are unvalidated, and finding nothing is no "
+                         "evidence of absence.")
     return " ".join(sentences)
 
 
@@ -228,7 +247,9 @@ def _volume_events(agent: Agent, question: str, study: Study, slices: str | rang
     yield emit(StepEvent(kind="overlay", node="segment_volume", image=montage(study, result, key),
                          text=f"key slice {key} and its neighbours"))
     measurements = _measurements(result, study)
-    answer = answer_text(result, measurements)
+    # the catalog says what MedSAM3-Lite was trained on; other backends (SAM 3) are not described by it
+    untrained = unvalidated(concepts, study) if agent.segmenter.backend.name == "medsam3-lite" else []
+    answer = answer_text(result, measurements, untrained, study.geometry.modality or "")
     agent_result = AgentResult(
         question=question, answer=answer, planner=agent.planner.label, concepts_tried=concepts,
         masks=_key_masks(result, key), image_size=result.shape[1:], overlay=_slice_overlay(study, result, key),

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from evals.config import EvalConfig
 
-SEGMENTER_KEYS = ("backend", "weights_sha256", "served", "presence_threshold", "refine", "shift", "box_strategy",
-                  "box_text", "slices")
+SEGMENTER_KEYS = ("backend", "weights_sha256", "experts", "served", "presence_threshold", "refine", "shift",
+                  "box_strategy", "box_text", "slices")
 AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256", "recording_sha256")
 OPENAI_HOST = "api.openai.com"
 
@@ -111,18 +111,31 @@ def presence_identity(config: EvalConfig) -> float | str | None:
     return thresholds_identity(config.weights or default_weights_path())
 
 
+def expert_hashes(weights: Path) -> dict[str, str] | None:
+    """sha256 of each catalog expert's weights found beside the main ``weights`` (segmenter/lite/backend.py);
+    None where there is none."""
+    from segmenter.catalog import load_catalog
+    from segmenter.lite.backend import expert_weights_path
+
+    names = sorted({c.expert for c in load_catalog().concepts if c.expert})
+    paths = {name: expert_weights_path(weights, name) for name in names}
+    return {name: sha256_file(path) for name, path in paths.items() if path.is_file()} or None
+
+
 def run_identity(config: EvalConfig) -> dict[str, Any]:
     """The run's full identity (``run.json``, ``summary.json``); agent keys are None without agent mode."""
-    weights_sha = None
+    weights_sha = experts = None
     if config.backend == "lite":
         from segmenter.lite.backend import default_weights_path
 
-        path = config.weights or default_weights_path()
-        weights_sha = sha256_file(path) if Path(path).is_file() else None
+        path = Path(config.weights or default_weights_path())
+        weights_sha = sha256_file(path) if path.is_file() else None
+        experts = expert_hashes(path)
     identity: dict[str, Any] = {
         "backend": config.backend,
         "weights": str(config.weights) if config.weights else "shipped",
         "weights_sha256": weights_sha,
+        "experts": experts,  # the catalog experts' weights beside the main ones, by name
         "served": served_segmenter() if config.backend == "remote" else None,
         "presence_threshold": presence_identity(config),
         "refine": refine_identity(config.refine),

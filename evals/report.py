@@ -189,6 +189,12 @@ def _agent_line(identity: dict) -> list[str]:
             f"prompts sha256 {prompts}…"]
 
 
+def _experts(identity: dict) -> str:
+    """", experts abdomen (sha256 1a2b…)": the catalog experts the run used beside the main weights."""
+    experts = identity.get("experts") or {}
+    return "".join(f", expert `{name}` (sha256 {sha[:12]}…)" for name, sha in sorted(experts.items()))
+
+
 def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dict) -> Path:
     identity = run_info.get("identity", {})
     config = run_info.get("config", {})
@@ -205,7 +211,8 @@ def write_report(out: Path, rows: list[dict], records: list[dict], run_info: dic
         "",
         f"Command: `{run_info.get('command') or 'medsam3-agent eval'}`  ",
         (f"Started {run_info.get('started', '?')}; backend `{identity.get('backend')}`, weights "
-        f"`{identity.get('weights')}`{f' (sha256 {sha}…)' if sha else ''}; split `{config.get('split')}`; "
+        f"`{identity.get('weights')}`{f' (sha256 {sha}…)' if sha else ''}{_experts(identity)}; "
+        f"split `{config.get('split')}`; "
         f"modes {', '.join(config.get('modes', []))}; box prompts: {identity.get('box_strategy')}"
          f"{'' if identity.get('box_text', True) else ', without text'}; "
         f"{n_cases} scored (mode, case) pairs."),

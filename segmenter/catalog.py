@@ -39,6 +39,12 @@ class Concept(BaseModel):
     side: Literal["left", "right"] | None = None  # a lateral concept: this side of ``base``
     base: str | None = None  # the paired concept a lateral one is segmented as
     refine: Refine = "none"  # see ``Refine``; a lateral concept is drawn as its base is
+    # the trained concept parts that know this concept: a train-lite output folder of this name beside the
+    # main weights (segmenter/lite/weights/<expert>/); None, or no such folder: the main weights
+    expert: str | None = None
+    # anatomy: a volume holds at most this many 3D connected parts of it (one liver, two kidneys); the volume
+    # clean-up keeps the largest (segmenter/volume.py). Not applied to a 2D image, where one organ may cut in two.
+    max_parts_3d: int | None = Field(None, ge=1)
 
 
 class ConceptCatalog(BaseModel):
@@ -79,6 +85,9 @@ class ConceptCatalog(BaseModel):
             base = self.get(concept.base) if concept.base else None
             if concept.base and (base is None or not base.paired):
                 raise ValueError(f"concept {concept.name!r}: base {concept.base!r} is not a paired concept")
+            if base is not None and concept.expert != base.expert:
+                raise ValueError(f"concept {concept.name!r}: a lateral concept uses its base's expert "
+                                 f"({base.expert!r})")
             if concept.base and concept.refine != "none":
                 raise ValueError(f"concept {concept.name!r}: a lateral concept is segmented as its base; "
                                  f"set 'refine' on {concept.base!r}")

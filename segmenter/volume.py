@@ -5,8 +5,9 @@ backend's embedding serves all prompts of that slice); the next slice is encoded
 meanwhile, where the backend can (``Segmenter.prefetch``). Per slice, the backend's presence gate
 decides whether the concept is there (its presence score against its threshold) and only then
 returns a mask. The stacked masks are cleaned in 3D: voxels are grouped into 26-connected
-components, components under a volume threshold are dropped as islands, and each kept component
-is one instance (a lesion, an organ).
+components, components under a volume threshold are dropped as islands, an organ the body has a set
+number of (the catalog's ``max_parts_3d``: one liver, two kidneys) keeps that many of the largest, and
+each kept component is one instance (a lesion, an organ).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from segmenter.catalog import load_catalog
 from segmenter.facade import Segmenter
 from segmenter.study import Geometry, Study
 
@@ -122,9 +124,10 @@ def island_threshold(geometry: Geometry, min_volume_ml: float = MIN_VOLUME_ML, m
     return max(1, int(np.ceil(min_volume_ml / per_voxel)))
 
 
-def clean_3d(mask: np.ndarray, min_voxels: int, presence: Sequence[float | None] | None = None
-             ) -> tuple[np.ndarray, list[Component], int]:
-    """Label ``mask`` (S, H, W) into 26-connected components; drop those under ``min_voxels``.
+def clean_3d(mask: np.ndarray, min_voxels: int, presence: Sequence[float | None] | None = None,
+             max_parts: int | None = None) -> tuple[np.ndarray, list[Component], int]:
+    """Label ``mask`` (S, H, W) into 26-connected components; drop those under ``min_voxels``, and all but the
+    ``max_parts`` largest (an organ the body has one of: the catalog's ``max_parts_3d``).
 
     Returns the relabelled components (1..n, largest first), their descriptions and the number dropped.
     """
@@ -133,7 +136,7 @@ def clean_3d(mask: np.ndarray, min_voxels: int, presence: Sequence[float | None]
         return np.zeros(mask.shape, np.int32), [], 0
     sizes = np.bincount(raw.ravel(), minlength=n + 1)
     boxes = ndimage.find_objects(raw)
-    keep = sorted((k for k in range(1, n + 1) if sizes[k] >= min_voxels), key=lambda k: -sizes[k])
+    keep = sorted((k for k in range(1, n + 1) if sizes[k] >= min_voxels), key=lambda k: -sizes[k])[:max_parts]
     lookup = np.zeros(n + 1, np.int32)
     components = []
     for new, old in enumerate(keep, start=1):
@@ -180,8 +183,11 @@ class VolumeSegmentation:
 
     def result(self) -> VolumeResult:
         out = VolumeResult(shape=self.study.shape, slices=self.chosen)
+        catalog = load_catalog()
         for concept in self.names:
-            labels, components, dropped = clean_3d(self.raw[concept], self.min_voxels, self.presence[concept])
+            entry = catalog.get(concept)
+            labels, components, dropped = clean_3d(self.raw[concept], self.min_voxels, self.presence[concept],
+                                                   entry.max_parts_3d if entry is not None else None)
             out.concepts[concept] = ConceptVolume(concept=concept, labels=labels, components=components,
                                                   presence=self.presence[concept], dropped_islands=dropped)
         out.seconds = time.perf_counter() - self._start

@@ -13,9 +13,11 @@ from PIL import Image
 from test_evals_loaders import write_coco, write_reasonseg
 
 from agent.cli import main as cli_main
+from evals.identity import sha256_file
 from evals.modes import MeteredSegmenter, target_boxes
 from evals.runner import EvalConfig, run_eval
 from evals.summary import FIELDS
+from segmenter.lite.backend import default_weights_path, expert_weights_path
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,8 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert summary["identity"]["backend"] == "lite" and len(summary["identity"]["weights_sha256"]) == 64
+    abdomen = expert_weights_path(default_weights_path(), "abdomen")  # the shipped expert is part of the run
+    assert summary["identity"]["experts"] == {"abdomen": sha256_file(abdomen)}
     assert all(r["identity"] == {k: summary["identity"][k] for k in r["identity"]} for r in records)
     assert all(tuple(r) == FIELDS for r in rows)
     star = {(r["mode"], r["dataset"], r["concept"]): r for r in rows}

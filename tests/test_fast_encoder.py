@@ -38,7 +38,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_fast_encoder_masks_agree_with_the_reference(segmenter):
     backend = segmenter.backend
-    if backend.encoder_name == "torch" and backend.concept_decoder_fast is backend.box_decoder_fast is None:
+    if backend.encoder_name == "torch" and backend.concept_decoder_fast() is backend.box_decoder_fast is None:
         pytest.skip("no fast encoder runtime on this machine (the segmenter runs the PyTorch reference)")
     for path, concept in _cases():
         x, _ = letterbox(np.asarray(Image.open(path).convert("RGB")))

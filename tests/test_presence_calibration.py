@@ -58,7 +58,7 @@ def test_calibration_on_the_shipped_gate_reaches_the_recall_and_reports_what_it_
     samples = [_sample("busi", f"busi/b{i}", rng, **{tumor: i < 12}) for i in range(16)]  # 12 with, 4 without
     samples += [_sample("kvasir_seg", f"kvasir_seg/k{i}", rng, polyp=True) for i in range(3)]
     samples += [_sample("monuseg", f"monuseg/m_t{y}_0", rng, **{"cell nucleus": y == 0}) for y in (0, 256)]
-    samples += [_sample("chaos_mr_t2", "chaos_mr_t2/c", rng, liver=True)]  # a concept the catalog lacks: ignored
+    samples += [_sample("amos_ct", "amos_ct/c", rng, stomach=True)]  # a concept the catalog lacks: ignored
     result = calibrate_presence(net, samples, 0.97, min_positives=10)
 
     assert set(result) == {tumor, "polyp", "cell nucleus"}  # concepts with a labelled image

@@ -24,7 +24,7 @@ from agent import Agent
 from agent.cli import main as cli_main
 from agent.errors import AgentError
 from agent.volume_mllm import TILE
-from segmenter.study import Geometry
+from segmenter.study import Geometry, Study
 from segmenter.study_io import load_study
 from segmenter.volume import VolumeError, clean_3d, island_threshold, parse_slices, segment_volume
 
@@ -69,6 +69,9 @@ def test_slice_ranges_and_3d_clean_up() -> None:
     assert [c.voxels for c in components] == [108, 9] and dropped == 1
     assert components[0].bbox == (1, 2, 2, 4, 8, 8) and components[0].score == pytest.approx(0.9)
     assert labels[2, 12, 12] == 0 and labels[0, 16, 16] == 2
+    # an organ the body has one of (catalog max_parts_3d: liver 1): only the largest part stays
+    labels, components, dropped = clean_3d(mask, min_voxels=5, max_parts=1)
+    assert [c.voxels for c in components] == [108] and dropped == 2 and labels[0, 16, 16] == 0
     # the island threshold follows the voxel size: 0.02 mL of 1 x 1 x 2 mm voxels is 10 voxels
     assert island_threshold(Geometry(pixel_spacing=(1.0, 1.0), slice_spacing=2.0)) == 10
     assert island_threshold(Geometry()) == 20
@@ -238,3 +241,19 @@ def test_real_brain_tumor_volume_dice_on_six_slices(data_root: Path, segmenter) 
     # part of this large tumour (on the shared 2D slices of this patient it scores 0.12-0.22), so the floors
     # check that the volume path puts the mask on the tumour (a flipped or shifted slice order scores ~0)
     assert dice > 0.03 and precision > 0.8
+
+
+def test_an_organ_trained_on_mr_asked_of_a_ct_volume_comes_with_a_caution() -> None:
+    from agent.volume import answer_text, unvalidated
+    from segmenter.volume import VolumeResult
+
+    slices = np.zeros((3, 8, 8, 3), np.uint8)
+    ct, mr, unknown = (Study(slices=slices, geometry=Geometry(modality=m)) for m in ("CT", "MR", None))
+    # liver and the kidneys were trained and validated on MR (concepts.json: modality "mri"); polyp on endoscopy
+    assert unvalidated(["liver", "left kidney", "not a concept"], ct) == ["liver", "left kidney"]
+    assert unvalidated(["liver", "kidney"], mr) == [] and unvalidated(["liver"], unknown) == []
+    assert unvalidated(["polyp"], mr) == ["polyp"]
+    empty = VolumeResult(shape=(3, 8, 8), slices=range(3), concepts={})
+    assert "Caution" not in answer_text(empty, [])
+    caution = answer_text(empty, [], ["liver"], "CT")
+    assert "not trained and validated for liver on CT" in caution and "no evidence of absence" in caution

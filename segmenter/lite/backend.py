@@ -64,8 +64,11 @@ def _no_random_init() -> Iterator[None]:
             setattr(module, name, function)
 
 
-def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
-    """LiteMedSAM from its package + our concept weights (safetensors). Clear error if missing."""
+def load_model(weights: str | Path | None = None, shared: MedSAM3Lite | None = None) -> MedSAM3Lite:
+    """LiteMedSAM from its package + our concept weights (safetensors). Clear error if missing.
+
+    ``shared``: a loaded network whose frozen LiteMedSAM parts (encoder, prompt encoder, box decoder) the new
+    one uses as they are, so an expert's weights (``expert_weights_path``) cost only their trained parts."""
     from safetensors.torch import load_file
 
     path = Path(weights) if weights is not None else default_weights_path()
@@ -76,7 +79,11 @@ def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
         )
     with _no_random_init():
         net = MedSAM3Lite()
-    load_litemedsam_weights(net)
+    if shared is None:
+        load_litemedsam_weights(net)
+    else:  # every concept part is in the weights file (checked below); the frozen parts are shared's
+        net.image_encoder, net.prompt_encoder, net.mask_decoder = (
+            shared.image_encoder, shared.prompt_encoder, shared.mask_decoder)
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
@@ -92,6 +99,11 @@ def load_model(weights: str | Path | None = None) -> MedSAM3Lite:
         )
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return net.eval()
+
+
+def expert_weights_path(main: Path, expert: str) -> Path:
+    """Where an expert's weights live: a train-lite output folder named after it, beside the main weights."""
+    return main.parent / expert / main.name
 
 
 def _holds(mask: np.ndarray, points: list[tuple[float, float]]) -> list[bool]:
@@ -129,10 +141,11 @@ class LiteBackend(SegmenterBackend):
         ``openvino`` or ``onnx`` (see segmenter/lite/fast_encoder.py). ``refine``: how concept masks are
         drawn, ``catalog`` (default, or ``MEDSAM3_REFINE``: each concept's own), ``none``, ``box``, ... (refine.py)."""
         self.device = torch.device(device)
-        self.net = load_model(weights).to(self.device)
-        # None: each concept's threshold calibrated for these weights (calibrate.py), else 0.5
+        self.weights_path = Path(weights) if weights is not None else default_weights_path()
+        self.net = load_model(self.weights_path).to(self.device)
+        # None: each concept's threshold calibrated for its weights (calibrate.py), else 0.5
         self.presence_threshold = presence_threshold
-        self.concept_thresholds = load_thresholds(Path(weights) if weights is not None else default_weights_path())
+        self.concept_thresholds = load_thresholds(self.weights_path)
         self.mask_threshold = mask_threshold
         self.min_area = min_area
         self.refine = refine_choice(refine)
@@ -142,6 +155,10 @@ class LiteBackend(SegmenterBackend):
         self.reference_encoder = torch_encoder(self.net.image_encoder, self.bf16)
         self._start_runners(encoder)
         self.catalog = load_catalog()
+        # experts (catalog ``expert``): loaded on their first concept; one whose folder is absent is served by
+        # the main weights (a file trained on every concept, e.g. train-lite's own output)
+        self._experts: dict[str, tuple[MedSAM3Lite, dict[str, float]]] = {}
+        self._experts_lock = threading.Lock()
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
         # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count
         self._cache_limits = (int(cache_mb * 2**20), cache_images)
@@ -175,8 +192,9 @@ class LiteBackend(SegmenterBackend):
     def _build_runner(self, part: str) -> Any:
         if part == "encoder":  # (runtime name, encode function)
             return build_encoder(self.net.image_encoder, self.device, self._choice, self.bf16)
-        if part == "concept decoder":
-            return self._fast_concept_decoder(self._choice)
+        if part.startswith("concept decoder"):  # "concept decoder" (the main weights') or "concept decoder/<expert>"
+            expert = part.partition("/")[2]
+            return self._fast_concept_decoder(self._choice, self._expert(expert)[0] if expert else self.net)
         test_box = (torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.device),
                     torch.tensor([[[40.0, 50.0, 200.0, 180.0]]], device=self.device))
         return build_runner(BoxDecoder(self.net), self.device, self._choice, test_box, "box decoder")[1]
@@ -196,31 +214,50 @@ class LiteBackend(SegmenterBackend):
         encode: Encode = self.reference_encoder if self._reference else self._runner("encoder")[1]
         return encode
 
-    @property
-    def concept_decoder_fast(self) -> Run | None:
-        """The one-phrase concept decoder on the fast runtime; None: PyTorch's runs."""
-        return None if self._reference else self._runner("concept decoder")
+    def _expert(self, name: str) -> tuple[MedSAM3Lite, dict[str, float]]:
+        """The expert's network (sharing the main one's frozen parts) and its calibrated presence thresholds."""
+        with self._experts_lock:
+            if name not in self._experts:
+                path = expert_weights_path(self.weights_path, name)
+                net = load_model(path, shared=self.net).to(self.device)
+                self._experts[name] = (net, load_thresholds(path))
+            return self._experts[name]
+
+    def _expert_name(self, concept: Concept | None) -> str:
+        """The expert that segments ``concept`` ("" for the main weights)."""
+        name = concept.expert if concept is not None else None
+        return name if name and expert_weights_path(self.weights_path, name).is_file() else ""
+
+    def _concept_net(self, concept: Concept | None) -> tuple[str, MedSAM3Lite]:
+        name = self._expert_name(concept)
+        return name, (self._expert(name)[0] if name else self.net)
+
+    def concept_decoder_fast(self, expert: str = "") -> Run | None:
+        """The one-phrase concept decoder of the main weights ("") or an expert on the fast runtime; None: PyTorch's."""
+        return None if self._reference else self._runner(f"concept decoder/{expert}" if expert else "concept decoder")
 
     @property
     def box_decoder_fast(self) -> Run | None:
         """The one-box decoder on the fast runtime; None: PyTorch's runs."""
         return None if self._reference else self._runner("box decoder")
 
-    def _fast_concept_decoder(self, choice: str | None) -> Run | None:
-        """The concept decoder on the encoder's runtime, for its commonest call: one phrase, no box
+    def _fast_concept_decoder(self, choice: str | None, net: MedSAM3Lite) -> Run | None:
+        """``net``'s concept decoder on the encoder's runtime, for its commonest call: one phrase, no box
         (fixed shapes; other calls run PyTorch's). About 4x faster than PyTorch's on a 2-core AVX2 CPU."""
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            sparse, dense = self.net.concept_prompt(torch.randn(1, 384, generator=g).to(self.device))
-            test = (torch.randn(1, 256, 64, 64, generator=g).to(self.device), self.net.dense_pe(), sparse, dense)
-        return build_runner(self.net.concept_decoder, self.device, choice, test, "concept decoder")[1]
+            sparse, dense = net.concept_prompt(torch.randn(1, 384, generator=g).to(self.device))
+            test = (torch.randn(1, 256, 64, 64, generator=g).to(self.device), net.dense_pe(), sparse, dense)
+        return build_runner(net.concept_decoder, self.device, choice, test, "concept decoder")[1]
 
-    def _decode_concept(self, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Mask logits (1, 1, 256, 256) for one phrase without a box."""
-        if self.concept_decoder_fast is None:
-            return self.net.decode_concept(emb, text)[0]
-        sparse, dense = self.net.concept_prompt(text)
-        return self.concept_decoder_fast(emb, self.net.dense_pe(), sparse, dense)[0]
+    def _decode_concept(self, emb: torch.Tensor, text: torch.Tensor, expert: str = "") -> torch.Tensor:
+        """Mask logits (1, 1, 256, 256) for one phrase without a box, by the main weights or ``expert``'s."""
+        net = self._expert(expert)[0] if expert else self.net
+        fast = self.concept_decoder_fast(expert)
+        if fast is None:
+            return net.decode_concept(emb, text)[0]
+        sparse, dense = net.concept_prompt(text)
+        return fast(emb, net.dense_pe(), sparse, dense)[0]
 
     @contextmanager
     def reference_path(self) -> Iterator[None]:
@@ -299,8 +336,9 @@ class LiteBackend(SegmenterBackend):
         return self.catalog.names
 
     def info(self) -> dict[str, Any]:
+        experts = sorted({c.expert for c in self.catalog.concepts if c.expert and self._expert_name(c)})
         return {**super().info(), "device": str(self.device), "model": "MedSAM3-Lite (LiteMedSAM + concept head)",
-                "encoder": self.encoder_name}
+                "encoder": self.encoder_name, "experts": experts}
 
     def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult:
         """``presence_threshold``: this call's, else the backend's own (a shared backend is never changed)."""
@@ -333,7 +371,9 @@ class LiteBackend(SegmenterBackend):
         if self.presence_threshold is not None:
             return self.presence_threshold
         concept = self.catalog.get(phrase)
-        return self.concept_thresholds.get(concept.name if concept else phrase, DEFAULT_THRESHOLD)
+        expert = self._expert_name(concept)
+        thresholds = self._expert(expert)[1] if expert else self.concept_thresholds
+        return thresholds.get(concept.name if concept else phrase, DEFAULT_THRESHOLD)
 
     def _instances(self, prob: np.ndarray, presence: float) -> list[Instance]:
         return split_instances(prob, presence=presence, mask_threshold=self.mask_threshold, min_area=self.min_area)
@@ -346,6 +386,7 @@ class LiteBackend(SegmenterBackend):
         part of it: else "none") for the prompt's concept ``phrase`` (+ box: not refined)."""
         text = self._text(phrase)
         concept = self.catalog.get(phrase)
+        expert, net = self._concept_net(concept)
         h, w = enc.image.shape[:2]
         tile = concept.tile if concept is not None else None
         if tile and max(h, w) > tile and not prompt.boxes:
@@ -353,20 +394,20 @@ class LiteBackend(SegmenterBackend):
             presence = 0.0
             modes: set[Refine] = set()
             for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
-                logits, mode = self._refined(self._decode_concept(emb, text), emb, box, concept)
+                logits, mode = self._refined(self._decode_concept(emb, text, expert), emb, box, concept)
                 modes.add(mode)
                 tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
-                presence = max(presence, float(self.net.presence(emb, text)[0]))
+                presence = max(presence, float(net.presence(emb, text)[0]))
             return prob, presence, modes.pop() if len(modes) == 1 else "none"
         emb, box = self._full(enc)
-        presence = float(self.net.presence(emb, text)[0])
+        presence = float(net.presence(emb, text)[0])
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
-            logits, mode = self._refined(self._decode_concept(emb, text), emb, box, concept)
+            logits, mode = self._refined(self._decode_concept(emb, text, expert), emb, box, concept)
             return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence, mode
         # concept + box(es): one decode per box, union of the results
-        logits, _, _ = self.net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
+        logits, _, _ = net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
         return torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy(), presence, "none"
 
     def _refined(self, logits: torch.Tensor, emb: torch.Tensor, box: Letterbox,

@@ -430,6 +430,7 @@ def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
         if cfg.replay
         else ""
     )
+    cap = f"at most {cfg.max_per_dataset}" if cfg.max_per_dataset else "all"
     path.write_text(
         f"""# MedSAM3-Lite concept weights
 
@@ -439,7 +440,7 @@ copy of the mask decoder with a presence token (an auxiliary training target), p
 the pooled image embedding that decides presence at inference. This file holds only the trained parts (fp16).
 
 - Command: `{command}`
-- Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} (at most {cfg.max_per_dataset} items per
+- Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} ({cap} items per
   dataset; monuseg as 256-px native tiles){replay}, {report["n_train_items"]} items; validation on the val split.
 - Training, starting from {start}: {report["progress"]["steps"]} steps of batch {cfg.batch_size}, AdamW
   (decoder lr {cfg.lr}, head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on

@@ -1,0 +1,51 @@
+"""Abdominal organs (liver, kidneys, spleen) on real MR slices, segmented by the shipped "abdomen" expert
+(segmenter/lite/weights/abdomen/), and left / right kidney as geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import dice, read_mask, val_rows
+
+# loose floors well under the val Dice in the abdomen expert's model card: they catch a broken expert or routing
+CASES = [("liver", 0.75), ("kidney", 0.55), ("spleen", 0.55)]
+
+
+def _rows_with(concept: str, limit: int) -> list[dict]:
+    """The val slices where the organ is largest (its first slices are its poles, a few pixels wide)."""
+    rows = [row for row in val_rows("chaos_mr_t2") if concept in row["masks"]]
+    return sorted(rows, key=lambda row: -int(read_mask(row["masks"][concept]).sum()))[:limit]
+
+
+def test_the_abdominal_concepts_are_served_by_the_shipped_abdomen_expert(segmenter):
+    backend = segmenter.backend
+    assert "abdomen" in backend.info()["experts"]
+    for name in ("liver", "kidney", "left kidney", "right kidney", "spleen", "hepatic", "renal"):
+        assert backend._concept_net(backend.catalog.get(name))[0] == "abdomen"
+    assert backend._concept_net(backend.catalog.get("polyp"))[0] == ""  # the main weights, unchanged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("concept, floor", CASES)
+def test_abdominal_organ_dice_on_mr_val_slices(segmenter, concept, floor):
+    scores = [dice(segmenter.segment(row["image"], concept).union_mask, read_mask(row["masks"][concept]))
+              for row in _rows_with(concept, 3)]
+    assert np.mean(scores) >= floor, scores
+
+
+@pytest.mark.slow
+def test_left_and_right_kidney_are_the_patients_sides_in_radiological_display(segmenter):
+    row = next(r for r in _rows_with("kidney", 10) if "left kidney" in r["masks"] and "right kidney" in r["masks"])
+    left = segmenter.segment(row["image"], "left kidney").union_mask
+    right = segmenter.segment(row["image"], "right kidney").union_mask
+    assert left.any() and right.any()
+    # the patient's left is on the image's right (as the labels are): each mask overlaps its own side's label
+    assert dice(left, read_mask(row["masks"]["left kidney"])) > dice(left, read_mask(row["masks"]["right kidney"]))
+    assert dice(right, read_mask(row["masks"]["right kidney"])) > dice(right, read_mask(row["masks"]["left kidney"]))
+    assert np.nonzero(left)[1].mean() > np.nonzero(right)[1].mean()
+
+
+@pytest.mark.slow
+def test_no_liver_in_a_colonoscopy_image(segmenter):
+    colon = val_rows("kvasir_seg", limit=1)[0]["image"]
+    assert not segmenter.segment(colon, "liver").found
