@@ -81,3 +81,40 @@ def test_init_from_starts_from_the_given_weights_and_caches_absent_organs_as_emp
     assert build_cache(net, items, cfg.cache, progress=False) == 1
     (sample,) = load_cache(cfg.cache, items)
     assert sample.masks["lung"].any() and not sample.masks["cardiomediastinum"].any()
+
+
+def test_a_run_stopped_and_resumed_trains_as_one_that_was_not_stopped(tmp_path):
+    """The resumed steps use the configured learning rates on the schedule, not the rates the saved optimizer
+    last held (which the schedule had already scaled down: a resumed epoch trained at almost zero)."""
+    import copy
+
+    import numpy as np
+
+    from segmenter.lite.dataset import CachedSample
+    from segmenter.lite.train import TrainConfig, fit
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(4):
+        mask = np.zeros((256, 256), np.uint8)
+        mask[40 + 10 * i : 120, 60:150] = 1
+        samples.append(CachedSample(dataset="drawn", key=f"drawn/{i}", masks={"lung": mask}, new_size=(256, 256),
+                                    embedding=rng.normal(0, 1, (256, 64, 64)).astype(np.float16)))
+    base = load_model()
+
+    def run(out, **overrides):
+        cfg = TrainConfig(data=tmp_path, out=out, cache=tmp_path / "cache", datasets=["drawn"], batch_size=2,
+                          min_positives_per_dataset=4, negative_ratio=0.25, box_prompt_prob=0.0, lr=0.05,
+                          head_lr=0.5, **overrides)  # large rates: the few warm-up steps move the weights
+        net = copy.deepcopy(base)
+        return fit(cfg, net, samples, log=lambda m: None), net
+
+    whole, straight = run(tmp_path / "straight", epochs=1)
+    stopped, _ = run(tmp_path / "resumed", epochs=1, max_minutes=0)  # stops after its first step
+    resumed_progress, resumed = run(tmp_path / "resumed", epochs=1)
+    assert not stopped["finished"] and stopped["steps"] == 1 and resumed_progress["finished"]
+    assert whole["steps"] == resumed_progress["steps"] >= 3
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    moved = max(float((a[k] - base.trainable_state_dict()[k]).abs().max()) for k in a)
+    gap = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-3 and gap < 0.05 * moved, (moved, gap)

@@ -162,6 +162,7 @@ def fit(cfg: TrainConfig, net: MedSAM3Lite, samples: list[CachedSample], log=pri
     text_table = torch.from_numpy(shared_embedder().embed(phrases))
     _freeze_base(net)
     opt = _optimizer(net, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # the configured rates: a resumed optimizer holds scaled ones
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(len(_samples_for_epoch(samples, cfg, random.Random(0), modality_of)) / cfg.batch_size)
@@ -177,7 +178,6 @@ def fit(cfg: TrainConfig, net: MedSAM3Lite, samples: list[CachedSample], log=pri
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed at step {step}/{total_steps}")
-    base_lrs = [g["lr"] for g in opt.param_groups]
     start_time = time.time()
     net.train()
     while step < total_steps:
