@@ -46,14 +46,29 @@ def _reason(exc: Exception) -> str:
     return f"{exc.__class__.__name__}: {text[:200]}"
 
 
+def nonfinite_as_background(values: np.ndarray, unit: str = "pixel") -> np.ndarray:
+    """NaN / inf (registered or derived MR and PET maps, float TIFFs) become the lowest finite value, with a
+    warning naming how many; an image with no finite value at all is refused."""
+    finite = np.isfinite(values)
+    bad = int(values.size - np.count_nonzero(finite))
+    if bad == 0:
+        return values
+    if bad == values.size:
+        raise ImageError(f"the image holds no finite value (all {unit}s are NaN or infinite)")
+    floor = values[finite].min()
+    warnings.warn(f"{bad} NaN or infinite {unit}(s) of {values.size} treated as background "
+                  f"(set to the lowest finite value, {float(floor):g})", stacklevel=3)
+    return np.where(finite, values, floor).astype(values.dtype)
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     data = array.astype(np.float64)
-    if not np.isfinite(data).all():
-        raise ImageError("image contains NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating):
+        data = nonfinite_as_background(data)
     lo, hi = np.percentile(data, [0.5, 99.5])
     if hi <= lo:
         lo, hi = float(data.min()), float(data.max())

@@ -15,7 +15,6 @@ A zip is read in memory: nothing of the user's data is written to disk.
 from __future__ import annotations
 
 import io
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -111,16 +110,10 @@ def _zip_items(source: Path | bytes, name: str, max_voxels: int) -> list[tuple[s
 
 
 def _clean_nonfinite(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    bad = int(values.size - np.count_nonzero(finite))
-    if bad == 0:
-        return values
-    if bad == values.size:
-        raise StudyError("the image holds no finite value (all voxels are NaN or infinite)")
-    floor = float(values[finite].min())
-    warnings.warn(f"{bad} NaN or infinite voxel(s) of {values.size} treated as background "
-                  f"(set to the lowest finite value, {floor:g})", stacklevel=3)
-    return np.where(finite, values, np.float32(floor)).astype(np.float32)
+    try:
+        return image_io.nonfinite_as_background(values.astype(np.float32, copy=False), unit="voxel")
+    except ImageError as exc:  # a study's own error type, as for every other unreadable study
+        raise StudyError(str(exc)) from None
 
 
 def _choose_window(values: np.ndarray, modality: str | None, window: str | Window | None,

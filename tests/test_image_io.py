@@ -70,8 +70,19 @@ def test_zero_pixel_and_wrong_shape_arrays():
         load_image(np.zeros((0, 10), np.uint8))
     with pytest.raises(ImageError, match="shape"):
         load_image(np.zeros((4, 4, 4, 4), np.uint8))
-    with pytest.raises(ImageError, match="NaN"):
+    with pytest.raises(ImageError, match="no finite value"):
         load_image(np.full((4, 4), np.nan))
+
+
+def test_nan_and_inf_pixels_of_a_float_image_are_background_with_a_warning():
+    data = np.linspace(0, 1000, 64, dtype=np.float32).reshape(8, 8)
+    data[0, 0], data[3, 3], data[7, 7] = np.nan, np.inf, -np.inf  # e.g. a registered map or a float TIFF
+    with pytest.warns(UserWarning, match=r"3 NaN or infinite pixel\(s\) of 64 treated as background"):
+        rgb = load_image(data)
+    clean = data.copy()
+    clean[~np.isfinite(clean)] = data[np.isfinite(data)].min()
+    assert rgb.dtype == np.uint8 and np.array_equal(rgb, load_image(clean))  # as if those pixels were the floor
+    assert rgb[0, 0, 0] == rgb[3, 3, 0] == rgb[7, 7, 0] == 0
 
 
 def test_huge_image_is_refused_before_decoding(tmp_path):
