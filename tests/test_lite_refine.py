@@ -12,7 +12,7 @@ import torch
 from conftest import dice, read_mask, val_rows
 
 from segmenter.catalog import ConceptCatalog, load_catalog
-from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, refine_drawn, refine_logits, refine_mode
+from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, refine_drawn, refine_mode
 from segmenter.study_io import load_image
 
 
@@ -34,14 +34,14 @@ def test_box_mode_keeps_each_decoded_mask_inside_its_box():
     mask = np.zeros((256, 256), dtype=bool)
     mask[100:140, 50:90] = True
     everywhere = lambda b: torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731 - a decoder that spills over
-    out = refine_logits(_logits(mask), "box", everywhere, valid=(256, 256))[0, 0] > 0
+    out = refine_drawn(_logits(mask), "box", everywhere, valid=(256, 256))[0][0, 0] > 0
     assert out[98:142, 48:92].all() and out.sum() == 44 * 44
-    inter = refine_logits(_logits(mask), "intersection", everywhere, valid=(256, 256))[0, 0] > 0
+    inter = refine_drawn(_logits(mask), "intersection", everywhere, valid=(256, 256))[0][0, 0] > 0
     assert np.array_equal(inter.numpy(), mask)
     plain = _logits(mask)
-    assert refine_logits(plain, "none", everywhere, valid=(256, 256)) is plain
+    assert refine_drawn(plain, "none", everywhere, valid=(256, 256))[0] is plain
     empty = _logits(np.zeros((256, 256), dtype=bool))
-    assert torch.equal(refine_logits(empty, "box", everywhere, valid=(256, 256)), empty)  # nothing to propose
+    assert torch.equal(refine_drawn(empty, "box", everywhere, valid=(256, 256))[0], empty)  # nothing to propose
 
 
 def test_the_mode_that_drew_the_mask_is_reported():

@@ -74,18 +74,6 @@ def _inside(boxes: torch.Tensor, size: int) -> torch.Tensor:
             & (c[None, :, None] <= y1))[:, None]
 
 
-def refine_logits(
-    logits: torch.Tensor,
-    mode: str,
-    decode_boxes: Callable[[torch.Tensor], torch.Tensor],
-    valid: tuple[int, int],
-    mask_threshold: float = 0.5,
-) -> torch.Tensor:
-    """The concept decoder's (1, 1, S, S) mask logits redrawn by ``mode``. ``decode_boxes`` maps (N, 1, 4)
-    model-frame boxes to the box decoder's (N, 1, S, S) logits; each box's mask is kept inside its box."""
-    return refine_drawn(logits, mode, decode_boxes, valid, mask_threshold)[0]
-
-
 def refine_drawn(
     logits: torch.Tensor,
     mode: str,
@@ -93,9 +81,11 @@ def refine_drawn(
     valid: tuple[int, int],
     mask_threshold: float = 0.5,
 ) -> tuple[torch.Tensor, Refine]:
-    """``refine_logits`` and the mode its mask is drawn by: ``mode``, or "none" where the concept mask had
-    only specks too small to propose a box (they stay as the concept decoder drew them). An empty mask
-    counts as drawn by ``mode``: there was nothing to redraw."""
+    """The concept decoder's (1, 1, S, S) mask logits redrawn by ``mode``, and the mode that drew them: ``mode``,
+    or "none" where the concept mask had only specks too small to propose a box (they stay as the concept
+    decoder drew them). An empty mask counts as drawn by ``mode``: there was nothing to redraw. ``decode_boxes``
+    maps (N, 1, 4) model-frame boxes to the box decoder's (N, 1, S, S) logits; each box's mask is kept inside
+    its box."""
     if mode == "none":
         return logits, "none"
     if mode not in REFINES:
