@@ -190,7 +190,7 @@ def _agent_line(identity: dict) -> list[str]:
 
 
 def _experts(identity: dict) -> str:
-    """", experts abdomen (sha256 1a2b…)": the catalog experts the run used beside the main weights."""
+    """", expert `abdomen` (sha256 1a2b…)" per catalog expert the run used beside the main weights."""
     experts = identity.get("experts") or {}
     return "".join(f", expert `{name}` (sha256 {sha[:12]}…)" for name, sha in sorted(experts.items()))
 
