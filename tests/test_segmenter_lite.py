@@ -157,3 +157,22 @@ def test_segment_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "file is empty" in capsys.readouterr().err
     assert main(["segment", str(empty), "--out", str(tmp_path / "o")]) == 2
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+def test_a_concept_below_its_presence_gate_is_not_decoded(segmenter, monkeypatch):
+    """Presence comes first: where the gate says absent no mask would be kept, so the concept decoder (and its
+    box refine) does not run; with the gate at 0 the same prompt is decoded and drawn."""
+    from pathlib import Path
+
+    image = str(Path(__file__).parents[1] / "examples" / "chest_xray_pa_radiopaedia_9171.jpg")
+    backend = segmenter.backend
+    decoded: list[str] = []
+    real = backend._decode_concept
+    monkeypatch.setattr(backend, "_decode_concept", lambda *a, **k: decoded.append("x") or real(*a, **k))
+    absent = segmenter.segment(image, "polyp")  # a colonoscopy concept on a chest X-ray
+    assert absent.presence < backend.gate("polyp") and absent.instances == [] and absent.refine == "none"
+    assert decoded == []
+    ungated = segmenter.segment(image, "polyp", presence_threshold=0.0)
+    assert decoded == ["x"] and ungated.presence == absent.presence
+    lungs = segmenter.segment(image, "lung")
+    assert decoded == ["x", "x"] and lungs.presence >= backend.gate("lung") and lungs.instances

@@ -349,9 +349,9 @@ class LiteBackend(SegmenterBackend):
         start = time.perf_counter()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if prompt.concept is not None:
-                prob, presence, refine = self._concept_prob(enc, prompt, prompt.concept)
                 gate = self.gate(prompt.concept) if presence_threshold is None else presence_threshold
-                instances = self._instances(prob, presence) if presence >= gate else []
+                prob, presence, refine = self._concept_prob(enc, prompt, prompt.concept, gate)
+                instances = self._instances(prob, presence) if prob is not None else []
             else:
                 instances, presence, refine = self._geometry_instances(enc, prompt), 1.0, "none"
         total = (time.perf_counter() - start) * 1000
@@ -381,27 +381,34 @@ class LiteBackend(SegmenterBackend):
     def _text(self, phrase: str) -> torch.Tensor:
         return torch.from_numpy(shared_embedder().embed([phrase])).to(self.device)
 
-    def _concept_prob(self, enc: _Encoded, prompt: Prompt, phrase: str) -> tuple[np.ndarray, float, Refine]:
+    def _concept_prob(self, enc: _Encoded, prompt: Prompt, phrase: str,
+                      gate: float) -> tuple[np.ndarray | None, float, Refine]:
         """Probability map at image size, presence probability and the refine mode that drew the map (every
-        part of it: else "none") for the prompt's concept ``phrase`` (+ box: not refined)."""
+        part of it: else "none") for the prompt's concept ``phrase`` (+ box: not refined). Presence comes
+        first: below ``gate`` no map is drawn (None, "none"), as no mask would be kept; a decode and its box
+        refine are most of a prompt's time, and most slices of a volume lack most organs."""
         text = self._text(phrase)
         concept = self.catalog.get(phrase)
         expert, net = self._concept_net(concept)
         h, w = enc.image.shape[:2]
         tile = concept.tile if concept is not None else None
         if tile and max(h, w) > tile and not prompt.boxes:
+            tiles = self._tiles(enc, tile)
+            presence = max(float(net.presence(emb, text)[0]) for _, emb, _ in tiles)
+            if presence < gate:
+                return None, presence, "none"
             prob = np.zeros((h, w), dtype=np.float32)
-            presence = 0.0
             modes: set[Refine] = set()
-            for (y0, x0, y1, x1), emb, box in self._tiles(enc, tile):
+            for (y0, x0, y1, x1), emb, box in tiles:
                 logits, mode = self._refined(self._decode_concept(emb, text, expert), emb, box, concept)
                 modes.add(mode)
                 tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
-                presence = max(presence, float(net.presence(emb, text)[0]))
             return prob, presence, modes.pop() if len(modes) == 1 else "none"
         emb, box = self._full(enc)
         presence = float(net.presence(emb, text)[0])
+        if presence < gate:
+            return None, presence, "none"
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
             logits, mode = self._refined(self._decode_concept(emb, text, expert), emb, box, concept)
