@@ -7,6 +7,16 @@ import numpy as np
 
 from segmenter.types import Instance
 
+SPECK_OF_LARGEST = 0.05  # a part smaller than this share of its concept's largest part...
+SPECK_OF_IMAGE = 0.002  # ...and than this share of the image is a speck
+
+
+def is_speck(area: float, largest: float, image_area: float, of_largest: float = SPECK_OF_LARGEST) -> bool:
+    """Whether a part of a concept's mask is a speck, too small to be a finding of its own: under ``of_largest``
+    of the concept's largest part and under ``SPECK_OF_IMAGE`` of the image. The offline planner drops specks;
+    the Lite refine stage draws no box for them (segmenter/lite/refine.py)."""
+    return area < of_largest * largest and area < SPECK_OF_IMAGE * image_area
+
 
 def split_instances(
     prob: np.ndarray,

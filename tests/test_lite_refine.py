@@ -30,6 +30,23 @@ def test_components_propose_expanded_boxes_clipped_to_the_image():
     assert sorted(boxes[:, 0].tolist()) == [[48.0, 98.0, 92.0, 142.0], [148.0, 0.0, 172.0, 12.0]]
 
 
+def test_specks_propose_no_box_and_are_dropped_in_box_mode():
+    """A part under 5% of the largest and under 0.2% of the image (the planner's speck) costs no box decode."""
+    mask = np.zeros((256, 256), dtype=bool)
+    mask[20:70, 20:70] = True  # 2500 px: the largest
+    mask[150:155, 150:156] = True  # 30 px: under 5% of 2500 (125) and under 0.2% of the frame (131): a speck
+    mask[200:212, 100:112] = True  # 144 px: above 0.2% of the frame: a part of its own
+    boxes = proposal_boxes(_logits(mask), valid=(256, 256))
+    assert len(boxes) == 2 and not any(b[0, 0] <= 150 <= b[0, 2] and b[0, 1] <= 150 <= b[0, 3] for b in boxes)
+    calls: list[int] = []
+    everywhere = lambda b: calls.append(len(b)) or torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731
+    drawn = refine_drawn(_logits(mask), "box", everywhere, valid=(256, 256))[0][0, 0] > 0
+    assert calls == [2] and not drawn[150:155, 150:156].any() and drawn[20:70, 20:70].all()
+    alone = np.zeros((256, 256), dtype=bool)
+    alone[150:155, 150:156] = True  # the same 30 px alone is the largest part: not a speck
+    assert len(proposal_boxes(_logits(alone), valid=(256, 256))) == 1
+
+
 def test_box_mode_keeps_each_decoded_mask_inside_its_box():
     mask = np.zeros((256, 256), dtype=bool)
     mask[100:140, 50:90] = True

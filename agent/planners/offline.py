@@ -32,6 +32,7 @@ from agent.measure_intent import MeasureIntent, measure_intent
 from agent.planners.base import Planner, PlannerView
 from agent.state import Decision
 from segmenter.catalog import load_catalog
+from segmenter.postprocess import SPECK_OF_LARGEST, is_speck
 from tools.measure import Measurement, spacing_note
 from tools.schemas import Candidate, ToolCall
 from tools.segment import masks_iou
@@ -113,7 +114,7 @@ class OfflinePlanner(Planner):
         picker: ConceptPicker | None = None,
         box_refine: Literal["geometry", "concept", "off"] = "geometry",
         relative_score: float = 0.5,
-        speck_fraction: float = 0.05,
+        speck_fraction: float = SPECK_OF_LARGEST,
         duplicate_iou: float = 0.7,
         modality_veto: float = 0.9,
         veto_presence: float = 0.8,
@@ -123,7 +124,7 @@ class OfflinePlanner(Planner):
         self._picker = picker
         self.box_refine = box_refine
         self.relative_score = relative_score  # drop instances scoring under this fraction of the concept's best
-        self.speck_fraction = speck_fraction  # ... or smaller than this fraction of its largest (and < 0.2% image)
+        self.speck_fraction = speck_fraction  # ... or a speck: under this fraction of its largest (is_speck)
         self.duplicate_iou = duplicate_iou
         self.modality_veto = modality_veto  # image-modality confidence above which a foreign concept is doubted
         self.veto_presence = veto_presence  # ... and must be at least this present to count
@@ -352,7 +353,7 @@ class OfflinePlanner(Planner):
             for c in mine:
                 if c.score < self.relative_score * best:
                     dropped[str(c.id)] = f"score {c.score:.2f} far below the best {best:.2f}"
-                elif c.area < self.speck_fraction * largest and c.area < 0.002 * view.image_area:
+                elif is_speck(c.area, largest, view.image_area, self.speck_fraction):
                     dropped[str(c.id)] = f"a speck ({c.area} px)"
                 elif any(masks_iou(view.mask(c.id), view.mask(s.id)) > self.duplicate_iou for s in survivors):
                     dropped[str(c.id)] = "a duplicate"

@@ -8,6 +8,9 @@ for every concept with ``MEDSAM3_REFINE`` / ``LiteBackend(refine=...)``):
 - ``none``: the concept decoder's mask as it is;
 - ``box``: each of its connected components proposes its box, expanded a little (the concept mask is
   often a little short of the edge), and the box decoder draws that component's mask inside the box;
+  specks (``segmenter.postprocess.is_speck``: under 5% of the largest component and 0.2% of the image, the
+  parts the offline planner drops) propose no box and are dropped: a box decode each, they were most of the
+  decodes on polyp and breast-ultrasound masks;
 - ``union`` / ``intersection``: the box decoder's mask combined with the concept mask.
 
 All in the model's 256 frame, before the logits go back to image size; presence is not changed.
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from segmenter.catalog import REFINES, Concept, Refine
+from segmenter.postprocess import is_speck
 
 REFINE_ENV = "MEDSAM3_REFINE"
 CHOICES: tuple[str, ...] = ("catalog", *REFINES)
@@ -52,14 +56,16 @@ def refine_mode(choice: str, concept: Concept | None) -> str:
 
 def proposal_boxes(logits: torch.Tensor, valid: tuple[int, int], threshold: float = 0.0) -> torch.Tensor:
     """(N, 1, 4) boxes (x0, y0, x1, y1, model frame) of the components of ``logits > threshold`` within the
-    image's part ``valid`` = (height, width) of the frame, each expanded by ``EXPAND`` / ``MIN_PAD``."""
+    image's part ``valid`` = (height, width) of the frame, each expanded by ``EXPAND`` / ``MIN_PAD``; specks
+    (``is_speck``) and components under ``MIN_AREA`` propose none."""
     nh, nw = valid
     binary = (logits[0, 0, :nh, :nw].float() > threshold).numpy().astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    largest = max((int(stats[label, cv2.CC_STAT_AREA]) for label in range(1, count)), default=0)
     boxes = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
-        if area < MIN_AREA:
+        if area < MIN_AREA or is_speck(area, largest, nh * nw):
             continue
         px, py = max(MIN_PAD, EXPAND * w), max(MIN_PAD, EXPAND * h)
         boxes.append([max(0.0, x - px), max(0.0, y - py), min(float(nw), x + w + px), min(float(nh), y + h + py)])
