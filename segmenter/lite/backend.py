@@ -420,7 +420,7 @@ class LiteBackend(SegmenterBackend):
     def _refined(self, logits: torch.Tensor, emb: torch.Tensor, box: Letterbox,
                  concept: Concept | None) -> tuple[torch.Tensor, Refine]:
         """The concept's mask logits as its refine mode draws them (segmenter/lite/refine.py), and that mode
-        ("none" where it drew nothing: specks only)."""
+        ("none" where it drew nothing: components under refine.MIN_AREA only)."""
         mode = refine_mode(self.refine, concept)
         return refine_drawn(logits, mode, lambda b: self._decode_boxes(emb, b)[0], box.new_size, self.mask_threshold)
 
