@@ -89,9 +89,9 @@ def refine_drawn(
 ) -> tuple[torch.Tensor, Refine]:
     """The concept decoder's (1, 1, S, S) mask logits redrawn by ``mode``, and the mode that drew them: ``mode``,
     or "none" where the concept mask had only components under ``MIN_AREA`` (they stay as the concept decoder
-    drew them; specks beside a larger component propose no box and are dropped, see ``proposal_boxes``). An empty mask counts as drawn by ``mode``: there was nothing to redraw. ``decode_boxes``
-    maps (N, 1, 4) model-frame boxes to the box decoder's (N, 1, S, S) logits; each box's mask is kept inside
-    its box."""
+    drew them; specks beside a larger component propose no box and are dropped, see ``proposal_boxes``). An
+    empty mask counts as drawn by ``mode``: there was nothing to redraw. ``decode_boxes`` maps (N, 1, 4)
+    model-frame boxes to the box decoder's (N, 1, S, S) logits; each box's mask is kept inside its box."""
     if mode == "none":
         return logits, "none"
     if mode not in REFINES:
