@@ -45,8 +45,9 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert summary["identity"]["backend"] == "lite" and len(summary["identity"]["weights_sha256"]) == 64
-    abdomen = expert_weights_path(default_weights_path(), "abdomen")  # the shipped expert is part of the run
-    assert summary["identity"]["experts"] == {"abdomen": sha256_file(abdomen)}
+    # the shipped experts are part of the run's identity
+    assert summary["identity"]["experts"] == {
+        name: sha256_file(expert_weights_path(default_weights_path(), name)) for name in ("abdomen", "liver")}
     assert all(r["identity"] == {k: summary["identity"][k] for k in r["identity"]} for r in records)
     assert all(tuple(r) == FIELDS for r in rows)
     star = {(r["mode"], r["dataset"], r["concept"]): r for r in rows}

@@ -42,10 +42,10 @@ def _image() -> np.ndarray:
 def test_a_concept_with_an_expert_is_gated_and_drawn_by_the_expert_and_others_by_the_main_weights(weights):
     backend = LiteBackend(weights=weights, encoder="torch")
     catalog = backend.catalog
-    assert catalog.get("liver").expert == "abdomen" and catalog.get("polyp").expert is None
+    assert catalog.get("spleen").expert == "abdomen" and catalog.get("polyp").expert is None
     backend.set_image(_image())
-    liver, polyp = backend.segment(Prompt(concept="hepatic")), backend.segment(Prompt(concept="polyp"))
-    assert liver.presence < 1e-9 and liver.instances == []  # the expert's gate, not the main one's
+    spleen, polyp = backend.segment(Prompt(concept="splenic")), backend.segment(Prompt(concept="polyp"))
+    assert spleen.presence < 1e-9 and spleen.instances == []  # the expert's gate, not the main one's
     assert backend.info()["experts"] == ["abdomen"]
     expert_net = backend._expert("abdomen")[0]
     # the expert shares the frozen parts (one encoder in memory), its concept parts are its own
@@ -56,7 +56,7 @@ def test_a_concept_with_an_expert_is_gated_and_drawn_by_the_expert_and_others_by
         plain = LiteBackend(weights=weights, encoder="torch")
         plain.set_image(_image())
         assert plain.info()["experts"] == []
-        assert plain.segment(Prompt(concept="hepatic")).presence > 1e-6
+        assert plain.segment(Prompt(concept="splenic")).presence > 1e-6
         assert plain.segment(Prompt(concept="polyp")).presence == pytest.approx(polyp.presence, abs=1e-6)
     finally:
         (weights.parent / "moved.safetensors").rename(weights.parent / "abdomen" / WEIGHTS_FILE)
@@ -67,10 +67,10 @@ def test_an_expert_concept_is_gated_at_the_threshold_calibrated_for_the_expert_w
     calibrated = ConceptThreshold(threshold=0.8, calibrated=True, sensitivity=1.0, specificity=1.0, n_positive=12,
                                   n_negative=4, specificity_other_modality=1.0, n_other_modality=3,
                                   sensitivity_at_default=1.0, specificity_at_default=0.5)
-    path = write_thresholds(expert, {"liver": calibrated}, 0.97, "drawn")
+    path = write_thresholds(expert, {"spleen": calibrated}, 0.97, "drawn")
     try:
         backend = LiteBackend(weights=weights, encoder="torch")
-        assert backend.gate("liver") == backend.gate("liver parenchyma") == 0.8
+        assert backend.gate("spleen") == backend.gate("splenic") == 0.8
         assert backend.gate("polyp") == backend.concept_thresholds.get("polyp", 0.5)  # the main file's
     finally:
         path.unlink()
