@@ -2,7 +2,9 @@
 
 Each slice is encoded once and every concept is prompted on it before the next slice (the
 backend's embedding serves all prompts of that slice); the next slice is encoded in the background
-meanwhile, where the backend can (``Segmenter.prefetch``). Per slice, the backend's presence gate
+meanwhile, where the backend can (``Segmenter.prefetch``). A blank slice (one value throughout: air or
+padding beyond the body once windowed, the empty slices that end a skull-stripped MR) shows nothing, so
+it is not encoded and its masks stay empty (presence 0). Per slice, the backend's presence gate
 decides whether the concept is there (its presence score against its threshold) and only then
 returns a mask. The stacked masks are cleaned in 3D: voxels are grouped into 26-connected
 components, components under a volume threshold are dropped as islands, an organ the body has a set
@@ -87,7 +89,7 @@ class ConceptVolume:
     concept: str
     labels: np.ndarray  # (S, H, W) int32: 0 background, k = component k (kept components only)
     components: list[Component]
-    presence: list[float | None]  # per study slice; None where the slice was not segmented
+    presence: list[float | None]  # per study slice; None where the slice was not segmented, 0 where it is blank
     dropped_islands: int = 0
 
     @property
@@ -150,6 +152,11 @@ def clean_3d(mask: np.ndarray, min_voxels: int, presence: Sequence[float | None]
     return lookup[raw], components, n - len(keep)
 
 
+def is_blank(image: np.ndarray) -> bool:
+    """One value throughout: no structure, so no object in it."""
+    return bool(image.size == 0 or image.min() == image.max())
+
+
 class VolumeSegmentation:
     """One run of ``segment_volume`` that can be stepped: iterate to segment slice by slice (each step
     yields (done, total)), then ``result()`` cleans up in 3D. Callers that stream progress use this."""
@@ -169,11 +176,22 @@ class VolumeSegmentation:
         self._start = time.perf_counter()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        slices = self.study.slices
+        shown = [index for index in self.chosen if not is_blank(slices[index])]
+        upcoming = iter(shown[1:])
         for done, index in enumerate(self.chosen, start=1):
+            if shown and index == shown[0]:
+                shown.pop(0)
+            else:  # blank: nothing to encode or find
+                for concept in self.names:
+                    self.presence[concept][index] = 0.0
+                yield done, len(self.chosen)
+                continue
             # one encode, reused by every concept below; the geometry orients "left X" / "right X" prompts
-            self.segmenter.set_image(self.study.slices[index], self.study.geometry)
-            if done < len(self.chosen):  # the next slice encodes in the background while this one is decoded
-                self.segmenter.prefetch(self.study.slices[self.chosen[done]])
+            self.segmenter.set_image(slices[index], self.study.geometry)
+            following = next(upcoming, None)
+            if following is not None:  # the next slice encodes in the background while this one is decoded
+                self.segmenter.prefetch(slices[following])
             for concept in self.names:
                 result = self.segmenter.segment(concept=concept, **self.gate)  # a handle's own gate holds if unset
                 self.presence[concept][index] = float(result.presence)

@@ -42,6 +42,20 @@ def test_a_volume_prefetches_each_slice_once_with_its_own_embedding(segmenter):
         assert torch.allclose(entry.full[0], backend._embed(image)[0], atol=1e-5)  # this slice's, not a neighbour's
 
 
+def test_a_blank_slice_is_neither_encoded_nor_given_a_mask(segmenter):
+    backend = segmenter.backend
+    slices = _drawn_slices(4, size=152)  # a size no other test encodes
+    slices[1] = 0  # air beyond the body
+    slices[3] = 37  # padding of one value
+    before = backend.encode_count
+    result = segment_volume(segmenter.handle(), Study(slices=slices), ["liver", "spleen"])
+    assert backend.encode_count - before == 2  # slices 0 and 2 only
+    for concept in ("liver", "spleen"):
+        volume = result.concepts[concept]
+        assert volume.presence[1] == volume.presence[3] == 0.0 and not volume.mask[[1, 3]].any()
+        assert volume.presence[0] is not None and volume.presence[0] > 0.0  # the drawn slices were asked
+
+
 def test_a_prefetched_image_gives_the_masks_of_a_plain_one(segmenter):
     backend = segmenter.backend
     xray = Image.open(EXAMPLES / "chest_xray_pa_radiopaedia_9171.jpg").convert("RGB").resize((256, 256))
