@@ -217,7 +217,7 @@ def openai_agent(server: FakeOpenAI, segmenter: Any, **client_options: Any):
     """An Agent whose MLLM planner talks to ``server`` through the real `openai` client (no retries by default);
     ``model`` (default "fake-vlm") and ``coordinate_convention`` may be given too."""
     from agent import Agent
-    from agent.mllm import OpenAIClient
+    from agent.mllm.openai_client import OpenAIClient
 
     max_rounds = client_options.pop("max_rounds", 2)
     model = client_options.pop("model", "fake-vlm")

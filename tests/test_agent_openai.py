@@ -32,8 +32,8 @@ from agent_helpers import (
 )
 
 from agent import Agent, PlannerError
-from agent.mllm import OpenAIClient
 from agent.mllm.frame import Frame, convention_for
+from agent.mllm.openai_client import OpenAIClient
 from agent.planners.mask_check import parse_verdict
 from tools.examine import OUTLINE_RGB, mask_crops
 from tools.segment import masks_iou

@@ -15,7 +15,7 @@ from test_evals_scale import TIMING, fake_model, lines, write_questions
 
 from agent import Agent, PlannerError
 from agent.cli import main as cli_main
-from agent.mllm import OpenAIClient
+from agent.mllm.openai_client import OpenAIClient
 from agent.mllm.recording import ReplayMismatch
 
 SECRET = "sk-recording-must-not-hold-this-7731"

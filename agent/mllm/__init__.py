@@ -1,6 +1,6 @@
-"""MLLM clients behind one small interface (``ChatClient``): OpenAI-compatible chat completions."""
+"""MLLM clients behind one small interface (``base.ChatClient``): OpenAI-compatible chat completions
+(``openai_client.OpenAIClient``), recording and replay (``recording``), the image frame sent (``frame``).
 
-from agent.mllm.base import ChatClient, LLMReply, ToolCallRequest, image_data_url, parse_text_tool_calls
-from agent.mllm.openai_client import OpenAIClient
-
-__all__ = ["ChatClient", "LLMReply", "OpenAIClient", "ToolCallRequest", "image_data_url", "parse_text_tool_calls"]
+Nothing is imported here: the offline planner needs none of it, and the ``openai`` package alone takes ~2 s to
+import on a 2-core machine; import the module you use.
+"""
