@@ -95,9 +95,7 @@ def pick_cases(data: Path, split: str, n: int) -> list[EvalCase]:
 
 def compare_paths(backend: Any, images: list[Any], concepts: list[str]) -> dict[str, Any]:
     """The fast encoder / concept decoder against the PyTorch reference, alternating on the same images."""
-    import torch
-
-    from segmenter.lite.model import letterbox
+    from segmenter.lite.frame import letterbox
 
     times: dict[str, list[float]] = {"enc_fast": [], "enc_ref": [], "dec_fast": [], "dec_ref": []}
 
@@ -107,16 +105,19 @@ def compare_paths(backend: Any, images: list[Any], concepts: list[str]) -> dict[
         times[key].append((time.perf_counter() - start) * 1000)
         return out
 
-    with torch.no_grad():
-        for i, (image, concept) in enumerate(zip(images, concepts, strict=True)):
-            if i == 1:  # the first image warms both paths up (first-call allocations); not counted
-                times = {key: [] for key in times}
-            x = letterbox(image)[0][None]
-            emb = timed("enc_fast", backend.encoder, x)
-            timed("enc_ref", backend.reference_encoder, x)
-            text = backend._text(concept)
-            timed("dec_fast", backend._decode_concept, emb, text)
-            timed("dec_ref", lambda e, t: backend.net.decode_concept(e, t)[0], emb, text)
+    def reference_decode(emb: Any, text: Any) -> Any:
+        with backend.reference_path():
+            return backend._decode_concept(emb, text)
+
+    for i, (image, concept) in enumerate(zip(images, concepts, strict=True)):
+        if i == 1:  # the first image warms both paths up (first-call allocations); not counted
+            times = {key: [] for key in times}
+        x = letterbox(image)[0][None]
+        emb = timed("enc_fast", backend.encoder, x)
+        timed("enc_ref", backend.reference_encoder, x)
+        text = backend._text(concept)
+        timed("dec_fast", backend._decode_concept, emb, text)
+        timed("dec_ref", reference_decode, emb, text)
     numbers: dict[str, Any] = {"encoder_runtime": backend.encoder_name}
     for part in ("enc", "dec"):
         for path in ("fast", "ref"):
@@ -189,6 +190,39 @@ def time_volume(seg: Any, data: Path, split: str, n: int, log: Any = lambda _: N
             "volume_s_per_100_slices": round(elapsed * 100 / n, 2)}
 
 
+# A user's process: import the segmenter and load it until its fast runtime is ready, then one offline-agent question.
+_FRESH = """
+import json, resource, sys, time
+start = time.perf_counter()
+from segmenter.facade import Segmenter
+seg = Segmenter(sys.argv[1], **json.loads(sys.argv[2]))
+getattr(seg.backend, "ready", lambda: None)()
+ready = time.perf_counter() - start
+from agent.core import Agent
+start = time.perf_counter()
+Agent(segmenter=seg).run(sys.argv[4], image=sys.argv[3])
+print(json.dumps({"ready_s": ready, "question_s": time.perf_counter() - start, "torch": "torch" in sys.modules,
+                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def time_fresh_process(backend: str, options: dict[str, Any], case: EvalCase) -> dict[str, Any]:
+    """Load time and peak RSS as a user meets them: a new Python process that imports and loads the segmenter
+    (until ready) and answers one question offline; also whether it imported PyTorch (a cached fast runtime
+    does not need it). The bench process itself holds both paths and has imported everything."""
+    import subprocess
+
+    question = f"Segment the {case.concepts[0]} in this image."
+    out = subprocess.run([sys.executable, "-c", _FRESH, backend, json.dumps(options), str(case.image), question],
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"the fresh-process load failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    numbers = json.loads(out.stdout.strip().splitlines()[-1])
+    peak = numbers["peak_rss_kb"] / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return {"fresh_load_s": round(numbers["ready_s"], 2), "fresh_question_s": round(numbers["question_s"], 2),
+            "fresh_peak_rss_mb": round(peak, 1), "fresh_imported_torch": numbers["torch"]}
+
+
 def _lite_paths(args: argparse.Namespace, seg: Any, cases: list[EvalCase], log: Any) -> dict[str, Any]:
     """Fast vs reference timings (and Dice with ``--dice``) where the backend has both paths (MedSAM3-Lite)."""
     backend = getattr(seg, "backend", None)
@@ -213,7 +247,11 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
     cases = pick_cases(args.data, args.split, args.images + 1)  # +1: a warm-up image, not counted
     if len(cases) < 2:
         raise ValueError(f"{args.data}: need at least 2 images in split {args.split!r} to benchmark")
-    options: dict[str, Any] = {"weights": args.weights} if args.backend == "lite" else {}
+    options: dict[str, Any] = {"weights": str(args.weights)} if args.backend == "lite" and args.weights else {}
+    # first, before this process has imported anything: the fresh process may convert parts and fill the cache
+    fresh = time_fresh_process(args.backend, options, cases[1]) if args.backend == "lite" else {}
+    if fresh:
+        log(f"fresh process: ready in {fresh['fresh_load_s']} s, one question in {fresh['fresh_question_s']} s")
     start = time.perf_counter()
     seg = MeteredSegmenter(args.backend, **options)
     load_s = time.perf_counter() - start
@@ -284,6 +322,7 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
         "eval_direct_images_per_s": images_per_s,
         "volume_s_per_100_slices": volume.get("volume_s_per_100_slices"),
         "peak_rss_mb": _peak_rss_mb(),
+        **fresh,
         **volume,
         **paths,
     }
@@ -317,10 +356,14 @@ def main(args: argparse.Namespace) -> int:
         "eval_direct_images_per_s": "eval --mode direct images / s",
         "volume_s_per_100_slices": "volume s / 100 slices (segment_volume)",
         "peak_rss_mb": "peak RSS (MB)",
+        "fresh_load_s": "new process: import + load until ready (s)",
+        "fresh_question_s": "new process: first question (s)",
+        "fresh_peak_rss_mb": "new process: peak RSS (MB)",
+        "fresh_imported_torch": "new process imported PyTorch",
     }
     print(f"{numbers['backend']} on {numbers['device']}, {numbers['images']} images")
     for key, label in labels.items():
-        value = numbers[key]
+        value = numbers.get(key)
         print(f"  {label:46} {'–' if value is None else value}")
     _print_paths(numbers)
     if numbers.get("volume_slices", 100) != 100:

@@ -106,7 +106,7 @@ def presence_identity(config: EvalConfig) -> float | str | None:
     if config.presence_threshold is not None or config.backend != "lite":
         return config.presence_threshold
     from segmenter.lite.backend import default_weights_path
-    from segmenter.lite.calibrate import thresholds_identity
+    from segmenter.lite.thresholds import thresholds_identity
 
     return thresholds_identity(config.weights or default_weights_path())
 

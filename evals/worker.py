@@ -128,8 +128,11 @@ _WORKER: Runtime | None = None
 def init_worker(config_json: str, threads: int) -> None:
     import torch
 
+    from segmenter.lite.runtime import set_threads
+
     global _WORKER
     torch.set_num_threads(threads)
+    set_threads(threads)  # the fast runtime's parts share the cores likewise
     _WORKER = Runtime(EvalConfig.model_validate_json(config_json))
 
 

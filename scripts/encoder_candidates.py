@@ -31,13 +31,13 @@ import torch
 from PIL import Image
 
 from segmenter.lite.backend import LiteBackend
-from segmenter.lite.fast_encoder import cache_root, weights_hash
-from segmenter.lite.model import letterbox
+from segmenter.lite.frame import letterbox
+from segmenter.lite.runtime import cache_root, import_openvino, litemedsam_checkpoint, part_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = (("chest_xray_pa_radiopaedia_9171.jpg", "lung"),
             ("chest_xray_pa_wikimedia_pcp_cyst.jpg", "cardiomediastinum"))
-OV_CONFIGS = {  # the first is what fast_encoder.py ships
+OV_CONFIGS = {  # the first is what runtime.py ships
     "openvino fp32, LATENCY, 2 threads": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2},
     "openvino fp32, default config": {},
     "openvino fp32, THROUGHPUT": {"PERFORMANCE_HINT": "THROUGHPUT"},
@@ -79,15 +79,15 @@ def calibration_set(n: int = 24) -> list[np.ndarray]:
     """The two shipped X-rays, then augmented copies of them and drawn images (every third)."""
     rng = np.random.default_rng(0)
     images = [np.asarray(Image.open(ROOT / "examples" / name).convert("RGB")) for name, _ in sorted(EXAMPLES)]
-    out = [letterbox(i)[0][None].numpy() for i in images]
+    out = [letterbox(i)[0][None] for i in images]
     while len(out) < n:
         src = _augment(images[len(out) % 2], rng) if len(out) % 3 else _drawn(rng)
-        out.append(letterbox(src)[0][None].numpy())
+        out.append(letterbox(src)[0][None])
     return out
 
 
 def _ov(xml: Path, config: dict) -> Encode:
-    import openvino as ov
+    ov = import_openvino()
 
     compiled = ov.Core().compile_model(str(xml), "CPU", config)
     request = compiled.create_infer_request()
@@ -99,12 +99,17 @@ def _ov(xml: Path, config: dict) -> Encode:
     return encode
 
 
+def _fp32_folder() -> Path:
+    """The shipped OpenVINO encoder's cache folder (runtime.part_folder)."""
+    return part_folder("image encoder", "openvino", [litemedsam_checkpoint()])
+
+
 def _int8(fp32_xml: Path, module: torch.nn.Module) -> Path:
     """NNCF int8 PTQ of the fp32 IR (transformer preset: SmoothQuant, fast bias correction), made once."""
     import nncf
-    import openvino as ov
+    ov = import_openvino()
 
-    target = cache_root() / "image-encoder-int8" / weights_hash(module) / f"nncf{nncf.__version__}" / "model.xml"
+    target = cache_root() / "image-encoder-int8" / _fp32_folder().name / f"nncf{nncf.__version__}" / "model.xml"
     if not target.is_file():
         print(f"quantising to int8 with NNCF (minutes); cached in {target.parent}", file=sys.stderr)
         quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(calibration_set()),
@@ -115,8 +120,10 @@ def _int8(fp32_xml: Path, module: torch.nn.Module) -> Path:
 
 def candidates(backend: LiteBackend, configs: int, int8: bool, compile_: bool) -> dict[str, Encode]:
     module = backend.net.image_encoder
-    fp32_xml = next((cache_root() / "image-encoder" / weights_hash(module)).glob("openvino-*/model.xml"))
-    encoders: dict[str, Encode] = {"pytorch fp32 (reference)": backend.reference_encoder}
+    backend.ready()  # converts the encoder where it is not cached yet
+    fp32_xml = _fp32_folder() / "model.xml"
+    encoders: dict[str, Encode] = {
+        "pytorch fp32 (reference)": lambda x: torch.from_numpy(backend.reference_encoder(x.numpy()))}
     encoders |= {name: _ov(fp32_xml, config) for name, config in list(OV_CONFIGS.items())[:configs]}
     if int8:
         encoders["openvino int8 (NNCF PTQ)"] = _ov(_int8(fp32_xml, module), OV_CONFIGS[next(iter(OV_CONFIGS))])
@@ -154,8 +161,8 @@ def accuracy(backend: LiteBackend, encoders: dict[str, Encode], images: list[tup
     box = torch.tensor([[[40.0, 40.0, 216.0, 216.0]]])
     with torch.no_grad():
         for image, concept in images:
-            x, text = letterbox(image)[0][None], backend._text(concept)
-            ref = backend.reference_encoder(x)
+            x, text = torch.from_numpy(letterbox(image)[0][None]), torch.from_numpy(backend._text(concept))
+            ref = encoders["pytorch fp32 (reference)"](x)
             masks = (backend.net.decode_concept(ref, text)[0] > 0, backend.net.decode_geometry(ref, boxes=box)[0] > 0)
             for name, encode in encoders.items():
                 emb = encode(x)
@@ -168,7 +175,7 @@ def accuracy(backend: LiteBackend, encoders: dict[str, Encode], images: list[tup
 
 def speed(encoders: dict[str, Encode], images: list[tuple[np.ndarray, str]], n: int) -> dict:
     """Round robin over the candidates on the same images; the first image warms up and is not counted."""
-    xs = [letterbox(image)[0][None] for image, _ in images]
+    xs = [torch.from_numpy(letterbox(image)[0][None]) for image, _ in images]
     wall: dict[str, list[float]] = {name: [] for name in encoders}
     cpu: dict[str, list[float]] = {name: [] for name in encoders}
     with torch.no_grad():

@@ -21,10 +21,10 @@ def test_the_abdominal_concepts_are_served_by_the_shipped_experts(segmenter):
     backend = segmenter.backend
     assert {"abdomen", "liver"} <= set(backend.info()["experts"])
     for name in ("kidney", "left kidney", "right kidney", "spleen", "renal"):
-        assert backend._concept_net(backend.catalog.get(name))[0] == "abdomen"
+        assert backend._expert_name(backend.catalog.get(name)) == "abdomen"
     for name in ("liver", "hepatic"):
-        assert backend._concept_net(backend.catalog.get(name))[0] == "liver"
-    assert backend._concept_net(backend.catalog.get("polyp"))[0] == ""  # the main weights, unchanged
+        assert backend._expert_name(backend.catalog.get(name)) == "liver"
+    assert backend._expert_name(backend.catalog.get("polyp")) == ""  # the main weights, unchanged
 
 
 @pytest.mark.slow

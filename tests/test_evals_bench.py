@@ -7,7 +7,9 @@ import json
 from agent.cli import main as cli_main
 
 
-def test_bench_measures_and_writes_json(data_root, tmp_path, capsys):
+def test_bench_measures_and_writes_json(data_root, segmenter, tmp_path, capsys):
+    for part in ("encoder", "gate", "draw", "box"):  # converted and cached (the first use converts them)
+        segmenter.backend.runtime_of(part)
     out = tmp_path / "bench.json"
     # one dataset's folder keeps --dice short: one val case, scored by both paths
     argv = ["bench", "--data", str(data_root / "kvasir_seg"), "--images", "1", "--questions", "1", "--dice", "1",
@@ -18,8 +20,10 @@ def test_bench_measures_and_writes_json(data_root, tmp_path, capsys):
     for key in ("model_load_s", "model_ready_s", "volume_s_per_100_slices",
                 "encoder_ms_per_image", "decoder_ms_per_prompt", "eval_direct_images_per_s",
                 "peak_rss_mb", "enc_ref_ms_median", "enc_fast_ms_median", "enc_ref_ms_p90", "dec_fast_ms_median",
-                "enc_speedup"):
+                "enc_speedup", "fresh_load_s", "fresh_question_s", "fresh_peak_rss_mb"):
         assert isinstance(numbers[key], float) and numbers[key] > 0, key
+    # a new process, the session's parts cached by now: the fast runtime alone, no PyTorch
+    assert numbers["fresh_imported_torch"] is (numbers["encoder_runtime"] == "torch")
     assert numbers["volume_slices"] == 2 and numbers["volume_source"] == "drawn"
     assert numbers["model_ready_s"] >= numbers["model_load_s"]
     [row] = numbers["dice"]
@@ -30,7 +34,7 @@ def test_bench_measures_and_writes_json(data_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "encoder ms / image (median)" in printed and str(out) in printed
     assert "volume s / 100 slices" in printed and "2 slices timed, scaled to 100" in printed
-    assert "vs reference (PyTorch)" in printed and "Dice, fast vs reference path (1 cases)" in printed
+    assert "new process: peak RSS (MB)" in printed and "vs reference (PyTorch)" in printed and "Dice, fast vs reference path (1 cases)" in printed
 
 
 def test_bench_refuses_a_missing_data_root(tmp_path, capsys):

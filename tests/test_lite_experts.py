@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from segmenter.lite.backend import WEIGHTS_FILE, LiteBackend, default_weights_path
-from segmenter.lite.calibrate import ConceptThreshold, write_thresholds
+from segmenter.lite.thresholds import ConceptThreshold, write_thresholds
 from segmenter.types import Prompt
 
 GATE_BIAS = "presence_gate.head.4.bias"  # the presence gate's last layer
@@ -47,7 +47,7 @@ def test_a_concept_with_an_expert_is_gated_and_drawn_by_the_expert_and_others_by
     spleen, polyp = backend.segment(Prompt(concept="splenic")), backend.segment(Prompt(concept="polyp"))
     assert spleen.presence < 1e-9 and spleen.instances == []  # the expert's gate, not the main one's
     assert backend.info()["experts"] == ["abdomen"]
-    expert_net = backend._expert("abdomen")[0]
+    expert_net = backend._net("abdomen")
     # the expert shares the frozen parts (one encoder in memory), its concept parts are its own
     assert expert_net.image_encoder is backend.net.image_encoder and expert_net.mask_decoder is backend.net.mask_decoder
     assert expert_net.presence_gate is not backend.net.presence_gate

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from segmenter.base import image_key
@@ -39,7 +38,7 @@ def test_a_volume_prefetches_each_slice_once_with_its_own_embedding(segmenter):
     for image in slices:
         entry = backend._cache.get(image_key(image))
         assert entry is not None and entry.full is not None and entry.pending is None
-        assert torch.allclose(entry.full[0], backend._embed(image)[0], atol=1e-5)  # this slice's, not a neighbour's
+        assert np.allclose(entry.full[0], backend._embed(image)[0], atol=1e-5)  # this slice's, not a neighbour's
 
 
 def test_a_blank_slice_is_neither_encoded_nor_given_a_mask(segmenter):

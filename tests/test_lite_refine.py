@@ -8,7 +8,6 @@ from importlib import resources
 
 import numpy as np
 import pytest
-import torch
 from conftest import dice, read_mask, val_rows
 
 from segmenter.catalog import ConceptCatalog, load_catalog
@@ -16,8 +15,8 @@ from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, ref
 from segmenter.study_io import load_image
 
 
-def _logits(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.where(mask, 8.0, -8.0).astype(np.float32))[None, None]
+def _logits(mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, 8.0, -8.0).astype(np.float32)[None, None]
 
 
 def test_components_propose_expanded_boxes_clipped_to_the_image():
@@ -39,7 +38,7 @@ def test_specks_propose_no_box_and_are_dropped_in_box_mode():
     boxes = proposal_boxes(_logits(mask), valid=(256, 256))
     assert len(boxes) == 2 and not any(b[0, 0] <= 150 <= b[0, 2] and b[0, 1] <= 150 <= b[0, 3] for b in boxes)
     calls: list[int] = []
-    everywhere = lambda b: calls.append(len(b)) or torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731
+    everywhere = lambda b: calls.append(len(b)) or np.full((len(b), 1, 256, 256), 5.0, np.float32)  # noqa: E731
     drawn = refine_drawn(_logits(mask), "box", everywhere, valid=(256, 256))[0][0, 0] > 0
     assert calls == [2] and not drawn[150:155, 150:156].any() and drawn[20:70, 20:70].all()
     alone = np.zeros((256, 256), dtype=bool)
@@ -50,29 +49,29 @@ def test_specks_propose_no_box_and_are_dropped_in_box_mode():
 def test_box_mode_keeps_each_decoded_mask_inside_its_box():
     mask = np.zeros((256, 256), dtype=bool)
     mask[100:140, 50:90] = True
-    everywhere = lambda b: torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731 - a decoder that spills over
+    everywhere = lambda b: np.full((len(b), 1, 256, 256), 5.0, np.float32)  # noqa: E731 - a decoder that spills over
     out = refine_drawn(_logits(mask), "box", everywhere, valid=(256, 256))[0][0, 0] > 0
     assert out[98:142, 48:92].all() and out.sum() == 44 * 44
     inter = refine_drawn(_logits(mask), "intersection", everywhere, valid=(256, 256))[0][0, 0] > 0
-    assert np.array_equal(inter.numpy(), mask)
+    assert np.array_equal(inter, mask)
     plain = _logits(mask)
     assert refine_drawn(plain, "none", everywhere, valid=(256, 256))[0] is plain
     empty = _logits(np.zeros((256, 256), dtype=bool))
-    assert torch.equal(refine_drawn(empty, "box", everywhere, valid=(256, 256))[0], empty)  # nothing to propose
+    assert np.array_equal(refine_drawn(empty, "box", everywhere, valid=(256, 256))[0], empty)  # nothing to propose
 
 
 def test_the_mode_that_drew_the_mask_is_reported():
     """The result says "box" only where the box decoder drew the mask (an empty one: nothing to redraw)."""
     mask = np.zeros((256, 256), dtype=bool)
     mask[100:140, 50:90] = True
-    everywhere = lambda b: torch.full((len(b), 1, 256, 256), 5.0)  # noqa: E731
+    everywhere = lambda b: np.full((len(b), 1, 256, 256), 5.0, np.float32)  # noqa: E731
     assert refine_drawn(_logits(mask), "box", everywhere, valid=(256, 256))[1] == "box"
     assert refine_drawn(_logits(mask), "none", everywhere, valid=(256, 256))[1] == "none"
     assert refine_drawn(_logits(np.zeros_like(mask)), "box", everywhere, valid=(256, 256))[1] == "box"
     specks = np.zeros((256, 256), dtype=bool)
     specks[10, 10] = specks[200, 30] = True  # too small to propose a box: kept as the concept decoder drew them
     logits, drawn = refine_drawn(_logits(specks), "box", everywhere, valid=(256, 256))
-    assert drawn == "none" and np.array_equal((logits[0, 0] > 0).numpy(), specks)
+    assert drawn == "none" and np.array_equal(logits[0, 0] > 0, specks)
 
 
 def test_box_refine_on_a_real_polyp_draws_inside_the_concept_masks_boxes(segmenter):

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from segmenter.lite.calibrate import (
-    THRESHOLDS_FILE,
-    calibrate_presence,
-    choose_threshold,
-    load_thresholds,
-    write_thresholds,
-)
+from segmenter.lite.calibrate import calibrate_presence, choose_threshold
 from segmenter.lite.dataset import CachedSample
+from segmenter.lite.thresholds import THRESHOLDS_FILE, load_thresholds, write_thresholds
 
 
 def test_threshold_rejects_the_most_negatives_the_recall_allows_and_keeps_every_positive_it_can():

