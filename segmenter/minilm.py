@@ -5,6 +5,10 @@ The same numbers as ``sentence_transformers.SentenceTransformer(path).encode(...
 sentence-transformers, transformers or PyTorch: a phrase is a few tokens, so six small BERT layers in NumPy
 take milliseconds, and the offline segmenter can answer without loading PyTorch at all.
 The tokenizer is the model's own ``tokenizer.json`` read by the Rust ``tokenizers`` library.
+
+Its matrix products run on one BLAS thread: a phrase is a few tokens, so more threads gain nothing, and OpenBLAS's
+threads spin while they wait; next to the runtime's own threads on a 2-core machine that made a phrase take minutes
+(and once, after a fork, forever).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import erf
+from threadpoolctl import ThreadpoolController
 
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json): longer phrases are truncated
 
@@ -34,6 +39,7 @@ class MiniLM:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=config.get("pad_token_id", 0))  # to the longest phrase of a batch
+        self._blas = ThreadpoolController()
 
     def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
         mean = x.mean(-1, keepdims=True)
@@ -64,6 +70,10 @@ class MiniLM:
         """(len(phrases), 384) float32, L2-normalised."""
         if not phrases:
             return np.zeros((0, self.w["embeddings.word_embeddings.weight"].shape[1]), np.float32)
+        with self._blas.limit(limits=1, user_api="blas"):
+            return self._encode(phrases)
+
+    def _encode(self, phrases: list[str]) -> np.ndarray:
         batch = self.tokenizer.encode_batch(phrases)
         ids = np.array([e.ids for e in batch], dtype=np.int64)
         mask = np.array([e.attention_mask for e in batch], dtype=np.float32)
