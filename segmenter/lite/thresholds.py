@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from segmenter.lite.runtime import file_sha256
+
 THRESHOLDS_FILE = "presence_thresholds.json"
 DEFAULT_THRESHOLD = 0.5
 
@@ -39,10 +41,6 @@ class PresenceThresholds(BaseModel):
     concepts: dict[str, ConceptThreshold] = Field(default_factory=dict)
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # concept weights: tens of MB
-
-
 def thresholds_path(weights: Path) -> Path:
     return Path(weights).with_name(THRESHOLDS_FILE)
 
@@ -51,7 +49,8 @@ def write_thresholds(weights: Path, concepts: dict[str, ConceptThreshold], recal
                      out: Path | None = None) -> Path:
     """``presence_thresholds.json`` beside ``weights`` (or at ``out``), tied to the weights' sha256."""
     path = out or thresholds_path(weights)
-    table = PresenceThresholds(weights_sha256=sha256_file(weights), recall=recall, source=source, concepts=concepts)
+    table = PresenceThresholds(weights_sha256=file_sha256(Path(weights)), recall=recall, source=source,
+                               concepts=concepts)
     path.write_text(table.model_dump_json(indent=1) + "\n")
     return path
 
@@ -68,7 +67,7 @@ def load_thresholds(weights: Path) -> dict[str, float]:
         warnings.warn(f"{path.name}: unreadable ({type(exc).__name__}); presence threshold {DEFAULT_THRESHOLD} "
                       "for every concept", stacklevel=2)
         return {}
-    if table.weights_sha256 != sha256_file(weights):
+    if table.weights_sha256 != file_sha256(Path(weights)):
         warnings.warn(f"{path.name} was calibrated for other weights (sha256 {table.weights_sha256[:12]}…); "
                       f"ignored: presence threshold {DEFAULT_THRESHOLD} for every concept", stacklevel=2)
         return {}
