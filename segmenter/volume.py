@@ -178,18 +178,16 @@ class VolumeSegmentation:
     def __iter__(self) -> Iterator[tuple[int, int]]:
         slices = self.study.slices
         shown = [index for index in self.chosen if not is_blank(slices[index])]
-        upcoming = iter(shown[1:])
+        next_shown = dict(zip(shown, [*shown[1:], None], strict=True))  # each shown slice -> the next one
         for done, index in enumerate(self.chosen, start=1):
-            if shown and index == shown[0]:
-                shown.pop(0)
-            else:  # blank: nothing to encode or find
+            if index not in next_shown:  # blank: nothing to encode or find
                 for concept in self.names:
                     self.presence[concept][index] = 0.0
                 yield done, len(self.chosen)
                 continue
             # one encode, reused by every concept below; the geometry orients "left X" / "right X" prompts
             self.segmenter.set_image(slices[index], self.study.geometry)
-            following = next(upcoming, None)
+            following = next_shown[index]
             if following is not None:  # the next slice encodes in the background while this one is decoded
                 self.segmenter.prefetch(slices[following])
             for concept in self.names:

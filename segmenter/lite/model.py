@@ -267,11 +267,10 @@ class GatePart(nn.Module):
 
     def __init__(self, net: MedSAM3Lite):
         super().__init__()
-        self.presence_gate = net.presence_gate
+        self.net = net
 
     def forward(self, embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        gate = self.presence_gate
-        return torch.sigmoid(gate(gate.pool(embeddings.float()), text.float()))
+        return self.net.presence(embeddings, text)
 
 
 class DrawPart(nn.Module):
