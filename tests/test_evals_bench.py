@@ -17,7 +17,10 @@ def test_bench_measures_and_writes_json(data_root, segmenter, tmp_path, capsys):
     assert cli_main([*argv, "--out", str(out)]) == 0
     numbers = json.loads(out.read_text())
     assert numbers["images"] == 1 and numbers["backend"] == "medsam3-lite"
-    for key in ("model_load_s", "model_ready_s", "volume_s_per_100_slices",
+    # building the facade without PyTorch can take under a millisecond: a load time of 0.0 is a measurement
+    for key in ("model_load_s", "model_ready_s"):
+        assert isinstance(numbers[key], float) and numbers[key] >= 0, key
+    for key in ("volume_s_per_100_slices",
                 "encoder_ms_per_image", "decoder_ms_per_prompt", "eval_direct_images_per_s",
                 "peak_rss_mb", "enc_ref_ms_median", "enc_fast_ms_median", "enc_ref_ms_p90", "dec_fast_ms_median",
                 "enc_speedup", "fresh_load_s", "fresh_question_s", "fresh_peak_rss_mb"):
