@@ -4,7 +4,9 @@ The TinyViT encoder is frozen, so each training image is encoded once (bf16 auto
 CPU has bf16 units, see precision.py) and its 256x64x64 embedding is kept as float16 in one ``.npz``
 per item together with its letterboxed masks. Caching is resumable: existing items are
 skipped. Concepts whose catalog entry has ``tile`` are cached as native-resolution tiles,
-exactly as the segmenter will see them at inference. A manifest's ``absent_concepts`` (organs the
+exactly as the segmenter will see them at inference. An augmented copy (``copy`` > 0, ``train-lite
+--augment``) is the item's image and masks reframed and degraded by ``augment.py``, cached under its own
+key. A manifest's ``absent_concepts`` (organs the
 source labels on every slice, so truly absent from this one) are cached as empty masks: same-modality
 negatives for the mask and the presence gate. Masks of concepts the catalog lacks are left out.
 """
@@ -12,7 +14,7 @@ negatives for the mask and the presence gate. Masks of concepts the catalog lack
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 
 from segmenter.catalog import load_catalog
+from segmenter.lite.augment import augmented_copy
 from segmenter.lite.frame import letterbox, letterbox_mask, tile_windows
 from segmenter.lite.model import MedSAM3Lite
 from segmenter.lite.precision import fast_bf16
@@ -37,11 +40,21 @@ class CacheItem:
     image_path: Path
     masks: dict[str, Path | None]  # None: annotated absent (an all-zero mask)
     window: tuple[int, int, int, int] | None  # (y0, x0, y1, x1) for tiled concepts
+    copy: int = 0  # 0: the image as it is; k > 0: its k-th augmented copy (augment.py)
 
     @property
     def key(self) -> str:
         suffix = "" if self.window is None else "_t{}_{}".format(*self.window[:2])
+        suffix += f"_a{self.copy}" if self.copy else ""
         return f"{self.dataset}/{self.item_id}{suffix}"
+
+
+def with_copies(items: list[CacheItem], copies: dict[str, int]) -> list[CacheItem]:
+    """``items`` followed by ``copies[dataset]`` augmented copies of each untiled item of that dataset (a tile
+    already is a crop at the native scale the segmenter tiles at, so tiles get none)."""
+    extra = [replace(it, copy=k) for k in range(1, max(copies.values(), default=0) + 1)
+             for it in items if it.window is None and k <= copies.get(it.dataset, 0)]
+    return items + extra
 
 
 def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dataset: int | None) -> list[CacheItem]:
@@ -115,16 +128,16 @@ def build_cache(
         tensors, metas = [], []
         for it in chunk:
             image = _crop(np.asarray(Image.open(it.image_path).convert("RGB")), it.window)
+            full = {
+                concept: np.zeros(image.shape[:2], bool) if path is None
+                else _crop(np.asarray(Image.open(path).convert("L")) > 127, it.window)
+                for concept, path in it.masks.items()
+            }
+            if it.copy:
+                image, full = augmented_copy(image, full, it.key)
             tensor, box = letterbox(image)
-            masks = {}
-            for concept, path in it.masks.items():
-                if path is None:
-                    mask = np.zeros(image.shape[:2], bool)
-                else:
-                    mask = _crop(np.asarray(Image.open(path).convert("L")) > 127, it.window)
-                masks[concept] = letterbox_mask(mask)
             tensors.append(tensor)
-            metas.append((it, box, masks))
+            metas.append((it, box, {concept: letterbox_mask(mask) for concept, mask in full.items()}))
         # a converted encoder has a fixed batch of one
         emb = np.concatenate([encode(x[None])[0] for x in tensors]).astype(np.float16)
         for (it, box, masks), e in zip(metas, emb, strict=True):

@@ -28,7 +28,14 @@ import torch.nn.functional as F
 
 from segmenter.catalog import load_catalog
 from segmenter.lite.calibrate import calibrate_presence
-from segmenter.lite.dataset import CachedSample, build_cache, load_cache, manifest_items, pooled_embeddings
+from segmenter.lite.dataset import (
+    CachedSample,
+    build_cache,
+    load_cache,
+    manifest_items,
+    pooled_embeddings,
+    with_copies,
+)
 from segmenter.lite.model import MedSAM3Lite, load_litemedsam_weights
 from segmenter.lite.precision import fast_bf16
 from segmenter.lite.thresholds import THRESHOLDS_FILE, write_thresholds
@@ -62,6 +69,7 @@ class TrainConfig:
     gate_epochs: int = 40
     encoder: str | None = None  # image encoder runtime for the cache (fast_encoder.py; None: MEDSAM3_ENCODER/auto)
     presence_recall: float = 0.97  # each concept's presence threshold keeps this share of its val positives
+    augment: dict[str, int] = field(default_factory=dict)  # dataset -> augmented copies per train item (augment.py)
 
 
 def _phrase_table(catalog) -> tuple[list[str], dict[str, list[int]], dict[str, list[int]]]:
@@ -371,7 +379,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     net = _initial_model(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    train_items = manifest_items(cfg.data, "train", cfg.datasets, cfg.max_per_dataset)
+    train_items = with_copies(manifest_items(cfg.data, "train", cfg.datasets, cfg.max_per_dataset), cfg.augment)
     train_items += manifest_items(cfg.data, "train", cfg.replay, cfg.replay_per_dataset)
     val_items = manifest_items(cfg.data, "val", cfg.datasets, cfg.val_max_per_dataset)
     val_items += manifest_items(cfg.data, "val", cfg.replay, cfg.val_replay_per_dataset)
@@ -432,6 +440,9 @@ def write_model_card(cfg: TrainConfig, report: dict, path: Path) -> None:
         else ""
     )
     cap = f"at most {cfg.max_per_dataset}" if cfg.max_per_dataset else "all"
+    copies = ", ".join(f"{name} {n}" for name, n in cfg.augment.items())
+    augmented = (f" plus augmented copies of each train item (reframed, tone and optics, `segmenter/lite/augment.py`;"
+                 f" copies per item: {copies})" if cfg.augment else "")
     path.write_text(
         f"""# MedSAM3-Lite concept weights
 
@@ -442,7 +453,8 @@ the pooled image embedding that decides presence at inference. This file holds o
 
 - Command: `{command}`
 - Data: `{cfg.data}` train split of {", ".join(cfg.datasets)} ({cap} items per
-  dataset; monuseg as 256-px native tiles){replay}, {report["n_train_items"]} items; validation on the val split.
+  dataset; monuseg as 256-px native tiles){augmented}{replay}, {report["n_train_items"]} items; validation on the
+  val split.
 - Training, starting from {start}: {report["progress"]["steps"]} steps of batch {cfg.batch_size}, AdamW
   (decoder lr {cfg.lr}, head lr {cfg.head_lr}), cosine schedule, seed {cfg.seed}, {report["train_minutes"]} min on
   2 CPU cores ({precision}), then the presence gate on all (image, concept) pairs, {report["gate_minutes"]} min;

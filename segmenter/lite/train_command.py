@@ -36,7 +36,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presence-recall", type=float, default=0.97,
                         help="after training, each concept's presence threshold keeps this share of its val "
                              "positives (presence_thresholds.json beside the weights; calibrate-presence redoes it)")
+    parser.add_argument("--augment", default="", metavar="DATASET=N[,DATASET=N]",
+                        help="cache N augmented copies (new framing, tone, blur, JPEG) of each train item of DATASET, "
+                             "e.g. amos_ct=8; each copy costs one encode, once")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def parse_augment(text: str, datasets: list[str]) -> dict[str, int]:
+    """``amos_ct=8,chaos_mr_t2=1`` -> {"amos_ct": 8, "chaos_mr_t2": 1}; only datasets being trained on."""
+    copies: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, count = part.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"--augment {part!r}: write DATASET=N with a whole number N, e.g. amos_ct=8")
+        if name.strip() not in datasets:
+            raise ValueError(f"--augment {part!r}: {name.strip()!r} is not among --datasets ({', '.join(datasets)})")
+        copies[name.strip()] = int(count)
+    return copies
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,11 +67,12 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data {args.data}: no such folder")
     if args.init_from is not None and not args.init_from.is_file():
         raise FileNotFoundError(f"--init-from {args.init_from}: no such weight file")
+    datasets = [d for d in args.datasets.split(",") if d] if args.datasets else list(DEFAULT_DATASETS)
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
         cache=args.cache,
-        datasets=[d for d in args.datasets.split(",") if d] if args.datasets else list(DEFAULT_DATASETS),
+        datasets=datasets,
         max_per_dataset=args.max_per_dataset or None,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -72,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         min_positives_per_dataset=args.min_positives,
         encoder=args.encoder,
         presence_recall=args.presence_recall,
+        augment=parse_augment(args.augment, datasets),
     )
     report = run_training(cfg, log=lambda m: print(m, flush=True))
     print(f"weights: {cfg.out / 'medsam3_lite.safetensors'}  model card: {cfg.out / 'MODEL_CARD.md'}")
