@@ -32,6 +32,7 @@ from PIL import Image
 
 from segmenter.lite.backend import LiteBackend
 from segmenter.lite.frame import letterbox
+from segmenter.lite.model import BoxDecoder
 from segmenter.lite.runtime import cache_root, import_openvino, litemedsam_checkpoint, part_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,17 +160,18 @@ def accuracy(backend: LiteBackend, encoders: dict[str, Encode], images: list[tup
     """Per candidate: the largest embedding error and the smallest concept / box mask IoU over the images."""
     worst = {name: {"rel_err": 0.0, "iou_concept": 1.0, "iou_box": 1.0} for name in encoders}
     box = torch.tensor([[[40.0, 40.0, 216.0, 216.0]]])
+    box_decoder = BoxDecoder(backend.net)  # LiteMedSAM's own box path, as the segmenter runs it
     with torch.no_grad():
         for image, concept in images:
             x, text = torch.from_numpy(letterbox(image)[0][None]), torch.from_numpy(backend._text(concept))
             ref = encoders["pytorch fp32 (reference)"](x)
-            masks = (backend.net.decode_concept(ref, text)[0] > 0, backend.net.decode_geometry(ref, boxes=box)[0] > 0)
+            masks = (backend.net.decode_concept(ref, text)[0] > 0, box_decoder(ref, box)[0] > 0)
             for name, encode in encoders.items():
                 emb = encode(x)
                 w = worst[name]
                 w["rel_err"] = max(w["rel_err"], float((emb - ref).norm() / ref.norm()))
                 w["iou_concept"] = min(w["iou_concept"], _iou(backend.net.decode_concept(emb, text)[0] > 0, masks[0]))
-                w["iou_box"] = min(w["iou_box"], _iou(backend.net.decode_geometry(emb, boxes=box)[0] > 0, masks[1]))
+                w["iou_box"] = min(w["iou_box"], _iou(box_decoder(emb, box)[0] > 0, masks[1]))
     return worst
 
 

@@ -172,37 +172,6 @@ class MedSAM3Lite(nn.Module):
         """Probability that each phrase's concept is in the image (the presence gate)."""
         return torch.sigmoid(self.presence_gate(self.presence_gate.pool(embeddings.float()), text.float()))
 
-    def decode_geometry(
-        self,
-        embeddings: torch.Tensor,
-        boxes: torch.Tensor | None = None,
-        points: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """LiteMedSAM's own path for box / point prompts (coordinates in the 256 frame)."""
-        if boxes is None and points is None:
-            raise ValueError("decode_geometry needs a box or a point prompt")
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
-        multimask = boxes is None  # a lone point is ambiguous: take SAM's best of three
-        masks, iou = self.mask_decoder(
-            image_embeddings=embeddings,
-            image_pe=self.dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
-        if multimask and points is not None:  # points is set here: no box means a point prompt
-            # LiteMedSAM was trained on boxes; for clicks, prefer the candidates that contain every
-            # positive point (masks are in the 256 frame, like the point coordinates), then SAM's IoU.
-            coords, labels = points
-            xy = coords.round().long().clamp(0, masks.shape[-1] - 1)
-            values = masks[:, :, xy[0, :, 1], xy[0, :, 0]] > 0  # (B, 3, n_points)
-            positive = (labels[0] == 1)[None, None]
-            covers = (values | ~positive).all(dim=2)
-            best = (iou + covers.float() * 10).argmax(dim=1)
-            rows = torch.arange(masks.shape[0])
-            masks, iou = masks[rows, best][:, None], iou[rows, best][:, None]
-        return masks, iou
-
 
 class BoxDecoder(nn.Module):
     """LiteMedSAM's own path for one box prompt, tensors in and out (a module a runtime can convert):
