@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segmenter.lite.augment import augmented_copy, content_box, reframe, seeded_rng
+from segmenter.lite.augment import (
+    AUGMENT_VERSION,
+    ENHANCEMENT_HU,
+    augmented_copy,
+    content_box,
+    contrast_phase,
+    reframe,
+    seeded_rng,
+)
 
 
 def _slice(size: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +50,28 @@ def test_a_copy_is_deterministic_grey_stays_grey_and_the_mask_follows_the_organ(
     assert not np.array_equal(augmented_copy(image, {}, "drawn/a_a1")[0], augmented_copy(image, {}, "drawn/a_a2")[0])
 
 
+def test_a_ct_copy_enhances_its_labelled_organs_as_a_contrast_phase_would():
+    image, organ = _slice()
+    image[organ] = 100  # an unenhanced liver, a little brighter than the body
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(organ, iterations=3)  # the organ and the 3 px its edge blur reaches
+    rises = []
+    for k in range(12):
+        out = contrast_phase(image, {"liver": organ, "lung": ~organ}, seeded_rng("test", str(k)))
+        rise = out[..., 0].astype(int) - image[..., 0]
+        core = np.zeros_like(organ)
+        core[74:87, 69:82] = True  # inside the organ, away from its blurred edge
+        assert rise[~near].max() == 0  # "lung" has no enhancement; only the liver's edge blur spills over
+        assert np.ptp(rise[core]) <= 1  # one phase for the whole organ
+        rises.append(rise[core].mean())
+    top = ENHANCEMENT_HU["liver"] * 1.2 * 255 / 400
+    assert 0 <= min(rises) < top / 3 and top * 0.6 < max(rises) <= top + 1  # from unenhanced to a late phase
+    # only a CT copy gets a phase: the same key draws another image for an MR or unknown modality
+    assert not np.array_equal(augmented_copy(image, {"liver": organ}, "k", "ct")[0],
+                              augmented_copy(image, {"liver": organ}, "k", "mri")[0])
+
+
 def test_reframe_zooms_in_on_the_body_or_pads_around_it():
     image, organ = _slice()
     areas = set()
@@ -62,7 +92,9 @@ def test_with_copies_adds_keyed_copies_of_untiled_items_only():
     tile = CacheItem("monuseg", "t1", Path("b.png"), {}, (0, 0, 256, 256))
     other = CacheItem("busi", "b1", Path("c.png"), {}, None)
     items = with_copies([whole, tile, other], {"amos_ct": 2, "monuseg": 3})
-    assert [it.key for it in items] == ["amos_ct/s1", "monuseg/t1_t0_0", "busi/b1", "amos_ct/s1_a1", "amos_ct/s1_a2"]
+    v = AUGMENT_VERSION  # in the key: a changed augmentation never reads a stale cached copy
+    assert [it.key for it in items] == ["amos_ct/s1", "monuseg/t1_t0_0", "busi/b1", f"amos_ct/s1_a1v{v}",
+                                        f"amos_ct/s1_a2v{v}"]
 
 
 def test_the_augment_option_names_its_mistakes():
@@ -94,7 +126,7 @@ def test_an_augmented_copy_is_cached_under_its_own_key(tmp_path):
     items = with_copies(manifest_items(tmp_path, "train", ["drawn"], None), {"drawn": 1})
     assert build_cache(load_model(default_weights_path()), items, tmp_path / "cache", progress=False) == 2
     plain, copy = load_cache(tmp_path / "cache", items)
-    assert (plain.key, copy.key) == ("drawn/a", "drawn/a_a1")
+    assert (plain.key, copy.key) == ("drawn/a", f"drawn/a_a1v{AUGMENT_VERSION}")
     assert plain.masks["liver"].any() and copy.masks["liver"].any()
     assert not np.array_equal(plain.masks["liver"], copy.masks["liver"])  # reframed with its image
     assert not np.array_equal(plain.embedding, copy.embedding)

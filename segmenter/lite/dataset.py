@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from segmenter.catalog import load_catalog
-from segmenter.lite.augment import augmented_copy
+from segmenter.lite.augment import AUGMENT_VERSION, augmented_copy
 from segmenter.lite.frame import letterbox, letterbox_mask, tile_windows
 from segmenter.lite.model import MedSAM3Lite
 from segmenter.lite.precision import fast_bf16
@@ -41,11 +41,12 @@ class CacheItem:
     masks: dict[str, Path | None]  # None: annotated absent (an all-zero mask)
     window: tuple[int, int, int, int] | None  # (y0, x0, y1, x1) for tiled concepts
     copy: int = 0  # 0: the image as it is; k > 0: its k-th augmented copy (augment.py)
+    modality: str | None = None  # the manifest's, e.g. "ct" (augmented copies of CT get a contrast phase)
 
     @property
     def key(self) -> str:
         suffix = "" if self.window is None else "_t{}_{}".format(*self.window[:2])
-        suffix += f"_a{self.copy}" if self.copy else ""
+        suffix += f"_a{self.copy}v{AUGMENT_VERSION}" if self.copy else ""
         return f"{self.dataset}/{self.item_id}{suffix}"
 
 
@@ -84,9 +85,9 @@ def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dat
             if tiles:
                 tile = min(tiles)
                 for window in tile_windows(row["height"], row["width"], tile):
-                    items.append(CacheItem(name, row["id"], image_path, masks, window))
+                    items.append(CacheItem(name, row["id"], image_path, masks, window, modality=row.get("modality")))
             else:
-                items.append(CacheItem(name, row["id"], image_path, masks, None))
+                items.append(CacheItem(name, row["id"], image_path, masks, None, modality=row.get("modality")))
             if max_per_dataset and len(items) >= max_per_dataset:
                 break
         per_dataset.append(items[:max_per_dataset] if max_per_dataset else items)
@@ -134,7 +135,7 @@ def build_cache(
                 for concept, path in it.masks.items()
             }
             if it.copy:
-                image, full = augmented_copy(image, full, it.key)
+                image, full = augmented_copy(image, full, it.key, it.modality)
             tensor, box = letterbox(image)
             tensors.append(tensor)
             metas.append((it, box, {concept: letterbox_mask(mask) for concept, mask in full.items()}))
