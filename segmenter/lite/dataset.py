@@ -82,12 +82,11 @@ def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dat
             concepts = [catalog.get(c) for c in masks]
             tiles = {concept.tile for concept in concepts if concept is not None and concept.tile is not None}
             image_path = data_root / name / row["image"]
+            item = CacheItem(name, row["id"], image_path, masks, None, modality=row.get("modality"))
             if tiles:
-                tile = min(tiles)
-                for window in tile_windows(row["height"], row["width"], tile):
-                    items.append(CacheItem(name, row["id"], image_path, masks, window, modality=row.get("modality")))
+                items += [replace(item, window=w) for w in tile_windows(row["height"], row["width"], min(tiles))]
             else:
-                items.append(CacheItem(name, row["id"], image_path, masks, None, modality=row.get("modality")))
+                items.append(item)
             if max_per_dataset and len(items) >= max_per_dataset:
                 break
         per_dataset.append(items[:max_per_dataset] if max_per_dataset else items)

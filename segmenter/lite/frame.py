@@ -27,12 +27,17 @@ class Letterbox:
         return int(round(self.height * self.scale)), int(round(self.width * self.scale))
 
 
+def _fit(height: int, width: int, size: int) -> tuple[float, int, int]:
+    """(scale, new height, new width) of an image whose longest side goes to ``size``."""
+    scale = size / max(height, width)
+    return scale, max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
 def letterbox(image: np.ndarray, size: int = MODEL_SIZE) -> tuple[np.ndarray, Letterbox]:
     """LiteMedSAM preprocessing: longest side -> ``size``, min-max to [0,1], pad bottom/right.
     Returns (3, size, size) float32 and the geometry."""
     h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    scale, nh, nw = _fit(h, w, size)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(image, (nw, nh), interpolation=interp).astype(np.float32)
     lo, hi = float(resized.min()), float(resized.max())
@@ -44,9 +49,7 @@ def letterbox(image: np.ndarray, size: int = MODEL_SIZE) -> tuple[np.ndarray, Le
 
 def letterbox_mask(mask: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
     """A binary mask put through the same geometry as ``letterbox`` (nearest neighbour)."""
-    h, w = mask.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    _, nh, nw = _fit(mask.shape[0], mask.shape[1], size)
     resized = cv2.resize((mask > 0).astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
     out = np.zeros((size, size), dtype=np.uint8)
     out[:nh, :nw] = resized
