@@ -19,19 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from evals.config import EvalConfig
+from segmenter.lite.runtime import file_sha256  # the weights' hash, the one their parts' cache is keyed by
 
 SEGMENTER_KEYS = ("backend", "weights_sha256", "experts", "served", "presence_threshold", "refine", "shift",
                   "box_strategy", "box_text", "slices")
 AGENT_KEYS = ("planner", "model", "endpoint", "max_rounds", "prompts_sha256", "recording_sha256")
 OPENAI_HOST = "api.openai.com"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prompt_hashes() -> dict[str, str]:
@@ -119,7 +112,7 @@ def expert_hashes(weights: Path) -> dict[str, str] | None:
 
     names = sorted({c.expert for c in load_catalog().concepts if c.expert})
     paths = {name: expert_weights_path(weights, name) for name in names}
-    return {name: sha256_file(path) for name, path in paths.items() if path.is_file()} or None
+    return {name: file_sha256(path) for name, path in paths.items() if path.is_file()} or None
 
 
 def run_identity(config: EvalConfig) -> dict[str, Any]:
@@ -129,7 +122,7 @@ def run_identity(config: EvalConfig) -> dict[str, Any]:
         from segmenter.lite.backend import default_weights_path
 
         path = Path(config.weights or default_weights_path())
-        weights_sha = sha256_file(path) if path.is_file() else None
+        weights_sha = file_sha256(path) if path.is_file() else None
         experts = expert_hashes(path)
     identity: dict[str, Any] = {
         "backend": config.backend,

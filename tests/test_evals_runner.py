@@ -13,11 +13,11 @@ from PIL import Image
 from test_evals_loaders import write_coco, write_reasonseg
 
 from agent.cli import main as cli_main
-from evals.identity import sha256_file
 from evals.modes import MeteredSegmenter, target_boxes
 from evals.runner import EvalConfig, run_eval
 from evals.summary import FIELDS
 from segmenter.lite.backend import default_weights_path, expert_weights_path
+from segmenter.lite.runtime import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     assert summary["identity"]["backend"] == "lite" and len(summary["identity"]["weights_sha256"]) == 64
     # the shipped experts are part of the run's identity
     assert summary["identity"]["experts"] == {
-        name: sha256_file(expert_weights_path(default_weights_path(), name)) for name in ("abdomen", "liver")}
+        name: file_sha256(expert_weights_path(default_weights_path(), name)) for name in ("abdomen", "liver")}
     assert all(r["identity"] == {k: summary["identity"][k] for k in r["identity"]} for r in records)
     assert all(tuple(r) == FIELDS for r in rows)
     star = {(r["mode"], r["dataset"], r["concept"]): r for r in rows}

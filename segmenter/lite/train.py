@@ -67,7 +67,7 @@ class TrainConfig:
     val_max_per_dataset: int | None = None  # cap on val items per dataset (None: all)
     val_replay_per_dataset: int | None = None  # cap on val items of the replay datasets (None: all)
     gate_epochs: int = 40
-    encoder: str | None = None  # image encoder runtime for the cache (fast_encoder.py; None: MEDSAM3_ENCODER/auto)
+    encoder: str | None = None  # image encoder runtime for the cache (runtime.py; None: MEDSAM3_ENCODER/auto)
     presence_recall: float = 0.97  # each concept's presence threshold keeps this share of its val positives
     augment: dict[str, int] = field(default_factory=dict)  # dataset -> augmented copies per train item (augment.py)
 
