@@ -99,7 +99,7 @@ class ModalityClassifier:
 
 @lru_cache(maxsize=1)
 def default_classifier() -> ModalityClassifier:
-    return ModalityClassifier.from_dict(json.loads(WEIGHTS_RESOURCE.read_text()))
+    return ModalityClassifier.from_dict(json.loads(WEIGHTS_RESOURCE.read_text(encoding="utf-8")))
 
 
 def guess_modality(image: np.ndarray) -> ModalityGuess:

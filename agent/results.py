@@ -166,7 +166,7 @@ class AgentResult(BaseModel):
                 _save_mask(inst.mask, out / paths[("instance", i, j)])
         if self.status == "done":
             paths.update(self._save_study_masks(out, names))
-        (out / "result.json").write_text(json.dumps(self.to_json(paths), indent=2) + "\n")
+        (out / "result.json").write_text(json.dumps(self.to_json(paths), indent=2) + "\n", encoding="utf-8")
         return out
 
     def _save_study_masks(self, out: Path, names: list[str]) -> dict[Any, str]:

@@ -143,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
     out = result.save(args.out)
     print(result.answer)
     if not args.quiet:
-        summary = json.loads((out / "result.json").read_text())
+        summary = json.loads((out / "result.json").read_text(encoding="utf-8"))
         print(f"wrote {out}/overlay.png, {sum(1 + len(m['instances']) for m in summary['masks'])} mask PNG(s), "
               f"{out}/result.json")
         files = [item["path"] for item in summary["nifti"]]  # DICOM/NIfTI input: one per concept, found or not

@@ -302,7 +302,8 @@ def run_bench(args: argparse.Namespace, log=lambda text: print(text, file=sys.st
             start = time.perf_counter()
             outcome = run_eval(config, segmenter=seg, progress=False, log=lambda _: None)
             elapsed = time.perf_counter() - start
-            records = [json.loads(x) for x in (Path(tmp) / "run" / "results.jsonl").read_text().splitlines()]
+            results = (Path(tmp) / "run" / "results.jsonl").read_text(encoding="utf-8")
+            records = [json.loads(x) for x in results.splitlines()]
             n_images = len({r["image"] for r in records})
             images_per_s = round(n_images / elapsed, 3) if elapsed > 0 else None
             log(f"eval --mode direct: {n_images} images, {outcome.ran} cases in {elapsed:.1f} s")
@@ -372,6 +373,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"  agent: {numbers['agent_note']}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(numbers, indent=2))
+        args.out.write_text(json.dumps(numbers, indent=2), encoding="utf-8")
         print(f"-> {args.out}")
     return 0

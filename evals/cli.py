@@ -139,7 +139,7 @@ def _pick(args: argparse.Namespace) -> int:
     report = evaluate(questions)
     print_report(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pick.json").write_text(report.model_dump_json(indent=1))
+    (args.out / "pick.json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
     print(f"-> {args.out / 'pick.json'}")
     return 0
 

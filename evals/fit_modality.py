@@ -53,7 +53,7 @@ def manifest_rows(data: Path, split: str, per_dataset: int) -> list[tuple[Path, 
     """(image path, modality) for up to ``per_dataset`` evenly spaced rows of each dataset's split."""
     rows = []
     for manifest in sorted(data.glob("*/manifest.jsonl")):
-        picked = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        picked = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
         picked = [r for r in picked if r.get("split") == split and "image" in r]
         step = max(1, len(picked) // per_dataset)
         rows += [(manifest.parent / r["image"], r["modality"]) for r in picked[::step][:per_dataset]]
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         y = np.array([classes.index(m) for _, m in train])
         model = fit_classifier(np.stack([features(load_image(p)) for p, _ in train]), y, classes)
         out = Path(str(WEIGHTS_RESOURCE))
-        out.write_text(json.dumps(to_dict(model), indent=1) + "\n")
+        out.write_text(json.dumps(to_dict(model), indent=1) + "\n", encoding="utf-8")
         print(f"fitted on {len(train)} train images ({', '.join(classes)}) -> {out}")
     val = manifest_rows(args.data, "val", 10_000)
     guesses = [(p.name, m, model.guess(load_image(p)).modality) for p, m in val]

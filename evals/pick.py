@@ -31,7 +31,7 @@ def evaluate(path: Path) -> PickReport:
     from segmenter.study_io import load_image
 
     picker = default_picker()
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     correct, misses = 0, []
     by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:

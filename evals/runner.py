@@ -127,7 +127,7 @@ def read_results(path: Path) -> dict[tuple[str, str], dict]:
 def _check_resume(config: EvalConfig, identity: dict[str, Any], done: Iterable[dict]) -> None:
     """Refuse to add records of another identity to the ones ``done`` already holds."""
     info_path = config.out / RUN_INFO
-    previous = json.loads(info_path.read_text()).get("identity") if info_path.is_file() else None
+    previous = json.loads(info_path.read_text(encoding="utf-8")).get("identity") if info_path.is_file() else None
     changes = identity_changes(done, identity, with_agent="agent" in config.modes, previous=previous)
     if changes:
         raise ValueError(f"{config.out} holds results made with other settings ({'; '.join(changes)}); "
@@ -160,7 +160,7 @@ def _start_run(config: EvalConfig) -> tuple[Path, dict[str, Any]]:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "identity": identity,
         "config": json.loads(config.model_dump_json()),
-    }, indent=2))
+    }, indent=2), encoding="utf-8")
     return results_path, identity
 
 
@@ -234,10 +234,10 @@ def run_eval(
     wanted = {(m, c.key) for m, c in tasks}
     selected = [r for k, r in records.items() if k in wanted and not r.get("skipped")]
     rows = summarize(selected)
-    (out / SUMMARY).write_text(json.dumps({"identity": identity, "rows": rows}, indent=2))
+    (out / SUMMARY).write_text(json.dumps({"identity": identity, "rows": rows}, indent=2), encoding="utf-8")
     from evals.report import write_report
 
-    write_report(out, rows, selected, json.loads((out / RUN_INFO).read_text()))
+    write_report(out, rows, selected, json.loads((out / RUN_INFO).read_text(encoding="utf-8")))
     return RunOutcome(out=out, cases=len(tasks), ran=len(pending), skipped=skipped,
                       errors=sum(1 for r in selected if r.get("error")), summary=rows)
 

@@ -142,7 +142,7 @@ def candidates(backend: LiteBackend, configs: int, int8: bool, compile_: bool) -
 def cases(data: Path | None, per_dataset: int) -> list[tuple[np.ndarray, str]]:
     out = [(np.asarray(Image.open(ROOT / "examples" / name).convert("RGB")), concept) for name, concept in EXAMPLES]
     for manifest in sorted(data.glob("*/manifest.jsonl")) if data and data.is_dir() else []:
-        rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
         rows = [r for r in rows if r.get("split") == "val" and r.get("masks") and "image" in r][:per_dataset]
         for r in rows:
             if str(r["image"]).lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):

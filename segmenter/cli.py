@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
         "instances": instances,
         "timings_ms": {"load_model": round(load_ms, 1), **{k: round(v, 1) for k, v in result.timings_ms.items()}},
     }
-    (args.out / "result.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "result.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     found = f"{len(instances)} instance(s)" if instances else "nothing found"
     print(f"{result.prompt.describe()}: {found}, presence {result.presence:.2f} -> {args.out}")
     return 0

@@ -30,7 +30,7 @@ class MiniLM:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
-        config = json.loads((path / "config.json").read_text())
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         if config.get("model_type") != "bert" or config.get("hidden_act") != "gelu":
             raise ValueError(f"{path}: not a BERT sentence model this loader knows")
         self.heads, self.eps = int(config["num_attention_heads"]), float(config["layer_norm_eps"])

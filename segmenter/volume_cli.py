@@ -76,7 +76,7 @@ def segment_study(seg: Segmenter, study: Study, args: argparse.Namespace) -> int
     overlay = render_overlay(study.slices[key], [found.component_mask(c.label)[key] for c in found.components])
     Image.fromarray(overlay).save(args.out / "overlay.png")
     summary = {**_summary(found, study, result.slices, key), "files": files, "seconds": round(result.seconds, 1)}
-    (args.out / "result.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "result.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     size = f"{summary['volume_ml']} mL" if summary["volume_ml"] is not None else f"{summary['voxels']} voxels"
     found_text = f"{len(found.components)} component(s), {size}, key slice {key}" if found.found else "nothing found"
     best = max((p for p in found.presence if p is not None), default=0.0)

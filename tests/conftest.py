@@ -27,7 +27,7 @@ def val_rows(dataset: str, limit: int | None = None) -> list[dict]:
     """Val rows of a shared dataset, in manifest order, with absolute image / mask paths."""
     root = _require_data() / dataset
     rows = []
-    for line in (root / "manifest.jsonl").read_text().splitlines():
+    for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row["split"] != "val":
             continue

@@ -24,7 +24,7 @@ def test_run_writes_overlay_masks_and_result_json(tmp_path):
     done = cli(str(row["image"]), "find the polyps", "--out", str(tmp_path / "out"), "--planner", "offline")
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert data["planner"] == "offline" and data["concepts_tried"][0] == "polyp"
     assert data["answer"] in done.stdout and "offline planner" in data["answer"]
     width, height = Image.open(row["image"]).size

@@ -78,7 +78,7 @@ DEV_SET = default_questions()
 
 
 def test_dev_set_format():
-    rows = [json.loads(line) for line in DEV_SET.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in DEV_SET.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(rows) >= 100
     assert len({r["id"] for r in rows}) == len(rows)
     categories = {r["category"] for r in rows}
@@ -94,7 +94,7 @@ def test_dev_set_format():
 def test_offline_concept_pick_accuracy_on_the_dev_set(data_root, tmp_path, capsys):
     """Through the CLI a developer uses: ``medsam3-agent eval --mode pick`` on the shipped dev set."""
     assert cli_main(["eval", "--mode", "pick", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "pick.json").read_text())
+    report = json.loads((tmp_path / "pick.json").read_text(encoding="utf-8"))
     accuracy = report["correct"] / report["total"]
     assert f"concept-pick accuracy: {accuracy:.1%}" in capsys.readouterr().out
     assert report["total"] >= 100

@@ -45,7 +45,7 @@ def test_find_the_polyps_writes_overlay_masks_and_result_json(offline, tmp_path)
     nodes = [e.node for e in result.trace]
     assert nodes.index("plan") < nodes.index("tools") < nodes.index("inspect") < nodes.index("answer")
     out = result.save(tmp_path / "run")
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert data["answer"] == result.answer and data["planner"] == "offline" and data["concepts_tried"]
     assert Image.open(out / "overlay.png").size == (image.shape[1], image.shape[0])
     for entry in data["masks"]:

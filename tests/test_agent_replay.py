@@ -90,9 +90,9 @@ def test_a_tampered_or_missing_recording_is_refused(recorded, segmenter, tmp_pat
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     entry = sorted((copy / "requests").glob("*.json"))[0]
-    data = json.loads(entry.read_text())
+    data = json.loads(entry.read_text(encoding="utf-8"))
     data["response"]["choices"][0]["message"]["content"] = "I changed my mind"
-    entry.write_text(json.dumps(data))
+    entry.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ReplayMismatch, match=r"requests/.*\.json was changed after it was recorded"):
         Agent(planner="replay", replay=copy, segmenter=segmenter)
     shutil.rmtree(copy)
@@ -117,7 +117,7 @@ def test_the_cli_replays_a_recorded_run(recorded, tmp_path, capsys):
     assert "the offline planner sends none" in capsys.readouterr().err and not (tmp_path / "rec").exists()
     assert cli_main([*argv, "--replay", str(folder)]) == 0
     assert capsys.readouterr().out.strip() == live.answer
-    saved = json.loads((tmp_path / "out" / "result.json").read_text())
+    saved = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert saved["answer"] == live.answer and saved["planner"] == "openai:fake-vlm"
     union = np.asarray(Image.open(tmp_path / "out" / saved["masks"][0]["path"])) > 0
     assert np.array_equal(union, live.union_mask())
@@ -136,7 +136,7 @@ def test_an_eval_run_replays_to_the_same_summary_rows(segmenter, tmp_path):
                             record=rec, **common), segmenter=metered, progress=False, log=lambda _: None)
     run_eval(EvalConfig(out=tmp_path / "replay", planner="replay", replay=rec, concurrency=2, **common),
              segmenter=metered, progress=False, log=lambda _: None)
-    live, replay = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("live", "replay"))
+    live, replay = (json.loads((tmp_path / d / "summary.json").read_text(encoding="utf-8")) for d in ("live", "replay"))
 
     def rows(summary: dict) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in TIMING and "seconds" not in k} for row in summary["rows"]]
@@ -161,7 +161,7 @@ def test_an_endpoint_error_is_recorded_and_replayed(case, segmenter, tmp_path):
         client = OpenAIClient(base_url=server.base_url, model="fake-vlm", api_key="k", max_retries=0)
         live = Agent(planner=client, segmenter=segmenter, max_rounds=2, record=folder).run("find the polyp",
                                                                                            image=image)
-    entries = [json.loads(p.read_text()) for p in (folder / "requests").glob("*.json")]
+    entries = [json.loads(p.read_text(encoding="utf-8")) for p in (folder / "requests").glob("*.json")]
     assert sorted(bool(e["error"]) for e in entries) == [False, False, True]
     assert next(e for e in entries if e["error"])["error"]["kind"] == "tools_unsupported"
     replayed = Agent(planner="replay", replay=folder, segmenter=segmenter, max_rounds=2).run("find the polyp",

@@ -252,7 +252,7 @@ def test_result_save_writes_binary_masks_at_image_size_and_relative_paths(tmp_pa
                          image_size=(h, w), overlay=np.zeros((h, w, 3), np.uint8),
                          trace=[StepEvent(kind="plan", text="p", data={"x": 1, "bad": object()})])
     out = result.save(tmp_path / "out")
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert set(data) >= {"answer", "planner", "concepts_tried", "masks"}
     assert [m["path"] for m in data["masks"]] == ["masks/optic_disc.png", "masks/optic_disc_.png"]
     assert data["trace"][0]["data"] == {"x": 1}  # non-JSON data is left out, not a crash
@@ -270,5 +270,5 @@ def test_result_save_writes_binary_masks_at_image_size_and_relative_paths(tmp_pa
 def test_empty_result_saves_an_empty_mask_list(tmp_path):
     result = AgentResult(question="q", answer="Nothing was found.", planner="offline", concepts_tried=["polyp"],
                          masks=[], image_size=(10, 12), overlay=np.zeros((10, 12, 3), np.uint8))
-    data = json.loads((result.save(tmp_path) / "result.json").read_text())
+    data = json.loads((result.save(tmp_path) / "result.json").read_text(encoding="utf-8"))
     assert data["masks"] == [] and not result.union_mask().any() and result.union_mask().shape == (10, 12)

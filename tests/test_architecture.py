@@ -123,7 +123,7 @@ def test_an_upward_edge_and_a_cycle_are_caught(tmp_path):
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_text(text, encoding="utf-8")
     drawn = import_graph(find_modules(tmp_path, ("segmenter", "tools")))
     assert upward_edges(drawn) == ["segmenter.a -> tools.b"]
     assert cycles(drawn) == [["segmenter.a", "tools.b"], ["segmenter.c", "segmenter.d"]]

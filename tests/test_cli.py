@@ -111,7 +111,7 @@ def test_a_missing_core_package_is_not_disguised_as_an_extra(tmp_path):
 
 def test_extras_in_pyproject_match_the_hints():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
     core = " ".join(project["dependencies"])
     provided_by = {"starlette": "fastapi"}  # starlette comes with fastapi

@@ -20,11 +20,11 @@ GROUND_TRUTH = DATA / "covid_cxr_lungs"  # cxr_087 is the same picture, resized 
 
 
 def test_the_examples_ship_with_their_attribution():
-    readme = (ROOT / "examples" / "README.md").read_text()
+    readme = (ROOT / "examples" / "README.md").read_text(encoding="utf-8")
     for image in sorted((ROOT / "examples").glob("*.jpg")):
         assert image.name in readme
     assert "Radiopaedia.org, rID: 9171" in readme and "CC BY" in readme
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert f"DEMO_IMAGE ?= examples/{IMAGE.name}" in makefile and f"DEMO_QUESTION ?= {QUESTION}" in makefile
 
 
@@ -32,7 +32,7 @@ def test_the_examples_ship_with_their_attribution():
 def demo(segmenter, tmp_path_factory):
     result = Agent(planner="offline", segmenter=segmenter).run(QUESTION, image=IMAGE)
     out = result.save(tmp_path_factory.mktemp("demo"))
-    return result, json.loads((out / "result.json").read_text())
+    return result, json.loads((out / "result.json").read_text(encoding="utf-8"))
 
 
 def test_the_demo_outlines_lungs_and_heart_and_states_a_measured_ctr(demo):
@@ -51,7 +51,7 @@ def test_the_demo_outlines_lungs_and_heart_and_states_a_measured_ctr(demo):
 
 
 def test_the_demo_ctr_agrees_with_the_ground_truth_masks(demo):
-    row = next((json.loads(line) for line in (GROUND_TRUTH / "manifest.jsonl").read_text().splitlines()
+    row = next((json.loads(line) for line in (GROUND_TRUTH / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
                 if json.loads(line)["id"] == "cxr_087"), None) if (GROUND_TRUTH / "manifest.jsonl").exists() else None
     if row is None:
         pytest.skip(f"the ground truth of the demo image (cxr_087) is not in {GROUND_TRUTH}")

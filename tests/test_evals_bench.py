@@ -15,7 +15,7 @@ def test_bench_measures_and_writes_json(data_root, segmenter, tmp_path, capsys):
     argv = ["bench", "--data", str(data_root / "kvasir_seg"), "--images", "1", "--questions", "1", "--dice", "1",
             "--volume-slices", "2"]  # kvasir holds no volume: two drawn slices through segment_volume
     assert cli_main([*argv, "--out", str(out)]) == 0
-    numbers = json.loads(out.read_text())
+    numbers = json.loads(out.read_text(encoding="utf-8"))
     assert numbers["images"] == 1 and numbers["backend"] == "medsam3-lite"
     # building the facade without PyTorch can take under a millisecond: a load time of 0.0 is a measurement
     for key in ("model_load_s", "model_ready_s"):

@@ -44,14 +44,15 @@ def synthetic_root(tmp_path) -> Path:
         write_mask(root / "lungs" / "masks" / "right_lung" / f"im{i}.png", rect((40, 60), 5, 30, 35, 55))
         rows.append({"id": f"im{i}", "image": f"images/im{i}.png", "split": split, "modality": "x-ray",
                      "masks": {"left lung": f"masks/left_lung/im{i}.png", "right lung": f"masks/right_lung/im{i}.png"}})
-    (root / "lungs" / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "lungs" / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     write_image(root / "polyps" / "images" / "p0.jpg")
     write_mask(root / "polyps" / "masks" / "polyp" / "p0.png", np.zeros((40, 60), bool))  # nothing there
     (root / "polyps" / "manifest.jsonl").write_text(json.dumps(
-        {"id": "p0", "image": "images/p0.jpg", "split": "val", "masks": {"polyp": "masks/polyp/p0.png"}}) + "\n")
+        {"id": "p0", "image": "images/p0.jpg", "split": "val", "masks": {"polyp": "masks/polyp/p0.png"}}) + "\n",
+        encoding="utf-8")
     (root / "volumes").mkdir()
     (root / "volumes" / "manifest.jsonl").write_text(json.dumps(
-        {"id": "v0", "volume": "volumes/v0.nii.gz", "split": "val", "masks": {}}) + "\n")
+        {"id": "v0", "volume": "volumes/v0.nii.gz", "split": "val", "masks": {}}) + "\n", encoding="utf-8")
     return root
 
 
@@ -81,10 +82,10 @@ def test_data_root_finds_every_dataset_and_a_volume_manifest_without_labels_adds
 def test_manifest_errors_name_the_file_and_line(tmp_path, synthetic_root):
     bad = tmp_path / "bad" / "manifest.jsonl"
     bad.parent.mkdir()
-    bad.write_text('{"id": "a", "image": "a.png", "split": "val", "masks": {}}\n{not json\n')
+    bad.write_text('{"id": "a", "image": "a.png", "split": "val", "masks": {}}\n{not json\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"manifest.jsonl:2: not valid JSON"):
         load_manifest(bad)
-    bad.write_text('{"id": "a", "split": "val", "masks": {}}\n')
+    bad.write_text('{"id": "a", "split": "val", "masks": {}}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"manifest.jsonl:1: missing field 'image'"):
         load_manifest(bad)
     # a mask of the wrong size is refused when the target is read, naming the mask file
@@ -105,7 +106,7 @@ def test_reasoning_set_targets_are_unions_and_empty_means_nothing_there(tmp_path
         {"id": "q2", "image": "../imgs/a.png", "question": "Is there a polyp?", "masks": {}, "concepts": ["polyp"]},
         {"id": "q3", "image": str(img), "question": "Anything odd?", "masks": {}},
     ]
-    qfile.write_text("\n".join(json.dumps(r) for r in rows))
+    qfile.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     cases = load_reasoning_set(qfile)
     assert [c.kind for c in cases] == ["question"] * 3
     assert [c.dataset for c in cases] == ["lungs", "dev", "dev"]  # the file's name where a row names none
@@ -122,17 +123,19 @@ def test_reasoning_set_targets_are_unions_and_empty_means_nothing_there(tmp_path
 def test_reasoning_set_falls_back_to_a_data_root_and_reports_bad_rows(tmp_path, synthetic_root):
     qfile = tmp_path / "q.jsonl"
     qfile.write_text(json.dumps({"id": "1", "image": "lungs/images/im0.png", "question": "left lung?",
-                                 "masks": {"left lung": "lungs/masks/left_lung/im0.png"}}) + "\n")
+                                 "masks": {"left lung": "lungs/masks/left_lung/im0.png"}}) + "\n", encoding="utf-8")
     case = load_reasoning_set(qfile, fallback_roots=[synthetic_root])[0]
     assert case.image == (synthetic_root / "lungs/images/im0.png").resolve()
     assert case.load_target((40, 60)).mask.sum() == 25 * 20
-    qfile.write_text(json.dumps({"id": "1", "image": "x.png", "masks": {}}) + "\n")
+    qfile.write_text(json.dumps({"id": "1", "image": "x.png", "masks": {}}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"q.jsonl:1: missing field 'question'"):
         load_reasoning_set(qfile)
-    qfile.write_text(json.dumps({"id": "1", "image": "x.png", "question": "q", "masks": {}, "concepts": "polyp"}))
+    qfile.write_text(json.dumps({"id": "1", "image": "x.png", "question": "q", "masks": {}, "concepts": "polyp"}),
+                     encoding="utf-8")
     with pytest.raises(ValueError, match="'concepts' should be a list"):
         load_reasoning_set(qfile)
-    qfile.write_text("\n".join(json.dumps({"id": "1", "image": "x.png", "question": "q", "masks": {}}) for _ in "ab"))
+    qfile.write_text("\n".join(json.dumps({"id": "1", "image": "x.png", "question": "q", "masks": {}}) for _ in "ab"),
+                     encoding="utf-8")
     with pytest.raises(ValueError, match="duplicate case"):
         load_reasoning_set(qfile)
 
@@ -147,12 +150,12 @@ def write_reasonseg(folder: Path) -> None:
             {"label": "ignore", "points": [[25, 25], [35, 25], [35, 35], [25, 35]]},
             {"label": "flag", "points": [[0, 0], [49, 0], [49, 49]]},
         ],
-    }))
+    }), encoding="utf-8")
     write_image(folder / "short.jpg", (50, 50))
     (folder / "short.json").write_text(json.dumps({
         "text": ["sofa"], "is_sentence": False,
         "shapes": [{"label": "target", "points": [[0, 0], [9, 0], [9, 9], [0, 9]]}],
-    }))
+    }), encoding="utf-8")
 
 
 def test_reasonseg_folder_loads_targets_with_ignore_pixels_and_scores(tmp_path):
@@ -183,11 +186,12 @@ def test_reasonseg_folder_loads_targets_with_ignore_pixels_and_scores(tmp_path):
 def test_reasonseg_errors_are_clear(tmp_path):
     folder = tmp_path / "rs"
     folder.mkdir()
-    (folder / "a.json").write_text(json.dumps({"text": ["x"], "shapes": []}))
+    (folder / "a.json").write_text(json.dumps({"text": ["x"], "shapes": []}), encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="no image beside it"):
         load_reasonseg(folder)
     write_image(folder / "a.jpg")
-    (folder / "a.json").write_text(json.dumps({"text": ["x"], "shapes": [{"label": "t", "points": [[1, 1], [2, 2]]}]}))
+    (folder / "a.json").write_text(json.dumps({"text": ["x"], "shapes": [{"label": "t", "points": [[1, 1], [2, 2]]}]}),
+                                   encoding="utf-8")
     case = load_reasonseg(folder)[0]
     with pytest.raises(ValueError, match="at least 3"):
         case.load_target((40, 60))
@@ -219,7 +223,7 @@ def write_coco(folder: Path) -> Path:
     }
     coco["annotations"][2]["segmentation"]["counts"] = coco["annotations"][2]["segmentation"]["counts"].decode()
     path = folder / "instances_val.json"
-    path.write_text(json.dumps(coco))
+    path.write_text(json.dumps(coco), encoding="utf-8")
     return path
 
 

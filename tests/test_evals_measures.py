@@ -66,7 +66,7 @@ def test_mean_absolute_error_in_summary_and_report(tmp_path):
     assert (cdr["n"], cdr["n_measured"], cdr["errors"]) == (4, 2, 1)
     assert cdr["mae"] == pytest.approx((0.1 + 0.3) / 2) and cdr["dice"] is None
     assert index[("direct", "*", "cardiothoracic ratio")]["mae"] == pytest.approx(0.05)
-    text = write_report(tmp_path, rows, records, {}).read_text()
+    text = write_report(tmp_path, rows, records, {}).read_text(encoding="utf-8")
     assert "| direct | fundus | cup-to-disc ratio | 4 | 2 | 0.2000 | 1 |" in text
     assert "| direct | c | cup-to-disc ratio | – | 0.550 | no optic cup found |" in text
     assert "| direct | a | cup-to-disc ratio | 0.600 | 0.500 | 0.100 |" in text
@@ -91,7 +91,7 @@ def write_fundus(root: Path) -> Path:
         Image.fromarray(mask.astype(np.uint8) * 255).save(path)
         paths[concept] = str(path.relative_to(root))
     row = {"id": "f1", "image": "images/f1.png", "split": "val", "modality": "fundus", "masks": paths}
-    (root / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    (root / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     return root
 
 
@@ -105,7 +105,8 @@ def test_a_drawn_fundus_gives_a_cdr_case_scored_against_its_masks(tmp_path, mete
     out = tmp_path / "out"
     outcome = run_eval(EvalConfig(data=[root], modes=["direct"], out=out, hd95=False), segmenter=metered,
                        progress=False, log=lambda _: None)
-    records = {r["concept"]: r for r in (json.loads(x) for x in (out / "results.jsonl").read_text().splitlines())}
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    records = {r["concept"]: r for r in (json.loads(x) for x in lines)}
     cdr = records["cup-to-disc ratio"]
     assert cdr["error"] is None and cdr["measure"] == "cdr"
     assert cdr["reference"] == pytest.approx(39 / 79, abs=1e-4)  # the drawn cup's rows over the disc's
@@ -115,7 +116,7 @@ def test_a_drawn_fundus_gives_a_cdr_case_scored_against_its_masks(tmp_path, mete
     else:
         assert cdr["abs_error"] == pytest.approx(abs(cdr["value"] - cdr["reference"]), abs=1e-4)
         assert row["n_measured"] == 1 and row["mae"] == pytest.approx(cdr["abs_error"])
-    assert "## Measurements" in (out / "report.md").read_text()
+    assert "## Measurements" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_shared_drishti_case_is_measured_by_the_real_model(tmp_path, metered):
@@ -124,6 +125,7 @@ def test_shared_drishti_case_is_measured_by_the_real_model(tmp_path, metered):
     out = tmp_path / "out"
     config = EvalConfig(data=[DATA], datasets=["drishti_gs1"], modes=["direct"], limit=1, out=out, hd95=False)
     run_eval(config, segmenter=metered, progress=False, log=lambda _: None)
-    cdr = next(json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if '"measure": "cdr"' in x)
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    cdr = next(json.loads(x) for x in lines if '"measure": "cdr"' in x)
     assert cdr["error"] is None and 0.3 < cdr["reference"] < 1.0
     assert cdr["value"] is not None and cdr["abs_error"] < 0.3  # disc and cup are concepts the model knows

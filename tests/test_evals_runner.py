@@ -27,7 +27,7 @@ def metered(segmenter):
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path, capsys):
@@ -42,7 +42,7 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     for r in records:
         assert 0.0 <= r["dice"] <= 1.0 and r["target_area"] > 0 and r["seconds"] >= 0
     assert {r["n_boxes"] for r in records if r["mode"] == "box"} >= {1}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     rows = summary["rows"]
     assert summary["identity"]["backend"] == "lite" and len(summary["identity"]["weights_sha256"]) == 64
     # the shipped experts are part of the run's identity
@@ -52,7 +52,7 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     assert all(tuple(r) == FIELDS for r in rows)
     star = {(r["mode"], r["dataset"], r["concept"]): r for r in rows}
     assert star[("direct", "kvasir_seg", "*")]["n"] == 2 and star[("box", "*", "*")]["n"] == 2
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "| kvasir_seg (Kvasir-SEG) | 0.8244 | 0.7657 | 0.7671 | 0.8831 |" in report
     assert "--limit 2 --datasets kvasir_seg" in report
     assert (out / "dice_kvasir_seg.png").stat().st_size > 0
@@ -65,7 +65,7 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     assert "0 (mode, case) pairs run, 4 resumed" in second.out
     assert "resuming: 4 of 4" in second.err
     assert len(lines(out / "results.jsonl")) == 4
-    assert json.loads((out / "summary.json").read_text())["rows"] == rows
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"] == rows
 
     # other settings into the same folder are refused rather than mixed
     assert cli_main([*argv, "--presence-threshold", "0.7"]) == 2
@@ -89,7 +89,7 @@ def test_errors_are_recorded_per_case_and_retried_on_rerun(tmp_path, metered):
         {"id": "broken", "image": "images/broken.png", "split": "val", "masks": {"polyp": "masks/good.png"}},
         {"id": "badmask", "image": "images/good.png", "split": "val", "masks": {"skin lesion": "masks/small.png"}},
     ]
-    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     config = EvalConfig(data=[root], modes=["direct", "box"], out=tmp_path / "out")
     outcome = run_eval(config, segmenter=metered, progress=False, log=lambda _: None)
     records = {(r["mode"], r["id"]): r for r in lines(tmp_path / "out" / "results.jsonl")}
@@ -98,7 +98,7 @@ def test_errors_are_recorded_per_case_and_retried_on_rerun(tmp_path, metered):
         ("direct", "broken")]["error"]
     assert "mask is 10x10, image is 64x64" in records[("box", "badmask")]["error"]
     assert records[("direct", "good")]["error"] is None and records[("box", "good")]["n_boxes"] == 1
-    report = (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "## Errors (4)" in report
     # rerun: the 2 good pairs are kept, the 4 failures are tried again (and fail again)
     again = run_eval(config, segmenter=metered, progress=False, log=lambda _: None)
@@ -143,14 +143,15 @@ def test_agent_mode_answers_questions_through_the_agent(tmp_path, metered, data_
     if not hasattr(agent_module, "Agent"):
         pytest.skip("agent.Agent is not written yet")
     root = DATA / "kvasir_seg"
-    row = next(json.loads(x) for x in (root / "manifest.jsonl").read_text().splitlines() if '"val"' in x)
+    manifest = (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    row = next(json.loads(x) for x in manifest if '"val"' in x)
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("\n".join(json.dumps(r) for r in [
         {"id": "named", "image": str(root / row["image"]), "question": "Segment the polyp.",
          "masks": {"polyp": str(root / row["masks"]["polyp"])}, "dataset": "kvasir_seg"},
         {"id": "none", "image": str(root / row["image"]), "question": "Is there a breast tumor in this image?",
          "masks": {}, "concepts": ["breast tumor"]},
-    ]))
+    ]), encoding="utf-8")
     out = tmp_path / "out"
     config = EvalConfig(questions=qfile, modes=["agent"], out=out)
     run_eval(config, segmenter=metered, progress=False, log=lambda _: None)
@@ -160,7 +161,8 @@ def test_agent_mode_answers_questions_through_the_agent(tmp_path, metered, data_
         assert r["error"] is None, r["error"]
         assert isinstance(r["answer"], str) and r["answer"] and r["planner"]
     assert records["named"]["target_area"] > 0 and records["none"]["target_empty"]
-    rows = {(r["mode"], r["dataset"], r["concept"]): r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    rows = {(r["mode"], r["dataset"], r["concept"]): r for r in summary["rows"]}
     assert rows[("agent", "q", "breast tumor")]["presence_acc"] in (0.0, 1.0)
     assert rows[("agent", "kvasir_seg", "polyp")]["n"] == 1
 
@@ -180,7 +182,7 @@ def test_box_prompt_without_text_and_worker_processes_give_the_same_records(tmp_
     run_eval(EvalConfig(**base, out=tmp_path / "one"), segmenter=metered, progress=False, log=lambda _: None)
     one = sorted(lines(tmp_path / "one" / "results.jsonl"), key=lambda r: r["key"])
     assert [r["presence"] for r in one] == [1.0, 1.0]  # boxes alone are geometric prompts: no presence gate
-    assert "box prompts: component, without text" in (tmp_path / "one" / "report.md").read_text()
+    assert "box prompts: component, without text" in (tmp_path / "one" / "report.md").read_text(encoding="utf-8")
     # two spawned workers, each loading its own model, score the same cases the same way
     run_eval(EvalConfig(**base, out=tmp_path / "two", workers=2), progress=False, log=lambda _: None)
     two = sorted(lines(tmp_path / "two" / "results.jsonl"), key=lambda r: r["key"])

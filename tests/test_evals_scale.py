@@ -51,12 +51,12 @@ def write_questions(root: Path) -> Path:
                      "masks": {"lesion": str(root / f"mask{i}.png")}, "dataset": "drawn"})
     rows.append({**rows[0], "id": "q_fail", "question": f"{UNANSWERABLE}: what is this?"})
     path = root / "questions.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     return path
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
 
 
 def comparable(records: list[dict]) -> list[dict]:
@@ -102,7 +102,7 @@ def test_identity_is_recorded_and_a_resume_with_another_model_is_refused(questio
             "--out", str(out), "--no-progress"]
     assert cli_main([*argv, "--model", "fake-a"]) == 0
     port = server.base_url.split(":")[2].split("/")[0]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     identity = summary["identity"]
     assert (identity["planner"], identity["model"], identity["endpoint"]) == ("openai", "fake-a", f"127.0.0.1:{port}")
     assert identity["backend"] == "lite" and len(identity["weights_sha256"]) == 64
@@ -112,7 +112,7 @@ def test_identity_is_recorded_and_a_resume_with_another_model_is_refused(questio
     for record in records:
         assert record["identity"] == {k: identity[k] for k in record["identity"]}
         assert record["identity"]["model"] == "fake-a" and "prompts_sha256" in record["identity"]
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert f"model `fake-a` at `127.0.0.1:{port}`" in report and "--api-key-env EVAL_TEST_KEY" in report
     for path in out.rglob("*"):  # the key is read from the environment and written nowhere
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
@@ -163,7 +163,7 @@ def test_ray_executor_gives_the_records_of_a_plain_run(plain_run, questions, ser
         ray.shutdown()
     assert (outcome.ran, outcome.errors) == (4, 1)
     assert comparable(lines(out / "results.jsonl")) == comparable(plain_run)
-    assert json.loads((out / "run.json").read_text())["config"]["executor"] == "ray"
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["config"]["executor"] == "ray"
 
 
 def test_without_ray_the_executor_names_the_install_and_writes_nothing(questions, tmp_path):
@@ -210,7 +210,7 @@ def test_a_remote_segmenter_service_is_part_of_the_identity(questions, segmenter
                           progress=False, log=lambda _: None)
         local = run_eval(EvalConfig(**base, out=tmp_path / "local"), segmenter=MeteredSegmenter(segmenter.backend),
                          progress=False, log=lambda _: None)
-    identity = json.loads((tmp_path / "remote" / "summary.json").read_text())["identity"]
+    identity = json.loads((tmp_path / "remote" / "summary.json").read_text(encoding="utf-8"))["identity"]
     port = url.rsplit(":", 1)[1].rstrip("/")
     assert identity["backend"] == "remote" and identity["served"]["backend"] == "medsam3-lite"
     assert identity["served"]["model"] == "MedSAM3-Lite (LiteMedSAM + concept head)"

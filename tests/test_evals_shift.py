@@ -50,8 +50,8 @@ def test_a_shifted_run_scores_against_the_untouched_masks_and_says_so(tmp_path, 
     out = tmp_path / "shifted"
     run_eval(EvalConfig(data=[coco], split=None, out=out, shift="other-hospital", save_masks=True),
              segmenter=metered, progress=False, log=lambda _: None)
-    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert json.loads((out / "summary.json").read_text())["identity"]["shift"] == "other-hospital"
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["identity"]["shift"] == "other-hospital"
     assert all(r["identity"]["shift"] == "other-hospital" and r["error"] is None for r in records)
     targets = [c.load_target(c.load_image().shape[:2]) for c in load_coco(coco)]  # as written, never shifted
     areas = [int((t.mask if t.ignore is None else t.mask & ~t.ignore).sum()) for t in targets]

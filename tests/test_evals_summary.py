@@ -76,7 +76,7 @@ def test_failures_lower_the_headline_metrics_and_stay_in_the_errors_column(tmp_p
     assert row["giou"] == pytest.approx((1 / 3) / 3, abs=1e-4)
     assert row["ciou"] == pytest.approx(8 / (24 + 16), abs=1e-4)  # the unread case adds nothing it cannot know
     assert row["seconds_per_case"] == pytest.approx(1.0)  # timing is over the cases that ran
-    text = write_report(tmp_path, summarize([ok, failed, unread]), [ok, failed, unread], {}).read_text()
+    text = write_report(tmp_path, summarize([ok, failed, unread]), [ok, failed, unread], {}).read_text(encoding="utf-8")
     assert "| agent | lay | 3 | 0.1667 | 0.1111 | 0.2000 | – | 2 |" in text
 
 
@@ -95,7 +95,7 @@ def test_report_has_the_paper_table_with_quoted_numbers_and_plots(tmp_path):
             "identity": {"backend": "lite", "weights": "shipped", "box_strategy": "component"},
             "config": {"split": "val", "modes": ["direct", "box"]}}
     path = write_report(tmp_path, rows, RECORDS, info)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert "medsam3-agent eval --data x --out y" in text
     table = text.split("## Dice by dataset")[1].split("\n\n")[1].splitlines()
     assert table[0].startswith("| Dataset | U-Net (quoted) | MedSAM (quoted) | SAM 3 (quoted) | MedSAM-3 (quoted) |")
@@ -132,7 +132,7 @@ def test_results_reader_keeps_the_latest_record_and_skips_a_torn_line(tmp_path):
     path = tmp_path / "results.jsonl"
     lines = [{"mode": "direct", "key": "a", "error": "boom"}, {"mode": "direct", "key": "a", "error": None},
              {"mode": "box", "key": "a", "error": None}]
-    path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"mode": "dir')
+    path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"mode": "dir', encoding="utf-8")
     records = read_results(path)
     assert set(records) == {("direct", "a"), ("box", "a")}
     assert records[("direct", "a")]["error"] is None
@@ -146,7 +146,7 @@ def test_report_breaks_reasoning_questions_down_by_category(tmp_path):
          "category": "lay"},
         {**record("agent", "busi", "none", "c.png", inter=0, union=0, t_area=0, p_area=0), "category": "negative"},
     ]
-    text = write_report(tmp_path, summarize(records), records, {}).read_text()
+    text = write_report(tmp_path, summarize(records), records, {}).read_text(encoding="utf-8")
     section = text.split("## By question category (reasoning sets)")[1]
     assert "| agent | lay | 2 | 0.7500 | 0.6667 | 0.6000 | – | 0 |" in section
     assert "| agent | negative | 1 | – | 1.0000 | – | 1.0000 | 0 |" in section
@@ -169,12 +169,12 @@ def test_presence_sensitivity_and_specificity_per_concept_with_their_counts(tmp_
     lungs = rows[("lungs", "lung")]
     assert (lungs["presence_sens"], lungs["n_pos"], lungs["presence_acc"], lungs["n_neg"]) == (1.0, 1, None, 0)
     assert (rows[("*", "*")]["n_pos"], rows[("*", "*")]["n_neg"]) == (4, 2)
-    text = write_report(tmp_path, list(rows.values()), records, {}).read_text()
+    text = write_report(tmp_path, list(rows.values()), records, {}).read_text(encoding="utf-8")
     assert "Presence sens. (n+) | Presence spec. (n−)" in text
     assert "| direct | * | breast tumor | 5 | 0.5000 | 0.4444 | 0.4667 | 0.3692 | 0.6667 (3) | 0.5000 (2) |" in text
 
 
 def test_report_reads_summary_rows_written_before_presence_sensitivity(tmp_path):
     old = [{k: v for k, v in row.items() if k not in ("presence_sens", "n_pos", "n_neg")} for row in summarize(RECORDS)]
-    text = write_report(tmp_path, old, RECORDS, {}).read_text()
+    text = write_report(tmp_path, old, RECORDS, {}).read_text(encoding="utf-8")
     assert "| direct | busi | * | 3 | – | – | 0.6667 | 0.0000 | – | 0.6667 |" in text

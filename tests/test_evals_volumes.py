@@ -29,7 +29,7 @@ def metered(segmenter):
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
 
 
 def write_nifti(root: Path, relative: str, data: np.ndarray, affine: np.ndarray = AFFINE) -> str:
@@ -70,7 +70,7 @@ def drawn_volume(tmp_path) -> Path:
                      "tumor core": write_nifti(root, "labels/tumor_core/v1.nii.gz", core),
                      "enhancing tumor": write_nifti(root, "labels/enhancing_tumor/v1.nii.gz",
                                                     np.zeros((48, 40, 4), np.uint8))}}
-    (root / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    (root / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     return root
 
 
@@ -111,7 +111,7 @@ def test_a_drawn_volume_through_the_runner_is_scored_per_volume(drawn_volume, tm
     assert whole["dice"] == pytest.approx((hand + 0.0 + 0.0) / 3, abs=1e-4)  # the unreadable label is a miss
     assert whole["seconds_per_volume"] == pytest.approx(tumor["seconds"] + tumor["encode_seconds"]
                                                         + core["seconds"] + core["encode_seconds"], abs=1e-3)
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Volumes" in report and "only slices `1:3` were segmented" in report
 
 
@@ -137,7 +137,7 @@ def _val_row(dataset: str) -> dict:
     manifest = DATA / dataset / "manifest.jsonl"
     if not manifest.is_file():
         pytest.skip(f"{manifest} not found")
-    return next(json.loads(x) for x in manifest.read_text().splitlines() if '"val"' in x)
+    return next(json.loads(x) for x in manifest.read_text(encoding="utf-8").splitlines() if '"val"' in x)
 
 
 def test_shared_brain_volume_labels_keep_every_voxel_and_one_slice_is_scored(tmp_path, metered):

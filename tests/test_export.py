@@ -343,7 +343,7 @@ def _agent_on(tmp_path: Path, image: Path, mask: np.ndarray):
     result = agent.run("outline the lung", image=image)
     assert result.found == bool(mask.any()), result.answer
     out = result.save(tmp_path / "out")
-    return out, json.loads((out / "result.json").read_text())
+    return out, json.loads((out / "result.json").read_text(encoding="utf-8"))
 
 
 def test_a_one_slice_dicom_through_the_agent_gets_a_nifti_and_a_seg_at_the_source_pixels(tmp_path: Path) -> None:
@@ -370,7 +370,7 @@ def test_a_one_slice_dicom_through_the_agent_gets_a_nifti_and_a_seg_at_the_sourc
                        [float(v) for v in header.ImagePositionPatient])
     assert seg.SegmentSequence[0].SegmentLabel == "lung" and np.array_equal(seg.pixel_array.astype(bool), mask)
     # the SEG carries the patient module by its standard; result.json never does
-    text = (out / "result.json").read_text()
+    text = (out / "result.json").read_text(encoding="utf-8")
     assert seg.PatientID == header.PatientID and str(header.PatientName) not in text and header.PatientID not in text
 
 

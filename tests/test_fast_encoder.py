@@ -102,7 +102,7 @@ def _part(module: torch.nn.Module, runtime: str, source: Path) -> tuple[str, obj
 
 def test_a_runtime_that_cannot_convert_falls_back_to_torch_with_one_line(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))  # the cache cannot be made under a file
     source = tmp_path / "weights.bin"
     source.write_bytes(b"w")

@@ -44,7 +44,7 @@ def test_pil_and_bytes_inputs(tmp_path):
     [
         (lambda p: p.write_bytes(b""), "file is empty"),
         (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20), "not a readable image"),
-        (lambda p: p.write_text("just text"), "not a readable image"),
+        (lambda p: p.write_text("just text", encoding="utf-8"), "not a readable image"),
     ],
 )
 def test_bad_files_raise_clear_errors(tmp_path, make, message):

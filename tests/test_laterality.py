@@ -177,7 +177,7 @@ def test_the_convention_reaches_result_json_through_the_agent(segmenter, tmp_pat
 
     image = val_rows("covid_cxr_lungs", limit=1)[0]["image"]
     result = Agent(planner="offline", segmenter=segmenter).run("outline the right lung", image=image)
-    saved = json.loads((result.save(tmp_path) / "result.json").read_text())
+    saved = json.loads((result.save(tmp_path) / "result.json").read_text(encoding="utf-8"))
     texts = [event["text"] for event in saved["trace"] if event["kind"] == "tool_result"]
     assert any("sides: radiological convention" in text for text in texts), texts
 

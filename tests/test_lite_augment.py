@@ -122,7 +122,7 @@ def test_an_augmented_copy_is_cached_under_its_own_key(tmp_path):
     Image.fromarray(organ.astype(np.uint8) * 255).save(ds / "masks/liver.png")
     (ds / "manifest.jsonl").write_text(
         '{"id": "a", "image": "a.png", "split": "train", "width": 200, "height": 200,'
-        ' "masks": {"liver": "masks/liver.png"}}\n')
+        ' "masks": {"liver": "masks/liver.png"}}\n', encoding="utf-8")
     items = with_copies(manifest_items(tmp_path, "train", ["drawn"], None), {"drawn": 1})
     assert build_cache(load_model(default_weights_path()), items, tmp_path / "cache", progress=False) == 2
     plain, copy = load_cache(tmp_path / "cache", items)

@@ -225,7 +225,7 @@ def test_result_json_carries_the_measurements(drawn_fundus, tmp_path):
 
     image, *_, agent = drawn_fundus
     result = agent.run("What is the cup-to-disc ratio?", image=image)
-    saved = json.loads((result.save(tmp_path / "out") / "result.json").read_text())
+    saved = json.loads((result.save(tmp_path / "out") / "result.json").read_text(encoding="utf-8"))
     (cdr,) = saved["measurements"]
     assert cdr["kind"] == "cup-to-disc ratio" and cdr["unit"] == "ratio" and cdr["threshold"] == 0.6
     assert cdr["text"].startswith("cup-to-disc ratio 0.65")

@@ -81,7 +81,7 @@ def test_thresholds_file_belongs_to_its_weights_and_is_ignored_with_a_warning_ot
     samples = [_sample("busi", f"busi/b{i}", rng, **{"breast tumor": i < 10}) for i in range(12)]
     path = write_thresholds(weights, calibrate_presence(net, samples), 0.97, "drawn")
     assert path == tmp_path / THRESHOLDS_FILE
-    stored = json.loads(path.read_text())["concepts"]["breast tumor"]["threshold"]
+    stored = json.loads(path.read_text(encoding="utf-8"))["concepts"]["breast tumor"]["threshold"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_thresholds(weights) == {"breast tumor": stored}  # only calibrated concepts
@@ -89,7 +89,7 @@ def test_thresholds_file_belongs_to_its_weights_and_is_ignored_with_a_warning_ot
         handle.write(b"\0")
     with pytest.warns(UserWarning, match="calibrated for other weights"):
         assert load_thresholds(weights) == {}
-    path.write_text("{not json")
+    path.write_text("{not json", encoding="utf-8")
     with pytest.warns(UserWarning, match="unreadable"):
         assert load_thresholds(weights) == {}
     assert load_thresholds(tmp_path / "elsewhere" / "w.safetensors") == {}  # no file: no warning, no thresholds
@@ -110,7 +110,7 @@ def test_calibrate_presence_command_reads_a_val_cache_and_writes_beside_the_weig
         np.savez(cache / "val" / "drawn" / f"b{i}.npz", embedding=sample.embedding, concepts=np.array(["breast tumor"]),
                  masks=np.stack(list(sample.masks.values())), new_size=np.array([64, 64]))
     (data / "drawn").mkdir(parents=True)
-    (data / "drawn" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "drawn" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     weights = tmp_path / "w.safetensors"
     shutil.copyfile(default_weights_path(), weights)
     args = ["calibrate-presence", "--data", str(data), "--cache", str(cache), "--weights", str(weights),
@@ -118,7 +118,7 @@ def test_calibrate_presence_command_reads_a_val_cache_and_writes_beside_the_weig
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "12 of 12 val items of drawn" in out and "breast tumor" in out
-    table = json.loads((tmp_path / THRESHOLDS_FILE).read_text())
+    table = json.loads((tmp_path / THRESHOLDS_FILE).read_text(encoding="utf-8"))
     assert table["recall"] == 0.97 and table["concepts"]["breast tumor"]["n_positive"] == 10
     assert main([*args[:-1], "nothing_here"]) == 2  # no cached item of that dataset: one clear line
     assert "no cached val items of nothing_here" in capsys.readouterr().err
@@ -141,7 +141,8 @@ def test_lite_backend_gates_each_concept_at_its_calibrated_threshold_unless_told
     assert backend.gate("a phrase of no concept") == 0.5
     # a normal breast ultrasound: the calibrated gate drops the mask exactly when presence is below it;
     # a threshold given with the call wins
-    row = next(json.loads(line) for line in (data_root / "busi" / "manifest.jsonl").read_text().splitlines()
+    lines = (data_root / "busi" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    row = next(json.loads(line) for line in lines
                if '"label": "normal"' in line and '"split": "val"' in line)
     backend.set_image(np.asarray(Image.open(data_root / "busi" / row["image"]).convert("RGB")))
     found = backend.segment(Prompt(concept="breast tumor"))

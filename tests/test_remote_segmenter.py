@@ -209,7 +209,7 @@ def test_agent_runs_end_to_end_with_the_remote_segmenter(server, lite, image, tm
     out = tmp_path / "out"
     assert cli(["run", str(path), "find the polyps", "--out", str(out), "--planner", "offline", "--quiet",
                 "--segmenter", "remote"]) == 0
-    saved = json.loads((out / "result.json").read_text())
+    saved = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert saved["planner"] == "offline" and saved["concepts_tried"][0] == "polyp"
 
     remote = Agent(planner="offline", segmenter="remote").run("find the polyps", image=str(path))

@@ -145,7 +145,7 @@ def test_loads_a_saved_checkpoint_with_a_lora_from_a_settings_file(tmp_path, ima
         "model: sam3\n"
         f"lora:\n  path: best_lora_weights.pt\n  rank: {RANK}\n  alpha: {ALPHA}\n"
         "device: cpu\ndtype: fp32\npostprocess:\n  score_threshold: 0.0\n"
-    )
+    , encoding="utf-8")
     backend = build_backend("sam3", config=str(tmp_path / "medsam3.yaml"))
     assert backend.name == "medsam3"
     info = backend.info()
@@ -158,7 +158,8 @@ def test_loads_a_saved_checkpoint_with_a_lora_from_a_settings_file(tmp_path, ima
     assert result.backend == "medsam3" and result.image_size == (H, W)
 
     # keywords override the file; a JSON file works the same
-    (tmp_path / "plain.json").write_text(json.dumps({"model": str(tmp_path / "sam3"), "device": "cpu"}))
+    plain_config = json.dumps({"model": str(tmp_path / "sam3"), "device": "cpu"})
+    (tmp_path / "plain.json").write_text(plain_config, encoding="utf-8")
     plain = Sam3Backend(config=str(tmp_path / "plain.json"), dtype="fp32")
     assert plain.name == "sam3" and plain.lora is None
     torch.testing.assert_close(plain.net.state_dict()["vision_encoder.backbone.layers.1.mlp.fc2.weight"], original)
@@ -175,7 +176,7 @@ def test_missing_model_or_settings_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="MEDSAM3_SAM3_CONFIG"):
         build_backend("sam3")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: x\ndtype: int4\n")
+    bad.write_text("model: x\ndtype: int4\n", encoding="utf-8")
     with pytest.raises(ValueError, match="dtype"):
         Sam3Backend(config=str(bad))
 

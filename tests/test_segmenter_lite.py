@@ -138,7 +138,7 @@ def test_segment_cli_writes_masks_overlay_and_json(tmp_path, polyp_case):
     image, gt = polyp_case
     out = tmp_path / "out"
     assert main(["segment", str(image), "polyp", "--out", str(out)]) == 0
-    summary = json.loads((out / "result.json").read_text())
+    summary = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert summary["concept"] == "polyp" and summary["backend"] == "medsam3-lite"
     assert {"encode", "decode", "load_model"} <= set(summary["timings_ms"])
     assert (out / "overlay.png").exists()

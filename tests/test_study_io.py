@@ -165,7 +165,7 @@ def test_missing_slice_two_series_and_stray_file_are_refused(tmp_path):
     with pytest.raises(ImageError, match="2 DICOM series"):
         load_study(tmp_path / "two")
     write_series(tmp_path / "stray", count=3)
-    (tmp_path / "stray" / "notes.txt").write_text("not an image")
+    (tmp_path / "stray" / "notes.txt").write_text("not an image", encoding="utf-8")
     with pytest.raises(ImageError, match="notes.txt: not a DICOM file"):
         load_study(tmp_path / "stray")
     (tmp_path / "stray" / "notes.txt").unlink()
@@ -294,7 +294,7 @@ def test_real_nifti_geometry_matches_manifest_and_file_affine(data_root, dataset
     folder = data_root / dataset
     if not (folder / "manifest.jsonl").exists():
         pytest.skip(f"{dataset} not in the shared data")
-    row = json.loads((folder / "manifest.jsonl").read_text().splitlines()[0])
+    row = json.loads((folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])
     path = folder / row["volume"]
     study = load_study(path)
     image = nib.load(path)
@@ -311,7 +311,8 @@ def test_real_nifti_geometry_matches_manifest_and_file_affine(data_root, dataset
 
 
 def test_nifti_display_matches_the_shared_2d_slices(data_root):
-    row = next((json.loads(line) for line in (data_root / "chaos_mr_t2" / "manifest.jsonl").read_text().splitlines()
+    lines = (data_root / "chaos_mr_t2" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    row = next((json.loads(line) for line in lines
                 if json.loads(line)["id"] == "chaos_mr13_z010"), None)
     volume = data_root / "chaos_mr_t2_3d" / "volumes" / "chaos_mr13.nii.gz"
     if row is None or not volume.exists():

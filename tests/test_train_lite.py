@@ -21,7 +21,7 @@ def test_train_lite_tiny_run_writes_loadable_weights_and_resumes(data_root, tmp_
     weights = out / "medsam3_lite.safetensors"
     net = load_model(weights)  # the exported file fits the model exactly
     assert net.presence_gate is not None
-    card = (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "train-lite" in card and "| optic disc |" in card and "Presence" in card
     assert len(list((tmp_path / "cache" / "train").rglob("*.npz"))) == 4
     capsys.readouterr()
@@ -50,7 +50,7 @@ def _drawn_dataset(root):
     row = {"id": "a", "image": "images/a.png", "split": "train", "width": 64, "height": 64,
            "masks": {"lung": "masks/lung/a.png", "esophagus": "masks/esophagus/a.png"},
            "absent_concepts": ["cardiomediastinum", "urinary bladder"]}
-    (ds / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    (ds / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     return "drawn"
 
 

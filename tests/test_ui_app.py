@@ -74,7 +74,7 @@ def test_upload_ask_and_download_masks(client, test_image):
     assert Image.open(out["overlay"]).size == (width, height)
     zip_path, json_path = out["downloads"]
     assert Path(zip_path).name == "masks.zip" and Path(json_path).name == "result.json"
-    saved = json.loads(Path(json_path).read_text())
+    saved = json.loads(Path(json_path).read_text(encoding="utf-8"))
     assert saved["answer"] == answer and saved["planner"]
     rows = out["legend"]["data"]
     if rows:  # candidates were found: their set-of-marks overlay was shown in the chat as a step
@@ -95,7 +95,7 @@ def test_upload_ask_and_download_masks(client, test_image):
     # a follow-up in the same thread refines: no new upload, the same thread id
     follow = _ask(client, "only the largest one")
     assert _texts(_turn(follow["chat"])[0]) == "only the largest one"
-    again = json.loads(Path(follow["downloads"][1]).read_text())
+    again = json.loads(Path(follow["downloads"][1]).read_text(encoding="utf-8"))
     assert again["thread_id"] == saved["thread_id"]
     assert len(follow["legend"]["data"]) <= max(1, len(rows))
     assert len(follow["chat"]) > len(out["chat"])  # the conversation is kept
@@ -163,7 +163,7 @@ def test_openai_compatible_planner_through_the_ui(client, test_image):
     assert "Tool: segment_geometry" in titles and "Tool: select_masks" in titles, titles
     assert "There is one polyp." in _texts(turn[-1])
     assert [row[1:3] for row in out["legend"]["data"]] == [["polyp", 1]]
-    saved = json.loads(Path(out["downloads"][1]).read_text())
+    saved = json.loads(Path(out["downloads"][1]).read_text(encoding="utf-8"))
     assert saved["planner"] == "openai:fake-vlm"
     with zipfile.ZipFile(out["downloads"][0]) as archive:
         assert saved["masks"][0]["instances"][0]["path"] in archive.namelist()
@@ -199,7 +199,7 @@ def test_concurrent_users_are_queued_and_a_16_bit_tiff_is_accepted(server, test_
     for chat, _box, overlay, _legend, downloads, status, _slider in outs:
         assert status.startswith("Done"), _texts(chat[-1])
         assert Image.open(overlay).size == Image.open(test_image).size
-        threads.add(json.loads(Path(downloads[1]).read_text())["thread_id"])
+        threads.add(json.loads(Path(downloads[1]).read_text(encoding="utf-8"))["thread_id"])
     assert len(threads) == 2  # each user has their own thread
     tiff_turn = _turn(outs[1][0])[0]
     preview = tiff_turn["content"][0]["file"]  # shown to the user as the PNG the segmenter saw
@@ -263,7 +263,7 @@ def test_browser_session_upload_ask_see_overlay_and_download(server, test_image,
                 download.first.click()
             saved = tmp_path / "result.json"
             info.value.save_as(saved)
-            assert "answer" in json.loads(saved.read_text())
+            assert "answer" in json.loads(saved.read_text(encoding="utf-8"))
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "ui_session_failed.png"), full_page=True)  # for whoever debugs it
             raise

@@ -111,7 +111,7 @@ def test_final_overlay_labels_instances_in_legend_order(result):
 def test_downloads_zip_holds_the_mask_pngs_and_result_json(result, tmp_path):
     downloads = write_downloads(result, tmp_path)
     assert [p.split("/")[-1] for p in downloads.files()] == ["masks.zip", "result.json"]  # never the upload's name
-    saved = json.loads(downloads.result_json.read_text())
+    saved = json.loads(downloads.result_json.read_text(encoding="utf-8"))
     assert saved["answer"] == "Found 2 polyps." and saved["planner"] == "offline"
     with zipfile.ZipFile(downloads.masks_zip) as archive:
         names = set(archive.namelist())

@@ -76,7 +76,7 @@ def test_a_nifti_volume_answer_shows_its_measurements_and_a_slider_with_the_mask
 
 def test_a_nifti_volume_answer_downloads_its_nifti_masks_at_the_source_affine(served, nifti_answer):
     zip_path, json_path = nifti_answer[1]["downloads"]
-    saved = json.loads(Path(json_path).read_text())
+    saved = json.loads(Path(json_path).read_text(encoding="utf-8"))
     nifti = saved["volume"]["concepts"][0]["nifti"]
     with zipfile.ZipFile(zip_path) as archive:
         assert nifti in archive.namelist() and "segmentation.dcm" not in archive.namelist()  # SEG: DICOM input only
@@ -96,14 +96,14 @@ def test_a_dicom_series_zip_gets_its_seg_and_no_patient_tag_in_the_chat(served, 
     out = ask(ui_client, "how large is the kidney?", series)
     said = "\n".join(texts(m) for m in last_turn(out["chat"]))
     assert out["status"].startswith("Done"), said
-    shown = json.dumps(out["chat"]) + Path(out["downloads"][1]).read_text()
+    shown = json.dumps(out["chat"]) + Path(out["downloads"][1]).read_text(encoding="utf-8")
     assert "Marker" not in shown and "8675309" not in shown  # no patient tag in the chat or result.json
     assert "a CT volume of 3 slices of 128 x 128" in said and "0.66 x 0.66 x 5.00 mm" in said
     assert out["slider"]["maximum"] == 2
     # the panel's default window ("auto"): CT_small has none of its own, so the abdomen preset, named in both
     assert "shown through the abdomen window (level 40, width 400)" in said
     assert "the abdomen window (level 40, width 400)" in out["slider"]["label"]
-    saved = json.loads(Path(out["downloads"][1]).read_text())
+    saved = json.loads(Path(out["downloads"][1]).read_text(encoding="utf-8"))
     assert saved["volume"]["shape"] == [3, 128, 128] and saved["volume"]["seg"] == "segmentation.dcm"
     with zipfile.ZipFile(out["downloads"][0]) as archive:
         names = set(archive.namelist())
@@ -119,7 +119,7 @@ def test_a_single_dicom_file_goes_the_2d_way_with_its_pixel_spacing(served):
     said = "\n".join(texts(m) for m in last_turn(single["chat"]))
     assert single["status"].startswith("Done") and "volume of" not in said, said
     assert single["slider"]["visible"] is False
-    one = json.loads(Path(single["downloads"][1]).read_text())
+    one = json.loads(Path(single["downloads"][1]).read_text(encoding="utf-8"))
     assert one["image_size"] == [128, 128] and one["volume"] is None
     sizes = [m for m in one["measurements"] if m["kind"] != "count"]
     assert all(m["unit"].startswith("mm") for m in sizes)  # spacing known: never pixels

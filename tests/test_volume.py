@@ -197,7 +197,7 @@ def test_cli_on_a_dicom_series_writes_nifti_and_seg_and_states_ml(tmp_path: Path
     # 'segment' takes the same inputs and options: one concept over the chosen slices, no planner
     seg_args = ["segment", str(tmp_path / "series"), "lung", "--out", str(tmp_path / "seg"), "--slices", "1:2"]
     assert cli_main(seg_args) == 0
-    summary = json.loads((tmp_path / "seg" / "result.json").read_text())
+    summary = json.loads((tmp_path / "seg" / "result.json").read_text(encoding="utf-8"))
     assert summary["slices"] == [1, 2] and summary["volume_ml"] > 0 and len(summary["presence"]) == 1
     assert (tmp_path / "seg" / "mask.nii.gz").exists() and (tmp_path / "seg" / "segmentation.dcm").exists()
 

@@ -50,7 +50,7 @@ def sample_polyp(folder: Path) -> Path:
 
     manifest = DATA / "kvasir_seg" / "manifest.jsonl"
     if manifest.exists():
-        for line in manifest.read_text().splitlines():
+        for line in manifest.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             if row["split"] == "val":
                 return DATA / "kvasir_seg" / row["image"]

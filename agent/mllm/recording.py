@@ -156,7 +156,7 @@ class Recorder:
         path = self.folder / "recording.json"
         if not _write_new(path, text.encode()):
             try:
-                stored = RecordingMeta.model_validate_json(path.read_text())
+                stored = RecordingMeta.model_validate_json(path.read_text(encoding="utf-8"))
             except ValidationError:
                 raise ValueError(f"{path} is not a recording's settings file; choose another folder") from None
             differ = [f"{k}: {v!r} -> {getattr(meta, k)!r}" for k, v in stored.model_dump().items()
@@ -206,7 +206,7 @@ class Recording:
             raise ReplayMismatch(f"no recording at {self.folder} (it has no recording.json); make one with "
                                  "--record DIR (Agent(record=DIR))")
         try:
-            self.meta = RecordingMeta.model_validate_json(path.read_text())
+            self.meta = RecordingMeta.model_validate_json(path.read_text(encoding="utf-8"))
         except ValidationError:
             raise ReplayMismatch(f"{path} is not a recording's settings file") from None
         if self.meta.format != FORMAT:
@@ -228,7 +228,7 @@ class Recording:
             if match is None:
                 raise ReplayMismatch(f"{where} is not a recorded request (name <sha256>.<n>.json)")
             try:
-                entry = json.loads((folder / name).read_text())
+                entry = json.loads((folder / name).read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise ReplayMismatch(f"{where} is not valid JSON (cut off?)") from None
             key = match.group(1)

@@ -36,7 +36,7 @@ def load_credentials(flags: list[str] | None = None, file: Path | None = None,
             pairs.append(parse_credential(line, f"${AUTH_ENV} line {n}"))
     if file is not None:
         try:
-            text = Path(file).read_text()
+            text = Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"--auth-file {file}: cannot read it ({exc.__class__.__name__})") from None
         for n, line in enumerate(text.splitlines(), start=1):

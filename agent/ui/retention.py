@@ -40,7 +40,7 @@ def sweep_stale(parent: Path) -> list[Path]:
     removed = []
     for folder in Path(parent).glob(f"{PREFIX}*"):
         try:
-            pid = int((folder / OWNER_FILE).read_text().strip())
+            pid = int((folder / OWNER_FILE).read_text(encoding="utf-8").strip())
         except (OSError, ValueError):
             continue  # not ours, or still being created: leave it
         if not _alive(pid):
@@ -57,7 +57,7 @@ class RunFiles:
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(parent)
         self.root = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent)).resolve()  # mkdtemp makes it 0700
-        (self.root / OWNER_FILE).write_text(str(os.getpid()))
+        (self.root / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
         self.gradio_cache = self.root / "gradio"
         self.sessions = self.root / "sessions"
         self.checkpoint_db = self.root / "threads.sqlite"

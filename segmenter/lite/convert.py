@@ -97,7 +97,7 @@ WRITERS: dict[str, Callable[[nn.Module, tuple[torch.Tensor, ...], Path], None]] 
 def _checked_copy(module: nn.Module, runtime: str, test: tuple[torch.Tensor, ...], tmp: Path) -> None:
     """Write the conversion into ``tmp`` and stamp it once its output matches PyTorch's on ``test``."""
     WRITERS[runtime](module, test, tmp)
-    (tmp / CHECKED).write_text("pending\n")
+    (tmp / CHECKED).write_text("pending\n", encoding="utf-8")
     run = load_part(runtime, tmp)
     assert run is not None
     with torch.no_grad():
@@ -107,7 +107,7 @@ def _checked_copy(module: nn.Module, runtime: str, test: tuple[torch.Tensor, ...
                   / max(float(np.linalg.norm(reference)), 1e-12))
     if not error <= MAX_RELATIVE_ERROR:
         raise RuntimeError(f"its output differs from PyTorch's (relative error {error:.3g})")
-    (tmp / CHECKED).write_text(f"{error:.3g}\n")
+    (tmp / CHECKED).write_text(f"{error:.3g}\n", encoding="utf-8")
     shutil.rmtree(tmp / "compiled", ignore_errors=True)  # compiled for the tmp path; recompiled where it lands
 
 

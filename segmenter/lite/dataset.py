@@ -68,7 +68,7 @@ def manifest_items(data_root: Path, split: str, datasets: list[str], max_per_dat
         manifest = data_root / name / "manifest.jsonl"
         if not manifest.exists():
             continue
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
         rows = [r for r in rows if r["split"] == split]
         rows.sort(key=lambda r: r["id"])
         rng = np.random.default_rng(0)

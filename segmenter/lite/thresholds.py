@@ -51,7 +51,7 @@ def write_thresholds(weights: Path, concepts: dict[str, ConceptThreshold], recal
     path = out or thresholds_path(weights)
     table = PresenceThresholds(weights_sha256=file_sha256(Path(weights)), recall=recall, source=source,
                                concepts=concepts)
-    path.write_text(table.model_dump_json(indent=1) + "\n")
+    path.write_text(table.model_dump_json(indent=1) + "\n", encoding="utf-8")
     return path
 
 
@@ -62,7 +62,7 @@ def load_thresholds(weights: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     try:
-        table = PresenceThresholds.model_validate(json.loads(path.read_text()))
+        table = PresenceThresholds.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, OSError) as exc:
         warnings.warn(f"{path.name}: unreadable ({type(exc).__name__}); presence threshold {DEFAULT_THRESHOLD} "
                       "for every concept", stacklevel=2)

@@ -408,7 +408,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         "val": metrics,
         "presence_thresholds": {name: t.model_dump() for name, t in thresholds.items()},
     }
-    (cfg.out / "metrics.json").write_text(json.dumps(report, indent=2))
+    (cfg.out / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_model_card(cfg, report, cfg.out / "MODEL_CARD.md")
     log(json.dumps(metrics, indent=2))
     return report
@@ -480,5 +480,6 @@ over same-modality images annotated without it; a concept with fewer than 10 val
 {_threshold_rows(report["presence_thresholds"])}
 
 Dice at the original image size, per dataset, comes from `medsam3-agent eval` (see the README).
-"""
+""",
+        encoding="utf-8",
     )

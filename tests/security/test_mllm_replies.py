@@ -133,7 +133,7 @@ def test_run_cli_exits_non_zero_when_every_reply_is_unusable(image_file, tmp_pat
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("medsam3-agent run: error: openai:fake-vlm gave 3 unusable replies")
     assert "not valid JSON" in last and "Traceback" not in done.stderr
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert data["status"] == "error" and "unusable replies" in data["error"] and data["masks"] == []
     assert not (out / "overlay.png").exists() and not (out / "masks").exists()
 
@@ -147,7 +147,7 @@ def test_run_cli_writes_the_trace_when_the_endpoint_fails_after_a_segment_round(
         done = run_cli(image_file, "find the polyp", out, server)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "HTTP 500" in done.stderr.strip().splitlines()[-1]
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert data["status"] == "error" and "HTTP 500" in data["error"] and data["answer"] == ""
     assert data["masks"] == [] and not (out / "masks").exists()
     results = [e for e in data["trace"] if e["kind"] == "tool_result"]
@@ -161,7 +161,7 @@ def test_run_cli_keeps_a_valid_report_no_mask_as_a_negative(image_file, tmp_path
         done = run_cli(image_file, "find the polyp", out, server)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Nothing was found: No polyp is visible." in done.stdout
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert data["status"] == "done" and data["error"] is None and data["masks"] == []
 
 

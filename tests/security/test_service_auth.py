@@ -51,7 +51,7 @@ def test_token_on_the_command_line_is_refused(capsys):
 
 def test_bad_token_files_are_refused(tmp_path, capsys):
     short = tmp_path / "short"
-    short.write_text("abc\n")
+    short.write_text("abc\n", encoding="utf-8")
     assert cli(["serve-segmenter", "--host", "192.0.2.1", "--port", "0", "--token-file", str(short)]) == 2
     assert "at least 16 printable characters" in capsys.readouterr().err
     missing = tmp_path / "missing"
@@ -61,7 +61,7 @@ def test_bad_token_files_are_refused(tmp_path, capsys):
 
 def test_token_file_server_checks_the_token_and_keeps_it_out_of_argv(tmp_path):
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
     token_file.chmod(0o600)
     with serve_segmenter_cli("--token-file", str(token_file)) as (proc, url):
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()

@@ -46,7 +46,7 @@ def test_a_non_loopback_host_without_a_login_is_refused_before_anything_binds(tm
 
 def test_logins_come_from_the_flag_the_environment_or_a_file_and_bad_ones_are_not_echoed(tmp_path):
     file = tmp_path / "logins"
-    file.write_text(f"# who may log in\n{USER}:{PASSWORD}\n\nsecond:pa:ss\n")
+    file.write_text(f"# who may log in\n{USER}:{PASSWORD}\n\nsecond:pa:ss\n", encoding="utf-8")
     pairs = load_credentials(["flag:pw"], file, env={AUTH_ENV: "env-user:env-pw"})
     assert pairs == [("flag", "pw"), ("env-user", "env-pw"), (USER, PASSWORD), ("second", "pa:ss")]
     for bad in ("no-colon-secret", ":only-a-password", "user:"):

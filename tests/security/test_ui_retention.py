@@ -40,7 +40,7 @@ def _start_ui(tmp: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp)}  # the run's folder goes to the temp folder: this one
     env.pop("GRADIO_TEMP_DIR", None)
-    with log.open("w") as out:
+    with log.open("w", encoding="utf-8") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "ui", "--port", str(port), "--no-preload"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -48,7 +48,7 @@ def _start_ui(tmp: Path, log: Path) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
+        assert process.poll() is None, log.read_text(encoding="utf-8")[-3000:]
         try:
             if httpx.get(url, timeout=10).status_code == 200:
                 return process, url
@@ -56,7 +56,7 @@ def _start_ui(tmp: Path, log: Path) -> tuple[subprocess.Popen, str]:
             pass
         time.sleep(1)
     process.kill()
-    raise AssertionError(f"the UI did not start: {log.read_text()[-3000:]}")
+    raise AssertionError(f"the UI did not start: {log.read_text(encoding='utf-8')[-3000:]}")
 
 
 def _leftovers(tmp: Path) -> list[str]:
@@ -86,7 +86,7 @@ def test_stopping_the_ui_process_leaves_no_file_of_the_run(stop, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert code == 0, (tmp_path / "ui.log").read_text()[-3000:]
+    assert code == 0, (tmp_path / "ui.log").read_text(encoding="utf-8")[-3000:]
     assert not root.exists()
     assert _leftovers(tmp) == []
 
@@ -118,8 +118,8 @@ def test_new_chat_deletes_the_thread_image_masks_and_files_and_nothing_names_the
     assert [Path(zip_path).name, Path(json_path).name] == ["masks.zip", "result.json"]
     with zipfile.ZipFile(zip_path) as archive:
         assert not any(PATIENT_NAME in name for name in archive.namelist())
-    assert PATIENT_NAME not in Path(json_path).read_text()
-    thread = json.loads(Path(json_path).read_text())["thread_id"]
+    assert PATIENT_NAME not in Path(json_path).read_text(encoding="utf-8")
+    thread = json.loads(Path(json_path).read_text(encoding="utf-8"))["thread_id"]
 
     # the stored thread holds the image by hash: no name, no path of the upload or of the server's folders
     stored = b"".join(p.read_bytes() for p in db.parent.glob("threads.sqlite*"))
