@@ -29,7 +29,7 @@ from agent.volume_output import VolumeOutput
 from segmenter.catalog import load_catalog
 from segmenter.facade import Segmenter
 from segmenter.overlay import render_overlay
-from segmenter.study import Study
+from segmenter.study import DICOM_MODALITIES, Study
 from segmenter.study_io import load_study, sniff
 from segmenter.types import Instance
 from segmenter.volume import ConceptVolume, VolumeResult, VolumeSegmentation, parse_slices
@@ -44,8 +44,6 @@ class Agent(Protocol):
 
 # the catalog's modality words for a study's DICOM modality (a cue for ambiguous words such as "tumor")
 MODALITY_CUES = {"MR": "mri"}
-# ... and for the answer's caveat: a concept whose catalog modality is not the study's was not validated on it
-STUDY_MODALITIES = {**MODALITY_CUES, "CT": "ct"}
 PROGRESS_EVENTS = 10  # about this many progress events per run, whatever the slice count
 MONTAGE_NEIGHBOURS = 1  # slices each side of the key slice in the montage
 
@@ -94,7 +92,7 @@ def pick_concepts(agent: Agent, question: str, study: Study, chosen: range) -> t
 def unvalidated(concepts: list[str], study: Study) -> list[str]:
     """The concepts whose catalog modality is not the study's (liver, trained on MR, asked of a CT): their
     masks are unvalidated there, and an empty one is no evidence of absence. [] where the modality is unknown."""
-    seen = STUDY_MODALITIES.get((study.geometry.modality or "").upper())
+    seen = DICOM_MODALITIES.get((study.geometry.modality or "").upper())
     if seen is None:
         return []
     catalog = load_catalog()

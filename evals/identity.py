@@ -110,7 +110,7 @@ def expert_hashes(weights: Path) -> dict[str, str] | None:
     from segmenter.catalog import load_catalog
     from segmenter.lite.backend import expert_weights_path
 
-    names = sorted({c.expert for c in load_catalog().concepts if c.expert})
+    names = sorted({name for c in load_catalog().concepts for name in c.experts})
     paths = {name: expert_weights_path(weights, name) for name in names}
     return {name: file_sha256(path) for name, path in paths.items() if path.is_file()} or None
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from evals.cases import EvalCase
 from segmenter.facade import Segmenter
+from segmenter.study import DICOM_MODALITIES, Geometry
 from segmenter.types import Box
 
 if TYPE_CHECKING:
@@ -94,10 +95,18 @@ def target_boxes(mask: np.ndarray, strategy: BoxStrategy = "component") -> list[
     return boxes
 
 
+def case_geometry(case: EvalCase) -> Geometry | None:
+    """What a DICOM of the case's image would say of its modality (a manifest row's ``modality``: "ct" -> CT), so
+    a 2D slice of a CT set is segmented as a CT study's slice would be; None where no tag would say it."""
+    name = str(case.metadata.get("modality", "")).lower()
+    tag = next((tag for tag, named in DICOM_MODALITIES.items() if named == name), None)
+    return Geometry(modality=tag) if tag else None
+
+
 def predict_direct(seg: Segmenter, image: np.ndarray, case: EvalCase) -> tuple[np.ndarray, dict[str, Any]]:
     if not case.concepts:
         raise ValueError(f"case {case.key} names no concept, so it cannot run in direct mode")
-    seg.set_image(image)  # a cache hit after the first call on this image
+    seg.set_image(image, case_geometry(case))  # a cache hit after the first call on this image
     mask = np.zeros(image.shape[:2], dtype=bool)
     presence, instances = 0.0, 0
     for concept in case.concepts:
@@ -121,7 +130,7 @@ def predict_box(
     if not boxes:
         raise ValueError(f"case {case.key} has an empty target, so there is no box to prompt with")
     concept = case.concepts[0] if text and len(case.concepts) == 1 else None
-    seg.set_image(image)
+    seg.set_image(image, case_geometry(case))
     mask = np.zeros(image.shape[:2], dtype=bool)
     presence, instances = 0.0, 0
     for start in range(0, len(boxes), BOX_CHUNK):

@@ -18,7 +18,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 # How the Lite backend draws a concept's final mask (segmenter/lite/refine.py): "none" keeps the concept
 # decoder's mask; "box" has LiteMedSAM's own box decoder redraw each of its components from the
@@ -42,9 +42,26 @@ class Concept(BaseModel):
     # the trained concept parts that know this concept: a train-lite output folder of this name beside the
     # main weights (segmenter/lite/weights/<expert>/); None, or no such folder: the main weights
     expert: str | None = None
+    # the expert for images of a known modality (a DICOM's Modality tag, upper case: {"CT": "abdomen_ct"}), where
+    # the prompt says it (``Prompt.modality``) and that folder exists; else ``expert``
+    modality_experts: dict[str, str] = Field(default_factory=dict)
     # anatomy: a volume holds at most this many 3D connected parts of it (one liver, two kidneys); the volume
     # clean-up keeps the largest (segmenter/volume.py). Not applied to a 2D image, where one organ may cut in two.
     max_parts_3d: int | None = Field(None, ge=1)
+
+    @field_validator("modality_experts")
+    @classmethod
+    def _upper_case(cls, table: dict[str, str]) -> dict[str, str]:
+        return {modality.strip().upper(): expert for modality, expert in table.items()}
+
+    def expert_for(self, modality: str | None) -> str | None:
+        """The expert named for an image of ``modality`` (None: not known), else this concept's own."""
+        return self.modality_experts.get((modality or "").upper(), self.expert)
+
+    @property
+    def experts(self) -> set[str]:
+        """Every expert this concept may be sent to."""
+        return {name for name in (self.expert, *self.modality_experts.values()) if name}
 
 
 class ConceptCatalog(BaseModel):
@@ -85,9 +102,10 @@ class ConceptCatalog(BaseModel):
             base = self.get(concept.base) if concept.base else None
             if concept.base and (base is None or not base.paired):
                 raise ValueError(f"concept {concept.name!r}: base {concept.base!r} is not a paired concept")
-            if base is not None and concept.expert != base.expert:
-                raise ValueError(f"concept {concept.name!r}: a lateral concept uses its base's expert "
-                                 f"({base.expert!r})")
+            if base is not None and (concept.expert, concept.modality_experts) != (base.expert,
+                                                                                    base.modality_experts):
+                raise ValueError(f"concept {concept.name!r}: a lateral concept uses its base's experts "
+                                 f"({base.expert!r}, {base.modality_experts})")
             if concept.base and concept.refine != "none":
                 raise ValueError(f"concept {concept.name!r}: a lateral concept is segmented as its base; "
                                  f"set 'refine' on {concept.base!r}")

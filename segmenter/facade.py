@@ -31,6 +31,9 @@ class Segmenter:
     paired base concept (whose presence gate applies) and that side is kept by the image's orientation:
     ``geometry`` (a DICOM/NIfTI affine) where given, else the radiological convention; the result's
     ``laterality`` says which (``segmenter.laterality``). Box and point prompts go to the backend as given.
+
+    The geometry's modality (a DICOM's Modality tag, or the one given with a NIfTI) goes with every prompt
+    (``Prompt.modality``), so a backend can pick the weights that know that modality (MedSAM3-Lite's CT expert).
     """
 
     def __init__(self, backend: str | SegmenterBackend = "lite", **options: Any) -> None:
@@ -88,7 +91,9 @@ class Segmenter:
                 self.set_image(image, geometry)
             geometry = geometry if geometry is not None else self._geometry
             h, w = self.image.shape[:2]
-            prompt = prompt.model_copy(update={"boxes": [b.clipped(w, h) for b in prompt.boxes]})
+            modality = prompt.modality or (geometry.modality if geometry is not None else None)
+            prompt = Prompt.model_validate({**prompt.model_dump(), "modality": modality,
+                                            "boxes": [b.clipped(w, h) for b in prompt.boxes]})
             for p in prompt.points:
                 if not (0 <= p.x < w and 0 <= p.y < h):
                     raise ValueError(f"point ({p.x}, {p.y}) lies outside the {w}x{h} image")
@@ -100,10 +105,10 @@ class Segmenter:
                 return self._backend_segment(prompt, presence_threshold)
             side, base = lateral
             orient = laterality.orientation(geometry)  # before the decode: a sagittal slice is refused at once
-            found = self._backend_segment(Prompt(concept=base.name), presence_threshold)  # the base's presence gate
+            found = self._backend_segment(Prompt(concept=base.name, modality=modality), presence_threshold)  # its gate
             timings, extra, refine = dict(found.timings_ms), [], found.refine
             if found.instances and entry is not None and entry.side == side:  # an entry of its own: its mask helps
-                own = self._backend_segment(Prompt(concept=entry.name), presence_threshold)
+                own = self._backend_segment(Prompt(concept=entry.name, modality=modality), presence_threshold)
                 extra = own.instances
                 timings.update({k: timings.get(k, 0.0) + v for k, v in own.timings_ms.items()})
                 refine = refine if own.refine == refine else "none"  # masks drawn two ways: not all redrawn

@@ -17,6 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 SourceKind = Literal["image", "dicom", "nifti"]
+# the catalog's (and the shared manifests') modality names that a DICOM Modality tag states, by that tag
+DICOM_MODALITIES = {"CT": "ct", "MR": "mri"}
 
 
 class Window(BaseModel):

@@ -33,6 +33,7 @@ MAX_ZIP_BYTES = 2 * 1024**3  # declared uncompressed size of a zip's members, at
 ZIP_BYTES_PER_VOXEL = 8  # and at most this per voxel of the caller's budget (+ 64 MiB of headers)
 MAX_FILES = 10_000  # files in a series folder or zip
 HEAD_BYTES = 544  # enough for DICOM's preamble (132) and a NIfTI-1 (348) or NIfTI-2 (540) header
+CT_AIR_BELOW = -900.0  # a NIfTI whose values reach this is read as CT in Hounsfield units (air: -1000)
 StudyInput = str | Path | bytes | np.ndarray | Image.Image
 
 
@@ -148,12 +149,21 @@ def _dicom_study(volume: DicomVolume, window: str | Window | None, concept: str 
     return _grey_study(values, geometry, "dicom", chosen, invert=volume.monochrome1, headers=volume.headers)
 
 
+def nifti_modality(values: np.ndarray, given: str | None) -> str | None:
+    """A NIfTI states no modality: ``given`` where the caller knows it, else CT where the values reach
+    ``CT_AIR_BELOW`` (Hounsfield units: air is -1000; MR and PET intensities are not that negative), else unknown."""
+    if given:
+        return given.strip().upper()
+    return "CT" if values.size and float(values.min()) <= CT_AIR_BELOW else None
+
+
 def _nifti_study(source: Path | bytes, name: str, window: str | Window | None, concept: str | None,
                  max_voxels: int, slice_axis: int | None, modality: str | None) -> Study:
     values, geometry = read_nifti(source, name, max_voxels, slice_axis)
+    values = _clean_nonfinite(values)
+    modality = nifti_modality(values, modality)
     if modality:
         geometry = geometry.model_copy(update={"modality": modality})
-    values = _clean_nonfinite(values)
     return _grey_study(values, geometry, "nifti", _choose_window(values, modality, window, concept, None))
 
 
@@ -189,7 +199,8 @@ def load_study(source: StudyInput, *, window: str | Window | None = None, concep
 
     ``max_pixels`` bounds the voxels of the whole study and is checked from headers before any pixel is
     decoded. ``slice_axis`` (0, 1 or 2) picks a NIfTI's slice axis among its voxel axes (default: the
-    last). ``modality`` tells a NIfTI's modality ("CT" makes it use the CT windows); DICOM states its own.
+    last). ``modality`` tells a NIfTI's modality ("CT" makes it use the CT windows and, for abdominal organs, the CT
+    expert); without it a NIfTI whose values reach -900 is taken for CT (``nifti_modality``). DICOM states its own.
     """
     if isinstance(source, (np.ndarray, Image.Image)):
         return _image_study(source, max_pixels)

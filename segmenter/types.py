@@ -68,6 +68,14 @@ class Prompt(BaseModel):
     concept: str | None = Field(None, max_length=MAX_CONCEPT_CHARS)
     boxes: list[Box] = Field(default_factory=list, max_length=MAX_BOXES)
     points: list[Point] = Field(default_factory=list, max_length=MAX_POINTS)
+    # the image's modality where known (a DICOM's Modality tag: "CT", "MR"); a backend may pick the weights that
+    # know it (MedSAM3-Lite: a catalog concept's ``modality_experts``). The Segmenter fills it from the geometry.
+    modality: str | None = Field(None, max_length=16)  # a DICOM code string: at most 16 characters
+
+    @field_validator("modality")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.strip().upper() or None if value else None
 
     @field_validator("concept")
     @classmethod

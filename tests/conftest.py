@@ -23,13 +23,13 @@ def data_root() -> Path:
     return _require_data()
 
 
-def val_rows(dataset: str, limit: int | None = None) -> list[dict]:
-    """Val rows of a shared dataset, in manifest order, with absolute image / mask paths."""
+def val_rows(dataset: str, limit: int | None = None, split: str = "val") -> list[dict]:
+    """Val (or ``split``) rows of a shared dataset, in manifest order, with absolute image / mask paths."""
     root = _require_data() / dataset
     rows = []
     for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        if row["split"] != "val":
+        if row["split"] != split:
             continue
         row["image"] = root / row["image"]
         row["masks"] = {c: root / p for c, p in row["masks"].items()}

@@ -74,3 +74,54 @@ def test_an_expert_concept_is_gated_at_the_threshold_calibrated_for_the_expert_w
         assert backend.gate("polyp") == backend.concept_thresholds.get("polyp", 0.5)  # the main file's
     finally:
         path.unlink()
+
+
+def test_a_study_of_a_known_modality_is_segmented_by_that_modalitys_expert(weights):
+    """Catalog ``modality_experts`` ({"CT": "abdomen_ct"}): a prompt whose image says CT (``Prompt.modality``, which
+    the Segmenter fills from the geometry) goes to that expert; MR, unknown or a missing folder: the concept's own."""
+    from safetensors.torch import load_file, save_file
+
+    from segmenter import Segmenter
+    from segmenter.study import Geometry
+
+    state = load_file(str(weights))
+    state[GATE_BIAS] = torch.full_like(state[GATE_BIAS], 40.0)  # this one says yes to everything
+    (weights.parent / "abdomen_ct").mkdir()
+    save_file(state, str(weights.parent / "abdomen_ct" / WEIGHTS_FILE))
+    try:
+        backend = LiteBackend(weights=weights, encoder="torch")
+        assert backend.catalog.get("spleen").modality_experts == {"CT": "abdomen_ct"}
+        assert backend.info()["experts"] == ["abdomen", "abdomen_ct"]
+        backend.set_image(_image())
+        for modality in ("CT", "ct", " Ct "):
+            assert backend.segment(Prompt(concept="splenic", modality=modality)).presence > 0.999
+        for modality in (None, "MR", "US"):
+            assert backend.segment(Prompt(concept="splenic", modality=modality)).presence < 1e-9  # "abdomen"
+        polyp = backend.segment(Prompt(concept="polyp")).presence  # no CT expert: the main weights either way
+        assert backend.segment(Prompt(concept="polyp", modality="CT")).presence == pytest.approx(polyp, abs=1e-6)
+        seg = Segmenter(backend)
+        for concept in ("spleen", "left kidney"):  # a lateral concept's base is asked with the same modality
+            on_ct = seg.segment(_image(), concept, geometry=Geometry(modality="CT"))
+            assert on_ct.prompt.modality == "CT" and on_ct.presence > 0.999
+            assert seg.segment(_image(), concept, geometry=Geometry()).presence < 1e-9
+        shutil.rmtree(weights.parent / "abdomen_ct")
+        plain = LiteBackend(weights=weights, encoder="torch")
+        plain.set_image(_image())
+        assert plain.segment(Prompt(concept="splenic", modality="CT")).presence < 1e-9  # its own expert serves
+    finally:
+        shutil.rmtree(weights.parent / "abdomen_ct", ignore_errors=True)
+
+
+def test_a_lateral_concept_takes_its_bases_modality_experts():
+    import json
+    from importlib import resources
+
+    from segmenter.catalog import ConceptCatalog
+
+    data = json.loads(resources.files("segmenter").joinpath("concepts.json").read_text(encoding="utf-8"))
+    left = next(c for c in data["concepts"] if c["name"] == "left kidney")
+    left["modality_experts"] = {"CT": "elsewhere"}
+    with pytest.raises(ValueError, match="a lateral concept uses its base's experts"):
+        ConceptCatalog.model_validate(data)
+    left["modality_experts"] = {"ct": "abdomen_ct"}  # the tag's case does not matter
+    assert ConceptCatalog.model_validate(data).get("left kidney").expert_for("CT") == "abdomen_ct"

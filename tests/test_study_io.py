@@ -374,3 +374,9 @@ def test_colour_dicom_is_shown_as_stored_and_a_ct_nifti_gets_ct_windows(tmp_path
     assert load_study(path).window.name == "percentile"  # units unknown
     ct = load_study(path, modality="CT", concept="lung nodule")
     assert ct.window.name == "lung" and ct.geometry.modality == "CT" and ct.values.min() == -500
+    # without a stated modality, a NIfTI whose values reach air's Hounsfield units is read as CT; given wins
+    air = np.full((4, 4, 2), 40, np.int16)
+    air[0] = -1024
+    nib.save(nib.Nifti1Image(air, np.eye(4)), path)
+    assert load_study(path).geometry.modality == "CT" and load_study(path).window.name == "abdomen"
+    assert load_study(path, modality="mr").geometry.modality == "MR"

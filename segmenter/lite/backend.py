@@ -380,14 +380,22 @@ class LiteBackend(SegmenterBackend):
         return self.catalog.names
 
     def info(self) -> dict[str, Any]:
-        experts = sorted({c.expert for c in self.catalog.concepts if c.expert and self._expert_name(c)})
+        experts = sorted({name for c in self.catalog.concepts for name in c.experts if self._has_expert(name)})
         return {**super().info(), "device": self.device, "model": "MedSAM3-Lite (LiteMedSAM + concept head)",
                 "encoder": self.encoder_name, "experts": experts}
 
-    def _expert_name(self, concept: Concept | None) -> str:
-        """The expert that segments ``concept`` ("" for the main weights)."""
-        name = concept.expert if concept is not None else None
-        return name if name and expert_weights_path(self.weights_path, name).is_file() else ""
+    def _has_expert(self, name: str) -> bool:
+        return expert_weights_path(self.weights_path, name).is_file()
+
+    def _expert_name(self, concept: Concept | None, modality: str | None = None) -> str:
+        """The expert that segments ``concept`` on an image of ``modality`` ("" for the main weights): the
+        concept's expert for that modality if it is installed, else its own if installed."""
+        if concept is None:
+            return ""
+        for name in (concept.expert_for(modality), concept.expert):
+            if name and self._has_expert(name):
+                return name
+        return ""
 
     def _thresholds(self, expert: str) -> dict[str, float]:
         """Calibrated presence thresholds of the main weights ("") or of ``expert``'s."""
@@ -406,7 +414,7 @@ class LiteBackend(SegmenterBackend):
         self._last_encode_ms = 0.0
         start = time.perf_counter()
         if prompt.concept is not None:
-            gate = self.gate(prompt.concept) if presence_threshold is None else presence_threshold
+            gate = self.gate(prompt.concept, prompt.modality) if presence_threshold is None else presence_threshold
             prob, presence, refine = self._concept_prob(enc, prompt, prompt.concept, gate)
             instances = self._instances(prob, presence) if prob is not None else []
         else:
@@ -423,12 +431,13 @@ class LiteBackend(SegmenterBackend):
             refine=refine,
         )
 
-    def gate(self, phrase: str) -> float:
-        """The presence threshold for ``phrase``: the backend's own if set, else its concept's calibrated one."""
+    def gate(self, phrase: str, modality: str | None = None) -> float:
+        """The presence threshold for ``phrase`` (on an image of ``modality``, where known): the backend's own if
+        set, else its concept's calibrated one, from the weights that segment it."""
         if self.presence_threshold is not None:
             return self.presence_threshold
         concept = self.catalog.get(phrase)
-        thresholds = self._thresholds(self._expert_name(concept))
+        thresholds = self._thresholds(self._expert_name(concept, modality))
         return thresholds.get(concept.name if concept else phrase, DEFAULT_THRESHOLD)
 
     def _instances(self, prob: np.ndarray, presence: float) -> list[Instance]:
@@ -445,7 +454,7 @@ class LiteBackend(SegmenterBackend):
         refine are most of a prompt's time, and most slices of a volume lack most organs."""
         text = self._text(phrase)
         concept = self.catalog.get(phrase)
-        expert = self._expert_name(concept)
+        expert = self._expert_name(concept, prompt.modality)
         h, w = enc.image.shape[:2]
         tile = concept.tile if concept is not None else None
         if tile and max(h, w) > tile and not prompt.boxes:
