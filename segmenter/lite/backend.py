@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,9 +24,9 @@ import numpy as np
 from segmenter.base import EmbeddingCache, SegmenterBackend, image_key
 from segmenter.catalog import Concept, Refine, load_catalog
 from segmenter.lite.frame import MODEL_SIZE, Letterbox, letterbox, sigmoid, tile_windows, unletterbox_logits
-from segmenter.lite.parts import build_part
+from segmenter.lite.parts import PartSpec, build_part, part_spec
 from segmenter.lite.refine import refine_choice, refine_drawn, refine_mode
-from segmenter.lite.runtime import Run, litemedsam_checkpoint, resolve_choice
+from segmenter.lite.runtime import Run, resolve_choice
 from segmenter.lite.thresholds import DEFAULT_THRESHOLD, load_thresholds
 from segmenter.postprocess import split_instances
 from segmenter.text import shared_embedder
@@ -221,16 +221,10 @@ class LiteBackend(SegmenterBackend):
                 self._parts[key] = self._load_pool.submit(self._build_part, key)
             return self._parts[key]
 
-    def _spec(self, key: str) -> tuple[str, list[Path], Callable[[], Any], Callable[[], tuple[Any, ...]]]:
+    def _spec(self, key: str) -> PartSpec:
         """(what, source files, PyTorch module factory, test input factory) of part ``key``."""
         kind, _, expert = key.partition("/")
-        checkpoint = litemedsam_checkpoint()
         weights = expert_weights_path(self.weights_path, expert) if expert else self.weights_path
-
-        def test(kind: str = kind) -> tuple[Any, ...]:
-            from segmenter.lite.convert import part_test_input
-
-            return part_test_input(kind, self.device)
 
         def module() -> Any:
             from segmenter.lite.model import BoxDecoder, DrawPart, GatePart
@@ -239,9 +233,7 @@ class LiteBackend(SegmenterBackend):
             return {"encoder": lambda: net.image_encoder, "box": lambda: BoxDecoder(net),
                     "gate": lambda: GatePart(net), "draw": lambda: DrawPart(net)}[kind]()
 
-        return {"encoder": ("image encoder", [checkpoint]), "box": ("box decoder", [checkpoint]),
-                "gate": ("presence gate", [weights]), "draw": ("concept decoder", [weights, checkpoint])}[kind] + (
-            module, test)
+        return part_spec(kind, self.device, module, weights)
 
     def _build_part(self, key: str) -> tuple[str, Run]:
         what, sources, module, test = self._spec(key)

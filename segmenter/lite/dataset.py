@@ -113,12 +113,11 @@ def build_cache(
     embeddings match PyTorch's to ~1e-6 and come ~3x faster there; ``torch``: the reference)."""
     from tqdm import tqdm
 
-    from segmenter.lite.convert import part_test_input
-    from segmenter.lite.parts import build_part
-    from segmenter.lite.runtime import litemedsam_checkpoint
+    from segmenter.lite.parts import build_part, part_spec
 
-    _, encode = build_part(encoder, "cpu", "image encoder", [litemedsam_checkpoint()], lambda: net.image_encoder,
-                           lambda: part_test_input("encoder"), lambda: fast_bf16(torch.device("cpu")))
+    # the backend's encoder part (one conversion cache for both)
+    _, encode = build_part(encoder, "cpu", *part_spec("encoder", "cpu", lambda: net.image_encoder),
+                           lambda: fast_bf16(torch.device("cpu")))
 
     todo = [it for it in items if not (cache_dir / f"{it.key}.npz").exists()]
     written = 0

@@ -7,7 +7,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segmenter.lite.runtime import Run, load_part, part_folder, runtime_for, say
+from segmenter.lite.runtime import Run, litemedsam_checkpoint, load_part, part_folder, runtime_for, say
+
+# (what, source files, PyTorch module factory, test input factory) of one part: what build_part takes
+PartSpec = tuple[str, list[Path], Callable[[], Any], Callable[[], tuple[Any, ...]]]
+
+
+def part_spec(kind: str, device: str, module: Callable[[], Any], weights: Path | None = None) -> PartSpec:
+    """The spec of part ``kind``: "encoder" and "box" are LiteMedSAM's (its checkpoint is their source), "gate" is
+    the trained ``weights``' and "draw" both's; the test input is convert.part_test_input's for ``kind``."""
+    checkpoint = litemedsam_checkpoint()
+    if kind in ("encoder", "box"):
+        sources = [checkpoint]
+    elif weights is None:
+        raise ValueError(f"the {kind} part needs the trained weights it comes from")
+    else:
+        sources = [weights] if kind == "gate" else [weights, checkpoint]
+    what = {"encoder": "image encoder", "box": "box decoder", "gate": "presence gate", "draw": "concept decoder"}[kind]
+
+    def test() -> tuple[Any, ...]:
+        from segmenter.lite.convert import part_test_input
+
+        return part_test_input(kind, device)
+
+    return what, sources, module, test
 
 
 def build_part(choice: str | None, device: str, what: str, sources: list[Path], module: Callable[[], Any],
