@@ -48,7 +48,7 @@ def test_eval_cli_on_shared_data_writes_outputs_and_resumes(data_root, tmp_path,
     # the shipped experts are part of the run's identity
     assert summary["identity"]["experts"] == {
         name: file_sha256(expert_weights_path(default_weights_path(), name))
-        for name in ("abdomen", "abdomen_ct", "liver")}
+        for name in ("abdomen", "abdomen_ct", "chest", "liver")}
     assert all(r["identity"] == {k: summary["identity"][k] for k in r["identity"]} for r in records)
     assert all(tuple(r) == FIELDS for r in rows)
     star = {(r["mode"], r["dataset"], r["concept"]): r for r in rows}
