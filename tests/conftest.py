@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,14 @@ def val_rows(dataset: str, limit: int | None = None, split: str = "val") -> list
         row["masks"] = {c: root / p for c, p in row["masks"].items()}
         rows.append(row)
     return rows[:limit] if limit else rows
+
+
+def catalog_with(**changes) -> dict:
+    """The shipped concept catalog as data, with ``changes`` ({concept name: fields}) applied to its entries."""
+    data = json.loads(resources.files("segmenter").joinpath("concepts.json").read_text(encoding="utf-8"))
+    for entry in data["concepts"]:
+        entry.update(changes.get(entry["name"], {}))
+    return data
 
 
 def read_mask(path: Path) -> np.ndarray:

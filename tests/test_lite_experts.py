@@ -113,15 +113,11 @@ def test_a_study_of_a_known_modality_is_segmented_by_that_modalitys_expert(weigh
 
 
 def test_a_lateral_concept_takes_its_bases_modality_experts():
-    import json
-    from importlib import resources
+    from conftest import catalog_with
 
     from segmenter.catalog import ConceptCatalog
 
-    data = json.loads(resources.files("segmenter").joinpath("concepts.json").read_text(encoding="utf-8"))
-    left = next(c for c in data["concepts"] if c["name"] == "left kidney")
-    left["modality_experts"] = {"CT": "elsewhere"}
     with pytest.raises(ValueError, match="a lateral concept uses its base's experts"):
-        ConceptCatalog.model_validate(data)
-    left["modality_experts"] = {"ct": "abdomen_ct"}  # the tag's case does not matter
-    assert ConceptCatalog.model_validate(data).get("left kidney").expert_for("CT") == "abdomen_ct"
+        ConceptCatalog.model_validate(catalog_with(**{"left kidney": {"modality_experts": {"CT": "elsewhere"}}}))
+    same = catalog_with(**{"left kidney": {"modality_experts": {"ct": "abdomen_ct"}}})  # the tag's case: no matter
+    assert ConceptCatalog.model_validate(same).get("left kidney").expert_for("CT") == "abdomen_ct"

@@ -3,12 +3,9 @@ draws inside them; the catalog's ``refine`` field and the global setting."""
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 import numpy as np
 import pytest
-from conftest import dice, read_mask, val_rows
+from conftest import catalog_with, dice, read_mask, val_rows
 
 from segmenter.catalog import ConceptCatalog, load_catalog
 from segmenter.lite.refine import REFINE_ENV, proposal_boxes, refine_choice, refine_drawn, refine_mode
@@ -113,17 +110,10 @@ def test_refine_setting_and_per_concept_mode(monkeypatch):
     assert refine_mode("catalog", polyp) == polyp.refine
 
 
-def _catalog_with(**changes) -> dict:
-    data = json.loads(resources.files("segmenter").joinpath("concepts.json").read_text(encoding="utf-8"))
-    for entry in data["concepts"]:
-        entry.update(changes.get(entry["name"], {}))
-    return data
-
-
 def test_catalog_validates_the_refine_field():
     assert all(c.refine in ("none", "box", "union", "intersection") for c in load_catalog().concepts)
-    ConceptCatalog.model_validate(_catalog_with(lung={"refine": "box"}))
+    ConceptCatalog.model_validate(catalog_with(lung={"refine": "box"}))
     with pytest.raises(ValueError, match="refine"):
-        ConceptCatalog.model_validate(_catalog_with(polyp={"refine": "sharpen"}))
+        ConceptCatalog.model_validate(catalog_with(polyp={"refine": "sharpen"}))
     with pytest.raises(ValueError, match="lateral concept is segmented as its base; set 'refine' on 'lung'"):
-        ConceptCatalog.model_validate(_catalog_with(**{"left lung": {"refine": "box"}}))
+        ConceptCatalog.model_validate(catalog_with(**{"left lung": {"refine": "box"}}))
